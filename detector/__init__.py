@@ -1,0 +1,1 @@
+"""rigwatch detector: the ML sidecar scoring Prometheus and Loki data for anomalies."""

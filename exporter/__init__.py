@@ -1,0 +1,1 @@
+"""rigwatch GPU/container exporter: NVML and the Docker API turned into Prometheus metrics."""
