@@ -1,0 +1,114 @@
+"""Scoring cycle over 2,000 fitted series: wall time per cycle and steady-state resident memory.
+
+Fits a mix of models the way the service holds them (default: 1,700 seasonal_esd on 7 days of
+1-minute data, 260 robust_z, 30 thermal, 10 iforest), drops the training data, then runs scoring
+cycles where every series scores its one new point, as the service does each minute.  Prints
+the RSS after imports, after fitting (steady state, training data freed) and after the cycles,
+and the median/max cycle wall time.
+
+    .venv/bin/python bench/bench_scoring_scale.py [--seasonal 1700 --robust 260 --thermal 30
+                                                  --iforest 10] [--days 7] [--cycles 10]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def state_bytes(model) -> int:
+    d = model.get_state()["state"]
+    return sum(v.nbytes if isinstance(v, np.ndarray) else 8 for v in d.values())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seasonal", type=int, default=1700)
+    ap.add_argument("--robust", type=int, default=260)
+    ap.add_argument("--thermal", type=int, default=30)
+    ap.add_argument("--iforest", type=int, default=10)
+    ap.add_argument("--days", type=float, default=7.0)
+    ap.add_argument("--cycles", type=int, default=10)
+    a = ap.parse_args(argv)
+
+    import pandas  # noqa: F401
+    import statsmodels.tsa.seasonal  # noqa: F401
+
+    from detector.models import make_model  # noqa: F401  (import cost counted in the baseline)
+
+    rss_imports = rss_mb()
+    step = 60.0
+    n = int(a.days * 1440)
+    t = 1.7e9 + step * np.arange(n)
+    rng = np.random.default_rng(0)
+    phase = 2 * np.pi * np.arange(n) / 1440
+    models = []  # (model, kind, feature generator)
+    t0 = time.perf_counter()
+    for _ in range(a.seasonal):
+        y = 40 + rng.uniform(2, 10) * np.sin(phase + rng.uniform(0, 6)) + rng.normal(0, 1, n)
+        models.append(("seasonal", make_model("seasonal_esd").fit(t, y)))
+    fit_seasonal = time.perf_counter() - t0
+    for _ in range(a.robust):
+        y = 10 + rng.normal(0, 1, n)
+        models.append(("robust", make_model("robust_z").fit(t, y)))
+    for _ in range(a.thermal):
+        P = np.repeat(rng.uniform(30, 350, n // 30 + 1), 30)[:n]
+        fan = np.clip(30 + 0.2 * P, 30, 100)
+        temp = 30 + 0.12 * P + rng.normal(0, 0.5, n)
+        models.append(("thermal", make_model("thermal").fit(t, np.c_[P, fan], temp)))
+    for k in range(a.iforest):
+        X = rng.normal(0, 1, (n, 6))
+        models.append(("iforest", make_model("iforest", random_state=k).fit(t, X)))
+    fit_total = time.perf_counter() - t0
+    del y
+    gc.collect()
+    rss_fitted = rss_mb()
+    per_kind = {}
+    for kind, m in models:
+        per_kind.setdefault(kind, []).append(state_bytes(m))
+
+    cycle_times = []
+    for c in range(a.cycles):
+        tn = np.array([t[-1] + step * (c + 1)])
+        yn = np.array([40.0])
+        Xth = np.array([[200.0, 70.0]])
+        Xif = np.zeros((1, 6))
+        c0 = time.perf_counter()
+        for kind, m in models:
+            if kind == "thermal":
+                m.score(tn, Xth, yn)
+            elif kind == "iforest":
+                m.score(tn, Xif)
+            else:
+                m.score(tn, yn)
+        cycle_times.append(time.perf_counter() - c0)
+    gc.collect()
+    rss_after = rss_mb()
+
+    print(f"series: {len(models)} (seasonal_esd {a.seasonal}, robust_z {a.robust}, thermal {a.thermal}, "
+          f"iforest {a.iforest}); history {a.days:g} days x 1 min = {n} points each")
+    print(f"fit: all {fit_total:.1f} s, seasonal_esd {fit_seasonal / max(a.seasonal, 1) * 1000:.1f} ms/series")
+    for kind, b in per_kind.items():
+        print(f"state {kind:9s}: {np.mean(b) / 1024:7.1f} KiB/series (arrays)")
+    print(f"scoring cycle (1 new point per series): median {np.median(cycle_times):.3f} s, "
+          f"max {np.max(cycle_times):.3f} s over {a.cycles} cycles")
+    print(f"RSS: after imports {rss_imports:.0f} MB, fitted (steady state) {rss_fitted:.0f} MB, "
+          f"after cycles {rss_after:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""rigwatch-detector: `serve` (scheduler + API in one waitress process) and `backtest`.
+
+Exit codes: 0 success (a backtest with no incidents included), 1 runtime failure (e.g. Prometheus
+unreachable during a backtest), 2 usage or config errors (the message names the key or flag).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+import threading
+
+from detector.config import ConfigError, load_config
+
+log = logging.getLogger("rigwatch.detector")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits 2 too; keep one place that says so
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="rigwatch-detector", description="rigwatch's ML sidecar: anomaly scores from "
+                "Prometheus (and logs) published as metrics")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("serve", help="run the scheduler and serve /metrics and the API")
+    s.add_argument("--config", help="detector.yml (default: the built-in preset)")
+    s.add_argument("--listen", help="HOST:PORT (default from config: 127.0.0.1:9843)")
+    s.add_argument("--prometheus-url", help="override prometheus.url from the config")
+    s.add_argument("--store", help="override store.path (model store directory)")
+    s.set_defaults(func=cmd_serve)
+
+    b = sub.add_parser("backtest", help="replay a time range and write an incident report")
+    b.add_argument("--prometheus-url", required=True)
+    b.add_argument("--start", required=True, help="RFC3339, e.g. 2026-11-20T00:00:00Z")
+    b.add_argument("--end", required=True, help="RFC3339")
+    b.add_argument("--output", required=True, help="report.json")
+    b.add_argument("--config", help="detector.yml (default: the built-in preset)")
+    b.add_argument("--journal-file", help="journalctl -o json lines (log detection)")
+    b.add_argument("--plot", metavar="DIR", help="write a PNG per incident into DIR")
+    b.add_argument("--threshold", type=float, default=1.0, help="score above which a point is anomalous "
+                   "(default 1.0, the scoring convention)")
+    b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    b.set_defaults(func=cmd_backtest)
+
+    _add_plugin_commands(sub)
+    return p
+
+
+def _add_plugin_commands(sub) -> None:
+    """Subcommands other parts provide: `templates` from the log side, when it is installed."""
+    try:
+        mod = importlib.import_module("detector.logs.templates_cli")
+    except ImportError:
+        return
+    add = getattr(mod, "add_parser", None)
+    if add is not None:
+        add(sub)
+
+
+def _usage_error(msg: str) -> int:
+    print(f"rigwatch-detector: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_backtest(args) -> int:
+    from detector.backtest import parse_rfc3339, run_backtest, write_report
+    from detector.promclient import PromClient, PromError
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        return _usage_error(f"config {args.config or '<default preset>'}: {e}")
+    try:
+        start = parse_rfc3339(args.start)
+    except ValueError as e:
+        return _usage_error(f"--start: expected RFC3339 such as 2026-11-20T00:00:00Z ({e})")
+    try:
+        end = parse_rfc3339(args.end)
+    except ValueError as e:
+        return _usage_error(f"--end: expected RFC3339 such as 2026-11-21T00:00:00Z ({e})")
+    if end <= start:
+        return _usage_error("--end: must be after --start")
+    if not args.prometheus_url.startswith(("http://", "https://")):
+        return _usage_error(f"--prometheus-url: must start with http:// or https:// (got {args.prometheus_url!r})")
+    if args.threshold <= 0:
+        return _usage_error("--threshold: must be > 0")
+    if args.journal_file and not os.path.isfile(args.journal_file):
+        return _usage_error(f"--journal-file: no such file: {args.journal_file}")
+    p = cfg.prometheus
+    client = PromClient(args.prometheus_url, timeout=p.timeout, retries=p.retries, headers=p.headers)
+    try:
+        report = run_backtest(cfg, client, start, end, threshold=args.threshold,
+                              show_progress=not args.no_progress, plot_dir=args.plot,
+                              journal_file=args.journal_file, prometheus_url=args.prometheus_url)
+    except PromError as e:
+        print(f"rigwatch-detector: backtest failed: prometheus: {e}", file=sys.stderr)
+        return 1
+    write_report(report, args.output)
+    n = len(report["incidents"])
+    print(f"{n} incident(s) between {report['range']['start']} and {report['range']['end']}; "
+          f"report written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from waitress import create_server
+
+    from detector.api import create_app
+    from detector.service import DetectorService
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        return _usage_error(f"config {args.config or '<default preset>'}: {e}")
+    if args.prometheus_url:
+        cfg.prometheus.url = args.prometheus_url
+    if args.store:
+        cfg.store_path = args.store
+    listen = args.listen or cfg.listen
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        return _usage_error(f"--listen: expected HOST:PORT (got {listen!r})")
+    service = DetectorService(cfg, config_path=args.config)
+    _attach_log_side(service)
+    app = create_app(service)
+    # one process, several threads: a second worker process would run a second scheduler
+    server = create_server(app, host=host.strip("[]"), port=int(port), threads=4)
+    service.start()
+    log.info("rigwatch-detector serving on http://%s:%s (prometheus %s, %d detectors, store %s)", host,
+             server.effective_port, cfg.prometheus.url, len(service.detectors), cfg.store_path)
+    if not cfg.token():
+        log.info("POST /api/v1/retrain disabled: set RIGWATCH_API_TOKEN (or api_token) to enable it")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    # waitress's loop runs until every keep-alive connection is gone; a daemon thread lets the
+    # process stop promptly on SIGTERM whatever clients still hold open.
+    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
+    thread.start()
+    try:
+        while not stop.wait(0.5):
+            if not thread.is_alive():
+                log.error("HTTP server stopped unexpectedly")
+                return 1
+    finally:
+        log.info("shutting down")
+        service.stop()
+        try:
+            server.close()
+        except Exception:  # already closing: nothing left to release
+            pass
+    return 0
+
+
+def _attach_log_side(service) -> None:
+    """If the log side provides `detector.logs.service.attach(service)`, let it register its tasks."""
+    try:
+        mod = importlib.import_module("detector.logs.service")
+    except ImportError:
+        return
+    attach = getattr(mod, "attach", None)
+    if attach is not None:
+        attach(service)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rc = args.func(args)
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,58 @@
+"""Compare a backtest report with a ground-truth file (the sim's truth.json).
+
+An injected incident is *found* when some reported incident carries its labels (gpu, container —
+the truth's own label values) and starts within `max_delay` after the injected start (or up to
+`early` before it) while overlapping the window. A reported incident is *false* when it overlaps no
+injected window (padded by `early` before and `aftermath` after: a failed fan's card takes a while
+to cool down), and *on a benign look-alike* when it overlaps a benign window instead.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+
+def _ts(v: str | float) -> float:
+    if isinstance(v, int | float):
+        return float(v)
+    return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+
+
+def _labels_match(truth: dict[str, str], got: dict[str, str]) -> bool:
+    return all(got.get(k) == v for k, v in truth.items() if k in ("gpu", "container"))
+
+
+def evaluate(report: dict[str, Any], truth: dict[str, Any], *, max_delay: float = 600.0, early: float = 600.0,
+             aftermath: float = 1800.0, scored_from: float | None = None) -> dict[str, Any]:
+    if scored_from is None:
+        scored_from = _ts(report["range"]["scored_from"]) if "scored_from" in report.get("range", {}) else None
+    incidents = [dict(i, _start=_ts(i["start"]), _end=_ts(i["end"])) for i in report["incidents"]]
+    real = [t for t in truth["incidents"] if not t.get("benign")]
+    benign = [t for t in truth["incidents"] if t.get("benign")]
+    found, missed = [], []
+    for t in real:
+        s, _e = _ts(t["start"]), _ts(t["end"])
+        if scored_from is not None and s < scored_from:
+            continue
+        hits = [i for i in incidents if _labels_match(t["labels"], i["labels"])
+                and s - early <= i["_start"] <= s + max_delay and i["_end"] >= s]
+        if hits:
+            first = min(hits, key=lambda i: i["_start"])
+            found.append({"kind": t["kind"], "labels": t["labels"], "start": t["start"],
+                          "delay_seconds": first["_start"] - s, "detectors": sorted({h["detector"] for h in hits})})
+        else:
+            missed.append({"kind": t["kind"], "labels": t["labels"], "start": t["start"]})
+    false, on_benign = [], []
+    for i in incidents:
+        if any(_ts(t["start"]) - early <= i["_end"] and i["_start"] <= _ts(t["end"]) + aftermath for t in real):
+            continue
+        brief = {k: i[k] for k in ("detector", "labels", "start", "end", "peak_score", "summary")}
+        if any(_ts(t["start"]) - early <= i["_end"] and i["_start"] <= _ts(t["end"]) + aftermath for t in benign):
+            on_benign.append(brief)
+        else:
+            false.append(brief)
+    days = (_ts(truth["end"]) - max(_ts(truth["start"]), scored_from or 0)) / 86400
+    return {"found": found, "missed": missed, "false": false, "on_benign": on_benign,
+            "summary": {"injected": len(found) + len(missed), "found": len(found), "missed": len(missed),
+                        "false": len(false), "on_benign": len(on_benign), "days": round(days, 2),
+                        "false_per_day": round(len(false) / days, 2) if days > 0 else None}}

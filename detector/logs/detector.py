@@ -1,0 +1,418 @@
+"""LogDetector: the facade that turns log entries into log anomalies on rigwatch's score convention.
+
+    detector = LogDetector(config, persistence=FilePersistence(".../templates.json"))
+    detector.fit(training_entries)            # mine templates, learn frequencies, rates, mixes
+    results = detector.score(new_entries, now)  # every call gets only entries it has not seen
+    anomalies = [r for r in results if r.score > 1]
+    blob = detector.get_state(); LogDetector.from_state(blob, persistence=...)  # survive restarts
+
+Detectors (the `detector` label):
+  log_pattern   known critical patterns (Xid, OOM kill, restart loops, brute force...)   patterns.py
+  log_template  novel and rare templates, weighted by severity and trouble keywords       scoring.LineScorer
+  log_rate      bursts and silences per stream and per top template                      scoring.RateModel
+  log_sequence  unusual mixes of templates in the recent window                          scoring.SequenceModel
+`score` returns, per detector and label set, the highest score of the call (so gauges can be
+published for every stream, also below 1); lines a known pattern claims are not scored again as
+templates, so one Xid line is one anomaly with a readable summary.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from detector.logs.journal import LogEntry, read_log_file
+from detector.logs.miner import MinerConfig, StatePersistence, TemplateMiner
+from detector.logs.patterns import PatternConfig, PatternTracker
+from detector.logs.scoring import (
+    _KEYWORD_RE,
+    LineScorer,
+    RateModel,
+    RepeatTracker,
+    SequenceModel,
+    trouble_keywords,
+)
+
+STATE_VERSION = 1
+INCIDENT_LABELS = ("container", "unit", "gpu", "xid", "pattern", "source_ip", "job", "identifier",
+                   "template_id")
+
+
+@dataclass
+class LogDetectorConfig:
+    window_s: float = 300.0          # rate and sequence window
+    top_templates: int = 50          # templates with a rate baseline / a published rate (cardinality bound)
+    examples: int = 3                # example lines kept per anomaly
+    sequence: bool = True            # fit the Isolation Forest over template mixes
+    rate_sigmas: float = 6.0
+    rate_min_excess: float = 10.0
+    silence_min: float = 20.0
+    rate_peak_factor: float = 3.0    # a volume burst must exceed this many times the biggest training window
+    repeat_window_s: float = 900.0   # trouble lines of one template repeating in this window ...
+    repeat_count: int = 5            # ... this many times (and 3x their training rate) are an incident
+    boot_grace_s: float = 600.0      # after a boot, one-off novel lines are routine ...
+    boot_damping: float = 0.1        # ... and template scores are multiplied by this
+    miner: dict = field(default_factory=dict)      # MinerConfig fields
+    patterns: dict = field(default_factory=dict)   # PatternConfig fields
+
+    @classmethod
+    def from_dict(cls, data: dict | None, where: str = "logs") -> LogDetectorConfig:
+        """Validate a YAML mapping: unknown keys and wrong types raise ValueError naming the key."""
+        data = dict(data or {})
+        known = {f.name: f for f in fields(cls)}
+        for key, value in data.items():
+            if key not in known:
+                raise ValueError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+            if key in ("miner", "patterns"):
+                if not isinstance(value, dict):
+                    raise ValueError(f"{where}.{key}: must be a mapping")
+                target = MinerConfig if key == "miner" else PatternConfig
+                allowed = {f.name for f in fields(target)}
+                for sub in value:
+                    if sub not in allowed:
+                        raise ValueError(f"{where}.{key}.{sub}: unknown key (known: {', '.join(sorted(allowed))})")
+            elif key == "sequence":
+                if not isinstance(value, bool):
+                    raise ValueError(f"{where}.{key}: must be true or false")
+            elif not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{where}.{key}: must be a non-negative number, got {value!r}")
+        return cls(**data)
+
+
+@dataclass
+class LogAnomaly:
+    detector: str
+    labels: dict[str, str]
+    score: float
+    template_id: str | None
+    template: str | None
+    examples: list[str]
+    summary: str
+    ts: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _key(labels: dict[str, str]) -> str:
+    return json.dumps(labels, sort_keys=True, separators=(",", ":"))
+
+
+def _who(labels: dict[str, str]) -> str:
+    for name in ("container", "unit", "identifier", "job"):
+        if labels.get(name):
+            return f"{name} {labels[name]}"
+    return "log stream"
+
+
+class LogDetector:
+    def __init__(self, config: LogDetectorConfig | dict | None = None,
+                 persistence: StatePersistence | None = None, gpu_by_pci: dict[str, str] | None = None):
+        self.config = config
+        self.persistence = persistence
+        self.gpu_by_pci = gpu_by_pci
+
+    # -- helpers --------------------------------------------------------------------------------
+    @property
+    def _config(self) -> LogDetectorConfig:
+        if isinstance(self.config, LogDetectorConfig):
+            return self.config
+        return LogDetectorConfig.from_dict(self.config)
+
+    def _new_runtime(self) -> None:
+        self.recent_: deque = deque()   # (ts, stream key, template id) within the last window
+        self.stream_labels_: dict[str, dict] = getattr(self, "stream_labels_", {})
+        self.first_score_ts_: float | None = None
+        self.boot_ts_: float | None = getattr(self, "boot_ts_", None)
+        self.boot_id_: str | None = getattr(self, "boot_id_", None)
+        self.template_rates_: dict[str, float] = {}
+        config = self._config
+        self.repeats_ = RepeatTracker(config.repeat_window_s, config.repeat_count)
+
+    def _template_id(self, message: str) -> tuple[str, bool, str]:
+        result = self.miner_.add(message)
+        return self.miner_.resolve(result.template_id), result.is_new, result.template
+
+    # -- fit ------------------------------------------------------------------------------------
+    def fit(self, entries: Iterable[LogEntry]) -> LogDetector:
+        config = self._config
+        entries = sorted(entries, key=lambda e: e.ts)
+        self.miner_ = TemplateMiner(MinerConfig(**config.miner), self.persistence)
+        self.patterns_ = PatternTracker(PatternConfig(**config.patterns), self.gpu_by_pci)
+        self.stream_labels_ = {}
+        ids, events = [], []
+        for entry in entries:
+            template_id, _new, _template = self._template_id(entry.message)
+            ids.append(template_id)
+            stream = _key(entry.labels)
+            self.stream_labels_[stream] = dict(entry.labels)
+            events.append((entry.ts, "s" + stream))
+        ids = [self.miner_.resolve(t) for t in ids]  # clusters merged while mining answer by their live id
+        self.line_ = LineScorer().fit(ids)
+        self.trained_templates_ = sorted(set(ids))
+        self.top_templates_ = [t for t, _c in Counter(ids).most_common(config.top_templates)]
+        top = set(self.top_templates_)
+        events += [(entry.ts, "t" + t) for entry, t in zip(entries, ids, strict=True) if t in top]
+        start = entries[0].ts if entries else None
+        end = entries[-1].ts + 1e-6 if entries else None
+        self.rate_ = RateModel(config.window_s, config.rate_sigmas, config.rate_min_excess,
+                               config.silence_min, peak_factor=config.rate_peak_factor).fit(events, start, end)
+        windows: list[Counter] = []
+        if entries:
+            for entry, t in zip(entries, ids, strict=True):
+                index = int((entry.ts - start) // config.window_s)
+                while len(windows) <= index:
+                    windows.append(Counter())
+                windows[index][t] += 1
+        self.sequence_ = SequenceModel().fit(windows) if config.sequence else None
+        self.novel_templates_total_ = 0
+        self.fit_range_ = (start, end)
+        self.lines_trained_ = len(entries)
+        self._new_runtime()
+        if self.persistence is not None:
+            self.miner_.save()
+        return self
+
+    # -- score ----------------------------------------------------------------------------------
+    def score(self, entries: Iterable[LogEntry], now: float) -> list[LogAnomaly]:
+        """Score entries not seen before (each entry once, in any order) as of time `now`."""
+        config = self._config
+        best: dict[tuple[str, str], LogAnomaly] = {}
+
+        def offer(anomaly: LogAnomaly, example: str | None = None) -> None:
+            key = (anomaly.detector, _key(anomaly.labels))
+            current = best.get(key)
+            if current is None:
+                best[key] = anomaly
+                current = anomaly
+            elif anomaly.score > current.score:
+                anomaly.examples = current.examples
+                best[key] = anomaly
+                current = anomaly
+            if example is not None and example not in current.examples and len(current.examples) < config.examples:
+                current.examples.append(example)
+
+        if self.first_score_ts_ is None:
+            self.first_score_ts_ = now
+        for entry in sorted(entries, key=lambda e: e.ts):
+            stream = _key(entry.labels)
+            self.stream_labels_.setdefault(stream, dict(entry.labels))
+            template_id, is_new, template = self._template_id(entry.message)
+            trained_count = self.line_.counts_.get(template_id, 0)
+            if is_new:
+                self.novel_templates_total_ += 1
+            self.recent_.append((entry.ts, stream, template_id))
+            self._track_boot(entry)
+            hits = self.patterns_.observe(entry)
+            for hit in hits:
+                labels = {"pattern": hit.pattern, **({"job": entry.labels["job"]} if "job" in entry.labels else {}),
+                          **hit.labels}
+                offer(LogAnomaly("log_pattern", labels, hit.score, template_id, template, [], hit.summary,
+                                 hit.ts), entry.message)
+            if not hits:
+                score = self.line_.score(template_id if trained_count else None, entry.message, entry.priority)
+                if self.boot_ts_ is not None and 0 <= entry.ts - self.boot_ts_ < config.boot_grace_s:
+                    score *= config.boot_damping
+                seen = "novel" if trained_count == 0 else f"rare (seen {trained_count}x before)"
+                words = trouble_keywords(entry.message)
+                summary = (f"{seen.capitalize()} log template in {_who(entry.labels)}: {template!r}"
+                           + (f" [{', '.join(words)}]" if words else ""))
+                offer(LogAnomaly("log_template", dict(entry.labels), score, template_id, template, [],
+                                 summary, entry.ts), entry.message)
+                priority = entry.priority
+                if _KEYWORD_RE.search(entry.message) or (priority is not None and priority <= 3):
+                    self._repeat(entry, stream, template_id, template, offer)
+            # online counts: a template seen again is less surprising the next time
+            self.line_.counts_[template_id] += 1
+        while self.recent_ and self.recent_[0][0] <= now - config.window_s:
+            self.recent_.popleft()
+        self._score_rates(now, offer)
+        self._score_sequence(now, offer)
+        if self.persistence is not None:
+            self.miner_.save()
+        return sorted(best.values(), key=lambda a: -a.score)
+
+    def _repeat(self, entry: LogEntry, stream: str, template_id: str, template: str, offer) -> None:
+        config = self._config
+        start, end = self.fit_range_
+        span = (end - start) if start is not None and end is not None else 0.0
+        trained = self.line_.trained_counts_.get(template_id, 0)
+        expected = trained * config.repeat_window_s / span if span > 0 else 0.0
+        score, n = self.repeats_.observe(stream, template_id, entry.ts, expected)
+        if n < 2:
+            return
+        summary = (f"Repeated trouble in {_who(entry.labels)}: {n} lines of {template!r} in "
+                   f"{config.repeat_window_s / 60:g} min")
+        offer(LogAnomaly("log_rate", dict(entry.labels), score, template_id, template, [], summary, entry.ts),
+              entry.message)
+
+    def _track_boot(self, entry: LogEntry) -> None:
+        """A boot: the journal's _BOOT_ID changes, or (from Loki, which has no boot id) the kernel
+        prints its banner."""
+        boot_id = entry.meta.get("boot_id")
+        if boot_id and boot_id != self.boot_id_:
+            if self.boot_id_ is not None:
+                self.boot_ts_ = entry.ts
+            self.boot_id_ = boot_id
+        if entry.message.startswith("Linux version ") and entry.labels.get("transport", "kernel") == "kernel":
+            self.boot_ts_ = entry.ts
+
+    def _score_rates(self, now: float, offer) -> None:
+        config = self._config
+        streams = Counter(stream for _ts, stream, _t in self.recent_)
+        templates = Counter(t for _ts, _s, t in self.recent_)
+        minutes = config.window_s / 60
+        self.template_rates_ = {t: templates.get(t, 0) / config.window_s for t in self.top_templates_}
+        window_full = self.first_score_ts_ is not None and now - self.first_score_ts_ >= config.window_s
+        templates_now = self.miner_.templates()
+        for key in set(self.rate_.keys()) | {"s" + s for s in streams}:
+            kind, name = key[0], key[1:]
+            count = streams.get(name, 0) if kind == "s" else templates.get(name, 0)
+            score, what = self.rate_.score(key, count, now)
+            if what == "silence" and not window_full:
+                continue  # the window is not yet full after a start: too early to call a silence
+            if not what:
+                continue
+            expected = self.rate_.expected(key, now)
+            if kind == "s":
+                labels = dict(self.stream_labels_.get(name, {}))
+                template_id = template = None
+                subject = _who(labels)
+            else:
+                template_id, template = name, templates_now.get(name, "")
+                labels = {"template_id": name}
+                subject = f"template {name} {template!r}"
+                if what == "burst" and not _KEYWORD_RE.search(template):
+                    # more of an ordinary line (requests, model loads) is user traffic, not an
+                    # incident: shown as a rate, alerted on only by its stream's flood condition
+                    score = min(score, 0.9)
+            summary = (f"{subject}: {count} lines in {minutes:g} min, expected {expected:g} "
+                       f"({'burst' if what == 'burst' else 'went silent'})")
+            offer(LogAnomaly("log_rate", labels, score, template_id, template, [], summary, now))
+
+    def _score_sequence(self, now: float, offer) -> None:
+        if self.sequence_ is None or not self.recent_:
+            return
+        counts = Counter(t for _ts, _s, t in self.recent_)
+        score = float(self.sequence_.score([counts])[0])
+        if self.boot_ts_ is not None and 0 <= now - self.boot_ts_ < self._config.boot_grace_s + self._config.window_s:
+            score *= self._config.boot_damping  # a window holding a boot is an unusual mix by nature
+        top = ", ".join(f"{t} x{c}" for t, c in counts.most_common(3))
+        offer(LogAnomaly("log_sequence", {"job": "all"}, score, None, None, [],
+                         f"Unusual mix of log templates in the last {self._config.window_s / 60:g} min "
+                         f"(most frequent: {top})", now))
+
+    # -- metrics helpers --------------------------------------------------------------------------
+    def template_rates(self) -> dict[str, float]:
+        """Lines per second of the top training templates over the last window (bounded set)."""
+        return dict(self.template_rates_)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def get_state(self) -> bytes:
+        """Everything needed to resume without refitting (templates included), as bytes for the store."""
+        state = {
+            "version": STATE_VERSION,
+            "config": asdict(self._config),
+            "miner": self.miner_.to_bytes().decode("utf-8"),
+            "line": self.line_.get_state(),
+            "rate": self.rate_.get_state(),
+            "sequence": base64.b64encode(pickle.dumps(self.sequence_)).decode("ascii"),
+            "patterns": self.patterns_.get_state(),
+            "trained_templates": self.trained_templates_,
+            "top_templates": self.top_templates_,
+            "stream_labels": self.stream_labels_,
+            "novel_templates_total": self.novel_templates_total_,
+            "fit_range": list(self.fit_range_),
+            "lines_trained": self.lines_trained_,
+        }
+        return json.dumps(state, ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def from_state(cls, data: bytes, persistence: StatePersistence | None = None,
+                   gpu_by_pci: dict[str, str] | None = None) -> LogDetector:
+        """Restore from get_state(). When `persistence` holds miner state (saved after every scoring
+        call), it is newer than the blob and wins."""
+        try:
+            state = json.loads(data.decode("utf-8"))
+            if state.get("version") != STATE_VERSION:
+                raise ValueError(f"unsupported log detector state version {state.get('version')!r}")
+            detector = cls(LogDetectorConfig(**state["config"]), persistence, gpu_by_pci)
+            config = detector._config
+            detector.miner_ = TemplateMiner(MinerConfig(**config.miner), persistence)
+            if persistence is None or not detector.miner_.load():
+                detector.miner_.from_bytes(state["miner"].encode("utf-8"))
+            detector.line_ = LineScorer().set_state(state["line"])
+            detector.rate_ = RateModel(config.window_s, config.rate_sigmas, config.rate_min_excess,
+                                       config.silence_min, peak_factor=config.rate_peak_factor).set_state(state["rate"])
+            detector.sequence_ = pickle.loads(base64.b64decode(state["sequence"]))
+            detector.patterns_ = PatternTracker(PatternConfig(**config.patterns), gpu_by_pci)
+            detector.patterns_.set_state(state["patterns"])
+            detector.trained_templates_ = state["trained_templates"]
+            detector.top_templates_ = state["top_templates"]
+            detector.stream_labels_ = state["stream_labels"]
+            detector.novel_templates_total_ = int(state["novel_templates_total"])
+            detector.fit_range_ = tuple(state["fit_range"])
+            detector.lines_trained_ = int(state["lines_trained"])
+        except (KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
+            raise ValueError(f"corrupt log detector state: {e}") from e
+        detector._new_runtime()
+        return detector
+
+
+# -- backtest -----------------------------------------------------------------------------------
+def incidents_from_entries(entries: list[LogEntry], config: LogDetectorConfig | dict | None = None, *,
+                           gpu_by_pci: dict[str, str] | None = None, train_until: float | None = None,
+                           train_fraction: float = 0.3, step_s: float = 60.0,
+                           threshold: float = 1.0) -> list[dict]:
+    """Replay entries as the live service would: fit on the part before `train_until` (default: the
+    first `train_fraction` of the time span), then score every `step_s` on the lines of that step,
+    and merge anomalous results per detector and label set into incidents
+    {"detector", "labels", "start", "end", "peak_score", "summary"} (times in epoch seconds)."""
+    entries = sorted(entries, key=lambda e: e.ts)
+    if not entries:
+        return []
+    first, last = entries[0].ts, entries[-1].ts
+    if train_until is None:
+        train_until = first + (last - first) * train_fraction
+    training = [e for e in entries if e.ts < train_until]
+    rest = [e for e in entries if e.ts >= train_until]
+    detector = LogDetector(config, gpu_by_pci=gpu_by_pci).fit(training)
+    window = detector._config.window_s
+    open_: dict[tuple, dict] = {}
+    done: list[dict] = []
+    index, t = 0, train_until + step_s
+    while t <= last + step_s:
+        batch = []
+        while index < len(rest) and rest[index].ts < t:
+            batch.append(rest[index])
+            index += 1
+        for anomaly in detector.score(batch, t):
+            if anomaly.score <= threshold:
+                continue
+            labels = {k: v for k, v in anomaly.labels.items() if k in INCIDENT_LABELS}
+            key = (anomaly.detector, _key(labels))
+            ts = min(anomaly.ts, t)
+            incident = open_.get(key)
+            if incident is not None and ts - incident["end"] > max(window, step_s):
+                done.append(open_.pop(key))
+                incident = None
+            if incident is None:
+                open_[key] = {"detector": anomaly.detector, "labels": labels, "start": ts, "end": ts,
+                              "peak_score": anomaly.score, "summary": anomaly.summary}
+            else:
+                incident["end"] = max(incident["end"], ts)
+                if anomaly.score > incident["peak_score"]:
+                    incident["peak_score"], incident["summary"] = anomaly.score, anomaly.summary
+        t += step_s
+    done.extend(open_.values())
+    return sorted(done, key=lambda i: (i["start"], i["detector"]))
+
+
+def incidents_from_journal(path: str | Path, config: LogDetectorConfig | dict | None = None,
+                           **kwargs) -> list[dict]:
+    """Backtest incidents from a `journalctl -o json` file (or plain text, one message a line)."""
+    return incidents_from_entries(read_log_file(path), config, **kwargs)

@@ -1,0 +1,170 @@
+"""The log side inside `rigwatch-detector serve`: `attach(service)` (called by detector/cli.py) adds
+two scheduled tasks — `log_fit` (templates + baselines over the lookback, saved to the model store)
+and `log_score` (new Loki lines each step) — and the log metric families:
+
+  rigwatch_log_anomaly_score{detector, <stream or pattern labels>}   latest score per detector/labels
+  rigwatch_log_template_rate{template_id}                            lines/s of the top training templates
+  rigwatch_log_novel_templates_total                                 templates first seen after training
+
+Anomalies above 1 go into the service's incident tracker (GET /api/v1/anomalies) with the template
+and example lines as the explanation. Enabled when detector.yml has a `loki:` section.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+
+from detector.logs.detector import INCIDENT_LABELS, LogDetector, LogDetectorConfig
+from detector.logs.loki import LokiClient, LokiError
+from detector.logs.miner import StatePersistence
+
+log = logging.getLogger(__name__)
+STORE_NAME = "logs"
+DETECTOR_NAMES = ("log_pattern", "log_template", "log_rate", "log_sequence")
+
+
+class StoreTemplatePersistence(StatePersistence):
+    """The miner's template state as one atomic file in the model store, saved after every scoring
+    step so a restart keeps templates learned since the last fit."""
+
+    def __init__(self, persistence, name: str = f"{STORE_NAME}/templates.json"):
+        self.persistence = persistence
+        self.name = name
+
+    def save_state(self, state: bytes) -> None:
+        self.persistence.save_state(self.name, state)
+
+    def load_state(self) -> bytes | None:
+        return self.persistence.load_state(self.name)
+
+
+class LogService:
+    def __init__(self, service, loki: LokiClient, query: str, config: LogDetectorConfig,
+                 lookback_s: float, step_s: float, fit_every_s: float = 6 * 3600.0):
+        self.service = service
+        self.loki = loki
+        self.query = query
+        self.config = config
+        self.lookback_s = lookback_s
+        self.step_s = step_s
+        self.fit_every_s = fit_every_s
+        self.fitted_at: float | None = None
+        self.templates = StoreTemplatePersistence(service.store.p)
+        self.detector: LogDetector | None = None
+        self.last_scored: float | None = None
+        self.latest: dict[tuple, tuple[float, Any]] = {}  # (detector, labels) -> (t, LogAnomaly)
+        self._lock = threading.Lock()
+
+    # -- persistence ------------------------------------------------------------------------------
+    def load(self) -> bool:
+        stored = self.service.store.load_latest(STORE_NAME)
+        if stored is None:
+            return False
+        try:
+            self.detector = LogDetector.from_state(stored.state["log_detector"].encode("utf-8"), self.templates)
+            self.fitted_at = float(stored.metadata.get("training_window", {}).get("end") or 0) or None
+        except (KeyError, ValueError, AttributeError) as e:
+            log.warning("stored log model v%s not usable (%s): will refit", stored.version, e)
+            return False
+        return True
+
+    # -- tasks ------------------------------------------------------------------------------------
+    def _read(self, start: float, end: float):
+        try:
+            entries = self.loki.query_range(self.query, start, end)
+        except LokiError as e:
+            self.service.set_source_up("loki", False)
+            log.warning("Loki read failed: %s", e)
+            return None
+        self.service.set_source_up("loki", True)
+        return entries
+
+    def fit(self, now: float) -> None:
+        if self.detector is not None and self.fitted_at is not None and now - self.fitted_at < 0.9 * self.fit_every_s:
+            return  # a stored model recent enough: a restart needs no refit
+        entries = self._read(now - self.lookback_s, now)
+        if entries is None:
+            raise LokiError("log fit skipped: Loki unreachable")
+        detector = LogDetector(self.config, persistence=self.templates).fit(entries)
+        metadata = {"training_window": {"start": now - self.lookback_s, "end": now}, "lines": len(entries),
+                    "templates": len(detector.miner_.templates()), "params": self.config.__dict__}
+        self.service.store.save(STORE_NAME, {"log_detector": detector.get_state().decode("utf-8")}, metadata)
+        with self._lock:
+            self.detector = detector
+            self.fitted_at = now
+            self.last_scored = now
+
+    def score(self, now: float) -> None:
+        if self.detector is None:
+            return  # nothing fitted yet: the fit task runs first
+        start = self.last_scored if self.last_scored is not None else now - self.step_s
+        entries = self._read(start, now)
+        if entries is None:
+            raise LokiError("log scoring skipped: Loki unreachable")  # the window is retried next step
+        with self._lock:
+            results = self.detector.score(entries, now)
+            self.last_scored = now
+            for anomaly in results:
+                self.latest[(anomaly.detector, tuple(sorted(anomaly.labels.items())))] = (now, anomaly)
+            horizon = now - max(10 * self.step_s, self.config.window_s)
+            for key in [k for k, (t, _a) in self.latest.items() if t < horizon]:
+                del self.latest[key]
+        self.service.record([self._batch(a, now) for a in results if a.score > 1])
+
+    @staticmethod
+    def _batch(anomaly, now: float):
+        from detector.engine import ScoreBatch
+
+        labels = {k: v for k, v in anomaly.labels.items() if k in INCIDENT_LABELS}
+        explanation = [anomaly.summary] + ([f"template: {anomaly.template}"] if anomaly.template else []) + [
+            f"example: {line}" for line in anomaly.examples]
+        nan = np.array([np.nan])
+        return ScoreBatch(anomaly.detector, "logs", labels, np.array([now]), nan, np.array([anomaly.score]),
+                          nan, nan, nan, explanation)
+
+    # -- metrics ----------------------------------------------------------------------------------
+    def families(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        score = GaugeMetricFamily("rigwatch_log_anomaly_score",
+                                  "Log anomaly score per detector and stream (> 1 is anomalous)")
+        rate = GaugeMetricFamily("rigwatch_log_template_rate",
+                                 "Lines per second of the top training log templates over the last window",
+                                 labels=["template_id"])
+        novel = CounterMetricFamily("rigwatch_log_novel_templates_total",
+                                    "Log templates first seen after training")
+        with self._lock:
+            for (_detector, _labels), (_t, anomaly) in sorted(self.latest.items()):
+                labels = {"detector": anomaly.detector,
+                          **{k: v for k, v in anomaly.labels.items() if v != "" and k != "detector"}}
+                score.add_sample("rigwatch_log_anomaly_score", labels, float(anomaly.score))
+            if self.detector is not None:
+                for template_id, value in sorted(self.detector.template_rates().items()):
+                    rate.add_metric([template_id], value)
+                novel.add_metric([], float(self.detector.novel_templates_total_))
+        return [score, rate, novel]
+
+
+def attach(service) -> LogService | None:
+    config = service.config
+    if getattr(config, "loki", None) is None:
+        return None  # the log side is opt-in: a `loki:` section in detector.yml turns it on
+    logs_config = LogDetectorConfig.from_dict(getattr(config, "logs", None) or {})
+    loki_section = dict(config.loki)
+    loki = LokiClient.from_config({k: v for k, v in loki_section.items() if k != "query"},
+                                  on_error=lambda _e: service.count_source_error("loki"))
+    schedule = config.schedule
+    logs = LogService(service, loki, LokiClient.query_from_config(loki_section), logs_config,
+                      lookback_s=float(schedule.lookback), step_s=float(schedule.step),
+                      fit_every_s=float(schedule.fit_every))
+    logs.load()
+    service.set_source_up("loki", False)
+    service.add_families(logs.families)
+    service.register_task("log_fit", float(schedule.fit_every), logs.fit)
+    service.register_task("log_score", float(schedule.step), logs.score)
+    service.extra_detector_names = tuple(getattr(service, "extra_detector_names", ())) + DETECTOR_NAMES
+    service.log_side = logs
+    return logs

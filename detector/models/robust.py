@@ -1,0 +1,121 @@
+"""Rolling median/MAD z-score: the baseline for series without seasonality (and the stand-in for
+any series with less history than its real model needs)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import ScoreFrame, UnivariateModel, band_score, check_t_y, median_step
+
+MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
+
+
+def robust_scale(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return 0.0
+    return MAD_TO_SIGMA * float(np.median(np.abs(x - np.median(x))))
+
+
+def noise_floor(y: np.ndarray) -> float:
+    """Point-to-point noise level (robust scale of first differences / sqrt 2).  A rolling MAD
+    over a flat stretch can be 0; this floor keeps the first wiggle from scoring infinity."""
+    y = y[~np.isnan(y)]
+    if len(y) < 3:
+        return 0.0
+    return robust_scale(np.diff(y)) / np.sqrt(2.0)
+
+
+class RobustZ(UnivariateModel):
+    """Score = |y - rolling median| / (sensitivity * 1.4826 * rolling MAD) on the watched side.
+
+    Online state is a ring buffer of the last ``window`` non-missing values; nothing else of the
+    history is kept.  ``sensitivity`` is the band half-width in robust standard deviations.
+
+    Heavy tails: fit also measures how far the history strays from its own rolling median (the
+    ``tail_quantile`` of |y - causal rolling median|) and the band never gets narrower than
+    ``tail_factor`` times that, so a spiky but healthy series does not alarm on its usual spikes.
+    ``tail_factor=0`` gives the plain rolling z-score.
+    """
+
+    kind = "robust_z"
+    version = 1
+    _state_attrs = ("buf_", "pos_", "count_", "floor_", "tail_", "last_t_", "step_")
+
+    def __init__(self, sensitivity: float = 4.0, direction: str = "both", min_deviation: float = 0.0,
+                 window: int = 120, min_periods: int = 10, floor_fraction: float = 0.5,
+                 tail_quantile: float = 0.999, tail_factor: float = 1.0):
+        self.sensitivity = sensitivity
+        self.direction = direction
+        self.min_deviation = min_deviation
+        self.window = window
+        self.min_periods = min_periods
+        self.floor_fraction = floor_fraction
+        self.tail_quantile = tail_quantile
+        self.tail_factor = tail_factor
+
+    def min_history(self, step_seconds: float = 60.0) -> int:
+        return int(self.min_periods)
+
+    def _check_params(self):
+        self._check_common()
+        if int(self.window) < 3:
+            raise ValueError(f"robust_z: window must be >= 3, got {self.window!r}")
+        if not 0.5 <= self.tail_quantile <= 1:
+            raise ValueError(f"robust_z: tail_quantile must be in [0.5, 1], got {self.tail_quantile!r}")
+        if not self.tail_factor >= 0:
+            raise ValueError(f"robust_z: tail_factor must be >= 0, got {self.tail_factor!r}")
+        if not 1 <= int(self.min_periods) <= int(self.window):
+            raise ValueError(f"robust_z: min_periods must be in 1..window, got {self.min_periods!r}")
+
+    def fit(self, t, y):
+        self._check_params()
+        t, y = check_t_y(t, y)
+        valid = y[~np.isnan(y)]
+        w = int(self.window)
+        self.buf_ = np.full(w, np.nan)
+        tail = valid[-w:]
+        self.buf_[: len(tail)] = tail
+        self.count_ = int(len(tail))
+        self.pos_ = int(len(tail) % w)
+        self.floor_ = float(self.floor_fraction * noise_floor(valid))
+        self.tail_ = 0.0
+        if self.tail_factor > 0 and len(valid) > self.min_periods:
+            import pandas as pd
+
+            med = pd.Series(valid).rolling(w, min_periods=int(self.min_periods)).median().shift(1)
+            dev = np.abs(valid - med.to_numpy())
+            dev = dev[~np.isnan(dev)]
+            if len(dev):
+                self.tail_ = float(np.quantile(dev, self.tail_quantile))
+        self.step_ = median_step(t)
+        self.last_t_ = float(t[-1]) if len(t) else float("nan")
+        return self
+
+    def fit_metrics(self) -> dict:
+        self._require_fitted()
+        return {"noise_floor": self.floor_, "tail": self.tail_, "buffered": self.count_}
+
+    def score(self, t, y) -> ScoreFrame:
+        self._require_fitted()
+        t, y = check_t_y(t, y)
+        n = len(y)
+        expected = np.full(n, np.nan)
+        scale = np.full(n, np.nan)
+        buf, w = self.buf_, len(self.buf_)
+        for i in range(n):
+            if self.count_ >= self.min_periods:
+                window = buf if self.count_ >= w else buf[: self.count_]
+                med = np.median(window)
+                expected[i] = med
+                scale[i] = max(MAD_TO_SIGMA * np.median(np.abs(window - med)), self.floor_,
+                               self.tail_factor * self.tail_ / self.sensitivity)
+            if not np.isnan(y[i]):
+                buf[self.pos_] = y[i]
+                self.pos_ = (self.pos_ + 1) % w
+                self.count_ = min(self.count_ + 1, w)
+        if n:
+            self.last_t_ = float(t[-1])
+        frame = band_score(y, expected, scale, self.sensitivity, self.direction, self.min_deviation)
+        # too little history yet: no opinion rather than a made-up one
+        frame.score[np.isnan(expected)] = np.nan
+        return frame

@@ -1,0 +1,181 @@
+"""Thermal model: the GPU temperature its load explains, and how much hotter it runs than that.
+
+A GPU with a failing fan, dust or dried paste runs hotter *for its load* long before it is hot in
+absolute terms.  Temperature follows power through a thermal mass, so the regressors are the power
+(and any other ``lagged`` column) smoothed exponentially with several time constants — the first
+order responses a lumped thermal model is made of — plus the instantaneous columns (fan %, an
+ambient proxy such as an idle neighbour's temperature) and the products of the smoothed power
+with them (cooling resistance falls as the fan speeds up, so fan scales the power term).
+
+A Huber-weighted least squares fit gives the expected temperature; the band is the robust (MAD)
+scale of the residuals.  ``direction="up"`` by default: running cooler than explained is harmless.
+Scoring is causal: the smoothing state is carried over between calls.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import BaseModel, ScoreFrame, as_float_array, band_score, check_t_y
+from .robust import MAD_TO_SIGMA
+
+
+def _ewma_bank(t: np.ndarray, X: np.ndarray, taus: np.ndarray, state: np.ndarray | None,
+               last_t: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Exponential smoothing of every column of X with every tau, for irregular t.
+
+    -> (smoothed, shape (n, cols, taus); final state (cols, taus)).  A missing value holds the
+    state; the state starts at the first value seen.
+    """
+    n, c = X.shape
+    out = np.empty((n, c, len(taus)))
+    s = None if state is None else state.copy()
+    prev = last_t
+    for i in range(n):
+        x = X[i][:, None]
+        if s is None:
+            s = np.where(np.isnan(x), np.nan, np.broadcast_to(x, (c, len(taus))))
+        else:
+            dt = t[i] - prev if prev is not None else 0.0
+            a = 1.0 - np.exp(-max(dt, 0.0) / taus)
+            upd = s + a[None, :] * (x - s)
+            s = np.where(np.isnan(x), s, np.where(np.isnan(s), x, upd))
+        prev = t[i]
+        out[i] = s
+    return out, s
+
+
+class ThermalModel(BaseModel):
+    """Expected temperature given power, fan and recent load; see module docstring.
+
+    ``feature_names``: names of X's columns, in order.  ``lagged``: the columns that act through
+    the thermal mass (smoothed with each of ``time_constants`` seconds); the others are used as
+    they are and multiplied with the smoothed lagged columns.
+    """
+
+    kind = "thermal"
+    version = 1
+    _state_attrs = ("coef_", "mean_", "std_", "scale_", "ewma_", "last_raw_", "last_t_", "n_fit_",
+                    "r2_")
+
+    def __init__(self, feature_names=("power", "fan"), lagged=("power",),
+                 time_constants=(60.0, 180.0, 600.0, 1800.0), sensitivity: float = 4.0, direction: str = "up",
+                 min_deviation: float = 2.0, ridge: float = 1e-3, huber: float = 1.5):
+        self.feature_names = feature_names
+        self.lagged = lagged
+        self.time_constants = time_constants
+        self.sensitivity = sensitivity
+        self.direction = direction
+        self.min_deviation = min_deviation
+        self.ridge = ridge
+        self.huber = huber
+
+    def _check_params(self):
+        self._check_common()
+        names = list(self.feature_names)
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"thermal: feature_names must be distinct names, got {names!r}")
+        missing = [c for c in self.lagged if c not in names]
+        if missing:
+            raise ValueError(f"thermal: lagged column(s) {missing} not in feature_names {names}")
+        if not self.lagged:
+            raise ValueError("thermal: lagged must name at least one column (the power)")
+        if not self.time_constants or any(not tau > 0 for tau in self.time_constants):
+            raise ValueError(f"thermal: time_constants must be > 0 seconds, got {self.time_constants!r}")
+
+    def min_history(self, step_seconds: float = 60.0) -> int:
+        # several time constants of data, and at least a few hours of varied load
+        return max(int(np.ceil(6 * max(self.time_constants) / step_seconds)), 120)
+
+    # -- features -----------------------------------------------------------------------------
+    def _split(self, X) -> tuple[np.ndarray, np.ndarray]:
+        names = list(self.feature_names)
+        if hasattr(X, "columns"):  # a DataFrame: pick by name
+            missing = [c for c in names if c not in X.columns]
+            if missing:
+                raise ValueError(f"thermal: X lacks column(s) {missing}")
+            X = X[names].to_numpy(float)
+        X = as_float_array(X, "X", ndim=2)
+        if X.shape[1] != len(names):
+            raise ValueError(f"thermal: X has {X.shape[1]} columns, feature_names has {len(names)}")
+        lag_idx = [names.index(c) for c in self.lagged]
+        other_idx = [i for i in range(len(names)) if i not in lag_idx]
+        return X[:, lag_idx], X[:, other_idx]
+
+    def _design(self, t, X, ewma_state, last_raw, last_t):
+        lag, other = self._split(X)
+        taus = np.asarray(self.time_constants, float)
+        sm, state = _ewma_bank(t, lag, taus, ewma_state, last_t)
+        # instantaneous columns: a gap holds the last value seen
+        other = other.copy()
+        held = last_raw.copy() if last_raw is not None else np.full(other.shape[1], np.nan)
+        for i in range(len(other)):
+            row = other[i]
+            nan = np.isnan(row)
+            row[nan] = held[nan]
+            held = row.copy()
+        sm2 = sm.reshape(len(t), -1)
+        cols = [sm2, other]
+        for j in range(other.shape[1]):
+            cols.append(sm2 * other[:, j: j + 1] / 100.0)
+        return np.hstack(cols), state, held
+
+    # -- fit / score --------------------------------------------------------------------------
+    def fit(self, t, X, y):
+        self._check_params()
+        t, y = check_t_y(t, y)
+        F, state, held = self._design(t, X, None, None, None)
+        if len(F) != len(y):
+            raise ValueError(f"thermal: X has {len(F)} rows, y has {len(y)}")
+        warm = t >= t[0] + max(self.time_constants)  # smoothing not yet settled before this
+        ok = warm & ~np.isnan(y) & ~np.isnan(F).any(axis=1)
+        if ok.sum() < F.shape[1] + 10:
+            raise ValueError(f"thermal: only {int(ok.sum())} usable rows after warm-up; need "
+                             f"{F.shape[1] + 10} (more history, fewer gaps)")
+        A, b = F[ok], y[ok]
+        mean, std = A.mean(axis=0), A.std(axis=0)
+        std[std == 0] = 1.0
+        Z = np.hstack([np.ones((len(A), 1)), (A - mean) / std])
+        w = np.ones(len(b))
+        reg = self.ridge * len(b) * np.eye(Z.shape[1])
+        reg[0, 0] = 0.0
+        for _ in range(8):  # IRLS with Huber weights: a few anomalous hours must not bend the fit
+            Zw = Z * w[:, None]
+            coef = np.linalg.solve(Z.T @ Zw + reg, Zw.T @ b)
+            r = b - Z @ coef
+            s = max(MAD_TO_SIGMA * np.median(np.abs(r - np.median(r))), 1e-6)
+            u = np.abs(r) / (self.huber * s)
+            w = np.where(u <= 1, 1.0, 1.0 / np.maximum(u, 1e-12))
+        r = b - Z @ coef
+        self.coef_ = coef
+        self.mean_, self.std_ = mean, std
+        self.scale_ = float(max(MAD_TO_SIGMA * np.median(np.abs(r - np.median(r))), 1e-6))
+        self.r2_ = float(1 - np.var(r) / max(np.var(b), 1e-12))
+        self.ewma_, self.last_raw_ = state, held
+        self.last_t_ = float(t[-1])
+        self.n_fit_ = int(ok.sum())
+        return self
+
+    def fit_metrics(self) -> dict:
+        self._require_fitted()
+        return {"r2": self.r2_, "residual_scale": self.scale_, "n_fit": self.n_fit_}
+
+    def expected(self, F: np.ndarray) -> np.ndarray:
+        Z = (F - self.mean_) / self.std_
+        return self.coef_[0] + Z @ self.coef_[1:]
+
+    def score(self, t, X, y) -> ScoreFrame:
+        self._require_fitted()
+        t, y = check_t_y(t, y)
+        F, state, held = self._design(t, X, self.ewma_, self.last_raw_, self.last_t_)
+        if len(F) != len(y):
+            raise ValueError(f"thermal: X has {len(F)} rows, y has {len(y)}")
+        self.ewma_, self.last_raw_ = state, held
+        if len(t):
+            self.last_t_ = float(t[-1])
+        return band_score(y, self.expected(F), self.scale_, self.sensitivity, self.direction,
+                          self.min_deviation)
+
+    def score_samples(self, t, X, y) -> np.ndarray:
+        import copy
+
+        return -copy.deepcopy(self).score(t, X, y).score

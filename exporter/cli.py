@@ -1,0 +1,117 @@
+"""rigwatch-exporter: serve GPU and container metrics for Prometheus.
+
+    rigwatch-exporter --listen 127.0.0.1:9842 --backend nvml
+    rigwatch-exporter --backend sim --speed 60            # the simulated AI box, 60x faster
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from prometheus_client import CollectorRegistry
+
+from exporter.collector import RigCollector
+from exporter.docker_source import DEFAULT_DOCKER_URL, DockerContainerSource
+from exporter.server import MetricsServer, parse_listen
+
+log = logging.getLogger("rigwatch.exporter")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rigwatch-exporter", description=__doc__.split("\n\n")[0])
+    p.add_argument("--listen", default="127.0.0.1:9842",
+                   help="HOST:PORT to serve /metrics on (default 127.0.0.1:9842; 0.0.0.0 only if you mean it)")
+    p.add_argument("--backend", choices=["nvml", "sim"], default="nvml",
+                   help="nvml: the real GPUs; sim: the simulated AI box (default nvml)")
+    p.add_argument("--docker-url", default=DEFAULT_DOCKER_URL,
+                   help=f"Docker API for container metrics, or 'none' (default {DEFAULT_DOCKER_URL})")
+    p.add_argument("--proc-root", default="/proc", help="proc filesystem for PID attribution (default /proc)")
+    p.add_argument("--slow-interval", type=float, default=5.0,
+                   help="seconds between slow NVML reads: PCIe throughput, energy, ECC (default 5)")
+    p.add_argument("--container-interval", type=float, default=10.0,
+                   help="seconds between container/process-attribution refreshes (default 10)")
+    p.add_argument("--retry-interval", type=float, default=10.0,
+                   help="seconds between retries of a failed NVML init or a lost GPU (default 10)")
+    p.add_argument("--per-pid-metrics", action="store_true",
+                   help="also export gpu_process_memory_used_bytes per PID (high cardinality)")
+    p.add_argument("--sim-config", default=None, help="sim backend: YAML box/incident config (default built-in)")
+    p.add_argument("--seed", type=int, default=0, help="sim backend: random seed (default 0)")
+    p.add_argument("--speed", type=float, default=1.0, help="sim backend: sim seconds per wall second (default 1)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def build_collector(args) -> tuple[RigCollector, object | None]:
+    """The collector for `args.backend`, and the sim box to start/stop (None for nvml)."""
+    common = dict(per_pid=args.per_pid_metrics, slow_interval=args.slow_interval,
+                  container_interval=args.container_interval, retry_interval=args.retry_interval)
+    if args.backend == "sim":
+        from exporter.sim.box import SimBox  # only the sim backend needs the simulation
+
+        box = SimBox.from_config(args.sim_config, seed=args.seed, speed=args.speed)
+        return RigCollector(box.nvml, container_source=box.container_source, proc_root=box.proc_root,
+                            **common), box
+    try:
+        import pynvml
+    except ImportError:  # the collector logs the clear message and serves gpu_exporter_up 0
+        pynvml = None
+    source = None if args.docker_url.lower() == "none" else DockerContainerSource(args.docker_url)
+    return RigCollector(pynvml, container_source=source, proc_root=args.proc_root, **common), None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as e:
+        parser.error(str(e))
+    for flag in ("slow_interval", "container_interval", "retry_interval", "speed"):
+        if getattr(args, flag) <= 0:
+            parser.error(f"--{flag.replace('_', '-')} must be > 0")
+
+    try:
+        collector, box = build_collector(args)
+    except (OSError, ValueError) as e:  # e.g. a missing or invalid --sim-config (ScheduleError names the key)
+        if args.backend != "sim":
+            raise
+        print(f"rigwatch-exporter: --sim-config {args.sim_config}: {e}", file=sys.stderr)
+        return 2
+    registry = CollectorRegistry()
+    registry.register(collector)
+    try:
+        server = MetricsServer(registry, host, port, backend=args.backend)
+    except OSError as e:
+        log.error("cannot listen on %s: %s", args.listen, e)
+        collector.gpus.shutdown()
+        if box is not None and hasattr(box, "close"):
+            box.close()
+        return 1
+    if box is not None:
+        box.start()
+    collector.start()
+    server.start()
+    log.info("serving %s/metrics (backend %s)", server.url, args.backend)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    server.stop()
+    collector.stop()
+    if box is not None:
+        box.stop()
+        close = getattr(box, "close", None)  # removes the sim's temporary /proc tree
+        if close is not None:
+            close()
+    collector.gpus.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

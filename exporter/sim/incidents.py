@@ -1,0 +1,202 @@
+"""The incident schedule: which faults (and which harmless look-alikes) the simulated box plays, when.
+
+A schedule is YAML:
+
+    incidents:
+      - kind: fan_failure
+        at: 2d5h          # offset from the simulation start
+        duration: 45m
+        gpu: 0
+      - kind: container_restart_loop
+        at: 3d20h30m
+        duration: 20m
+        container: open-webui
+
+Validation is strict and every error names the key it is about (``incidents[1].duration: ...``),
+because a typo in a test schedule would otherwise silently play nothing.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ScheduleError(ValueError):
+    """A schedule that cannot be played; the message starts with the offending key."""
+
+
+def parse_duration(text: Any, key: str = "duration") -> float:
+    """'2d5h30m', '45m', '90s', '500ms' or a bare number of seconds -> seconds."""
+    if isinstance(text, bool):
+        raise ScheduleError(f"{key}: expected a duration like 45m or 2d5h, got {text!r}")
+    if isinstance(text, int | float):
+        if text < 0:
+            raise ScheduleError(f"{key}: must not be negative, got {text!r}")
+        return float(text)
+    if not isinstance(text, str) or not text.strip():
+        raise ScheduleError(f"{key}: expected a duration like 45m or 2d5h, got {text!r}")
+    s = text.strip().replace(" ", "")
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_S[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or pos == 0:
+        raise ScheduleError(f"{key}: expected a duration like 45m or 2d5h, got {text!r}")
+    return total
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    benign: bool
+    target: str  # "gpu", "container" or "" (whole box)
+    default_duration: float
+    params: dict[str, tuple[type, Any]] = field(default_factory=dict)  # name -> (type, default)
+    fixed_labels: dict[str, str] = field(default_factory=dict)
+
+
+# Every kind the simulation knows, with the knobs a schedule may set.
+KINDS: dict[str, KindSpec] = {
+    "fan_failure": KindSpec(False, "gpu", 2700, {"fans": (list, None)}),
+    "degraded_cooling": KindSpec(False, "gpu", 4 * 3600, {"factor": (float, 1.8), "ramp": (str, "5m")}),
+    "vram_leak": KindSpec(False, "gpu", 3600, {"rate_gib_per_hour": (float, 6.0)}),
+    "power_brake": KindSpec(False, "gpu", 1800),
+    "hw_slowdown": KindSpec(False, "gpu", 1800),
+    "gpu_stuck": KindSpec(False, "gpu", 3600),
+    "gpu_lost": KindSpec(False, "gpu", 3600),
+    "container_restart_loop": KindSpec(False, "container", 1800, {"period": (str, "45s")}),
+    "planned_reboot": KindSpec(True, "", 180),
+    "big_model_load": KindSpec(True, "gpu", 1800, {"model": (str, "gemma2:27b")}),
+    "full_power_hours": KindSpec(True, "gpu", 3 * 3600),
+    "ssh_scanner_noise": KindSpec(True, "", 1800, {"attempts": (int, 4)}, {"unit": "ssh.service"}),
+    "unit_failure_at_boot": KindSpec(True, "", 150, {"unit": (str, "systemd-networkd-wait-online.service")}),
+}
+
+_COMMON_KEYS = {"kind", "at", "duration", "gpu", "container"}
+
+
+@dataclass(frozen=True)
+class Incident:
+    kind: str
+    at: float  # seconds after the simulation start
+    duration: float
+    gpu: int | None = None
+    container: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def end(self) -> float:
+        return self.at + self.duration
+
+    @property
+    def benign(self) -> bool:
+        return KINDS[self.kind].benign
+
+    def labels(self) -> dict[str, str]:
+        """The labels a detector should attach to this incident (as strings, like Prometheus labels)."""
+        out = dict(KINDS[self.kind].fixed_labels)
+        if self.gpu is not None:
+            out["gpu"] = str(self.gpu)
+        if self.container is not None:
+            out["container"] = self.container
+        if self.kind == "unit_failure_at_boot":
+            out["unit"] = self.params["unit"]
+        return out
+
+    def active(self, t_rel: float) -> bool:
+        return self.at <= t_rel < self.end
+
+
+def parse_schedule(data: Any, n_gpus: int = 2, containers: set[str] | None = None) -> list[Incident]:
+    """Validate a loaded YAML document and return incidents sorted by start."""
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise ScheduleError("schedule: expected a mapping with an 'incidents' list")
+    unknown = set(data) - {"incidents"}
+    if unknown:
+        raise ScheduleError(f"{sorted(unknown)[0]}: unknown top-level key (expected 'incidents')")
+    items = data.get("incidents") or []
+    if not isinstance(items, list):
+        raise ScheduleError("incidents: expected a list")
+    out = []
+    for i, item in enumerate(items):
+        where = f"incidents[{i}]"
+        if not isinstance(item, dict):
+            raise ScheduleError(f"{where}: expected a mapping with kind/at/duration")
+        kind = item.get("kind")
+        if kind not in KINDS:
+            raise ScheduleError(f"{where}.kind: unknown kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+        spec = KINDS[kind]
+        extra = set(item) - _COMMON_KEYS - set(spec.params)
+        if extra:
+            key = sorted(extra)[0]
+            raise ScheduleError(f"{where}.{key}: not a key of {kind} (allowed: "
+                                f"{', '.join(sorted(_COMMON_KEYS | set(spec.params)))})")
+        if "at" not in item:
+            raise ScheduleError(f"{where}.at: missing (offset from the start, e.g. 1d14h)")
+        at = parse_duration(item["at"], f"{where}.at")
+        duration = parse_duration(item.get("duration", spec.default_duration), f"{where}.duration")
+        if duration <= 0:
+            raise ScheduleError(f"{where}.duration: must be positive")
+        gpu = item.get("gpu")
+        container = item.get("container")
+        if spec.target == "gpu" or gpu is not None:
+            if spec.target == "gpu" and gpu is None:
+                raise ScheduleError(f"{where}.gpu: required for {kind}")
+            if isinstance(gpu, bool) or not isinstance(gpu, int) or not 0 <= gpu < n_gpus:
+                raise ScheduleError(f"{where}.gpu: expected a GPU index 0..{n_gpus - 1}, got {gpu!r}")
+        if spec.target == "container" or container is not None:
+            if spec.target == "container" and container is None:
+                raise ScheduleError(f"{where}.container: required for {kind}")
+            if not isinstance(container, str) or (containers is not None and container not in containers):
+                known = ", ".join(sorted(containers or []))
+                raise ScheduleError(f"{where}.container: unknown container {container!r}; known: {known}")
+        if kind == "vram_leak" and container not in (None, "ollama"):
+            raise ScheduleError(f"{where}.container: a vram_leak is played in an ollama runner; "
+                                f"use container: ollama or leave it out")
+        params = {}
+        for name, (typ, default) in spec.params.items():
+            value = item.get(name, default)
+            if name in item:
+                if typ is float and isinstance(value, int) and not isinstance(value, bool):
+                    value = float(value)
+                if not isinstance(value, typ) or isinstance(value, bool):
+                    raise ScheduleError(f"{where}.{name}: expected {typ.__name__}, got {value!r}")
+                if typ is str and name in ("ramp", "period"):
+                    parse_duration(value, f"{where}.{name}")
+                if name == "fans" and not all(isinstance(f, int) and f >= 0 for f in value):
+                    raise ScheduleError(f"{where}.fans: expected a list of fan indices")
+                if typ in (int, float) and value <= 0:
+                    raise ScheduleError(f"{where}.{name}: must be positive, got {value!r}")
+            params[name] = value
+        out.append(Incident(kind, at, duration, gpu, container, params))
+    out.sort(key=lambda x: (x.at, x.kind))
+    return out
+
+
+def load_schedule(path: str | Path | None, n_gpus: int = 2, containers: set[str] | None = None) -> list[Incident]:
+    """Load and validate a schedule file; None loads the packaged default (about 7 days)."""
+    if path is None:
+        path = default_schedule_path()
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ScheduleError(f"schedule: cannot read {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ScheduleError(f"schedule: {path} is not valid YAML: {e}") from None
+    return parse_schedule(data, n_gpus=n_gpus, containers=containers)
+
+
+def default_schedule_path() -> Path:
+    return Path(__file__).with_name("default_schedule.yml")

@@ -1,0 +1,85 @@
+"""Config validation: literal YAML in, the key-naming message out."""
+from __future__ import annotations
+
+import pytest
+
+from detector.config import ConfigError, ConfigWatcher, load_config, parse_duration
+
+
+def test_default_preset_loads_and_names_no_job():
+    cfg = load_config()
+    names = {d.name for d in cfg.detectors}
+    assert {"gpu_thermal", "gpu_xid", "container_restarts", "gpu_vanished", "gpu_throttle"} <= names
+    assert cfg.listen == "127.0.0.1:9843"
+    for d in cfg.detectors:
+        assert "job=" not in d.query and "instance=" not in d.query, d.name
+
+
+@pytest.mark.parametrize("text, message", [
+    ("detectors: [{name: a, query: up, model: prophet}]", "detectors[0].model: unknown model 'prophet'"),
+    ("detectors: [{name: a, query: up, model: robust_z, direction: upward}]",
+     "detectors[0].direction: must be one of up, down, both"),
+    ("detectors: [{name: a, query: up}]", "detectors[0].model: missing"),
+    ("detectors: [{name: a, model: robust_z}]", "detectors[0].query: expected a non-empty string"),
+    ("detectors: [{name: a, query: up, model: robust_z, min_deviation: -1}]", "detectors[0].min_deviation: must be >= 0"),
+    ("detectors: [{name: a, query: up, model: robust_z, params: {windw: 3}}]", "detectors[0].params: model 'robust_z': unknown parameter(s) 'windw'"),
+    ("detectors: [{name: a, query: up, model: thermal}]", "detectors[0].features: model thermal needs"),
+    ("detectors: [{name: a, query: up, rule: counter_increase, params: {window: soon}}]",
+     "detectors[0].params.window: expected a duration"),
+    ("detectors: [{name: a, query: up, model: robust_z}, {name: a, query: up, model: robust_z}]",
+     "detectors[1].name: duplicate"),
+    ("schedule: {step: 0s}", "schedule.step: must be > 0"),
+    ("schedule: {stepp: 60s}", "schedule.stepp: unknown key"),
+    ("prometheus: {url: localhost:9090}", "prometheus.url: must start with http://"),
+    ("listen: 9843", "listen: expected a non-empty string"),
+    ("listen: 'localhost'", "listen: expected HOST:PORT"),
+    ("detectors: {a: 1}", "detectors: expected a list"),
+    ("detectors: [{name: 'bad-name', query: up, model: robust_z}]", "detectors[0].name: must match"),
+    ("prometheus: [1", "line 1: invalid YAML"),
+])
+def test_errors_name_the_key(text, message):
+    with pytest.raises(ConfigError) as ei:
+        load_config(text=text)
+    assert str(ei.value).startswith(message), str(ei.value)
+
+
+def test_defaults_and_durations_apply():
+    cfg = load_config(text="""
+schedule: {step: 30s, fit_every: 1h, lookback: 2d}
+defaults: {min_duration: 5m, model: robust_z}
+detectors:
+  - {name: cpu, query: 'rate(x[5m])', direction: up, min_deviation: 2e9}
+""")
+    d = cfg.detectors[0]
+    assert (cfg.schedule.step, cfg.schedule.fit_every, cfg.schedule.lookback) == (30, 3600, 172800)
+    assert d.model == "robust_z" and d.min_duration == 300 and d.min_deviation == 2e9 and d.direction == "up"
+    assert parse_duration("1.5h", "k") == 5400 and parse_duration(90, "k") == 90
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yml: cannot read config file"):
+        load_config(tmp_path / "nope.yml")
+
+
+def test_token_from_env_wins_and_empty_is_none():
+    cfg = load_config(text="api_token: from-file")
+    assert cfg.token({}) == "from-file"
+    assert cfg.token({"RIGWATCH_API_TOKEN": "from-env"}) == "from-env"
+    assert load_config(text="{}").token({}) is None
+
+
+def test_hot_reload_keeps_running_config_on_error(tmp_path):
+    p = tmp_path / "d.yml"
+    p.write_text("detectors: [{name: a, query: up, model: robust_z}]")
+    w = ConfigWatcher(p)
+    assert w.poll() is None
+    import os
+    import time
+
+    p.write_text("detectors: [{name: a, query: up, model: nonsense}]")
+    os.utime(p, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert w.poll() is None and "detectors[0].model" in w.last_error
+    p.write_text("detectors: [{name: b, query: up, model: robust_z}]")
+    os.utime(p, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    cfg = w.poll()
+    assert cfg is not None and cfg.detectors[0].name == "b" and w.last_error is None

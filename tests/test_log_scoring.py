@@ -1,0 +1,106 @@
+"""Line, rate and sequence scoring on small literal inputs; LogDetector facade basics."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from detector.logs.detector import LogDetector, LogDetectorConfig
+from detector.logs.journal import LogEntry
+from detector.logs.scoring import (
+    LineScorer,
+    RateModel,
+    RepeatTracker,
+    SequenceModel,
+    level_priority,
+    trouble_keywords,
+)
+
+
+def test_keywords_are_whole_words_and_levels_map_to_priorities():
+    assert trouble_keywords("CUDA error: an illegal memory access; Segmentation fault") == [
+        "cuda error", "segmentation fault"]
+    assert trouble_keywords("errorless terror; failedover") == []
+    assert [level_priority(x) for x in ("FATAL", "severe", "Error", "WARNING", "INFO", None, "odd")] == [
+        2, 2, 3, 4, 6, None, None]
+
+
+def test_line_scorer_novel_error_is_anomalous_novel_info_and_common_error_are_not():
+    scorer = LineScorer().fit(["T1"] * 1000 + ["T2"])
+    assert scorer.score(None, "disk controller failed", 3) > 1          # novel error + keyword
+    assert scorer.score(None, "user alice logged in", 6) < 1            # novel info line
+    assert scorer.score("T1", "request failed, retrying", 3) < 1        # seen a thousand times
+    assert scorer.score("T2", "request failed", 3) > scorer.score("T1", "request failed", 3)
+    assert scorer.score(None, "connection error", None) < 1             # container stderr: no severity
+
+
+def test_rate_model_burst_and_silence_against_robust_baseline():
+    # 2 hours of a stream at ~30 lines per 5 minutes
+    events = [(t * 10.0, "chatty") for t in range(720)] + [(t * 600.0, "sparse") for t in range(12)]
+    model = RateModel(window_s=300).fit(events, 0.0, 7200.0)
+    assert model.score("chatty", 30, 7500)[0] < 1
+    burst, kind = model.score("chatty", 150, 7500)
+    assert kind == "burst" and burst > 1
+    silence, kind = model.score("chatty", 0, 7500)
+    assert kind == "silence" and silence > 1
+    assert model.score("sparse", 0, 7500) == (0.0, "")                   # not chatty: its silence is normal
+    assert model.score("sparse", 8, 7500)[0] < 1                          # too few extra lines to matter
+    assert model.score("unknown", 500, 7500) == (0.0, "")
+
+
+def test_rate_model_burst_must_beat_the_biggest_training_window():
+    events = [(t * 60.0, "s") for t in range(120)] + [(3000.0 + k * 0.1, "s") for k in range(40)]
+    model = RateModel(window_s=300).fit(events, 0.0, 7200.0)
+    peak = 45  # the training's boot-time window: 40 burst lines + 5 routine ones
+    assert model.score("s", 2 * peak, 8000)[0] <= 1   # bursty, but within 3x the biggest training window
+    assert model.score("s", 3 * peak + 10, 8000)[0] > 1
+    assert RateModel(window_s=300, peak_factor=1.0).fit(events, 0.0, 7200.0).score("s", 60, 8000)[0] > 1
+
+
+def test_repeat_tracker_a_new_error_repeating_is_an_incident_a_known_periodic_one_is_not():
+    tracker = RepeatTracker(window_s=900, count=5)
+    scores = [tracker.observe("webui", "T9", k * 60.0, expected_in_window=0.0)[0] for k in range(6)]
+    assert max(scores[:4]) < 1 < scores[4] < scores[5]
+    # training saw this warning about 3 times per 15 minutes: 6 in 15 minutes is still ordinary
+    periodic = [tracker.observe("cron", "T2", k * 150.0, expected_in_window=3.0)[0] for k in range(6)]
+    assert max(periodic) < 1
+    spaced = [tracker.observe("db", "T5", k * 1000.0, expected_in_window=0.0)[0] for k in range(6)]
+    assert max(spaced) < 1  # one failure an hour never piles up in the window
+
+
+def test_sequence_model_flags_an_unusual_mix():
+    normal = [Counter({"A": 10 + i % 3, "B": 5 + i % 2}) for i in range(60)]
+    model = SequenceModel(random_state=0).fit(normal)
+    usual, odd = model.score([Counter({"A": 11, "B": 5}), Counter({"C": 40, "D": 30})])
+    assert usual < 1 < odd
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"logs\.windw_s: unknown key"):
+        LogDetectorConfig.from_dict({"windw_s": 60})
+    with pytest.raises(ValueError, match=r"logs\.window_s: must be a non-negative number"):
+        LogDetectorConfig.from_dict({"window_s": "5m"})
+    with pytest.raises(ValueError, match=r"logs\.patterns\.ssh_per_sorce: unknown key"):
+        LogDetectorConfig.from_dict({"patterns": {"ssh_per_sorce": 3}})
+    assert LogDetectorConfig.from_dict({"window_s": 60}).window_s == 60
+
+
+def _entries(start, n, message="cron job ran for user {i}", labels=None, step=30.0):
+    return [LogEntry(start + i * step, message.format(i=i), dict(labels or {"job": "systemd-journal", "unit": "cron.service",
+                                                                             "priority": "6"})) for i in range(n)]
+
+
+def test_detector_flags_novel_error_once_and_keeps_state(tmp_path):
+    detector = LogDetector({"window_s": 300, "sequence": False}).fit(_entries(0, 200))
+    err = LogEntry(6100, "fatal: backup volume /mnt/backup is corrupted",
+                   {"job": "systemd-journal", "unit": "backup.service", "priority": "3"})
+    results = detector.score(_entries(6000, 3) + [err], 6120)
+    flagged = [a for a in results if a.score > 1]
+    assert [(a.detector, a.labels["unit"]) for a in flagged] == [("log_template", "backup.service")]
+    assert flagged[0].examples == [err.message] and "Novel log template" in flagged[0].summary
+    assert detector.novel_templates_total_ == 1
+    restored = LogDetector.from_state(detector.get_state())
+    assert restored.miner_.templates() == detector.miner_.templates()
+    assert restored.line_.counts_ == detector.line_.counts_
+    with pytest.raises(ValueError, match="corrupt log detector state"):
+        LogDetector.from_state(b'{"version": 1}')

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+
+from detector.models import ThermalModel
+
+
+def simulate(n, seed=0, resistance=1.0, power=None):
+    """A GPU as a first-order thermal system: T -> 28 + P * R(fan) with a 4-minute time
+    constant; the fan controller reacts to temperature.  ``resistance`` > 1 models dust/paste."""
+    rng = np.random.default_rng(seed)
+    P = power if power is not None else np.repeat(rng.choice([30.0, 120, 250, 350], n // 30 + 1), 30)[:n]
+    T, fan, temp = np.zeros(n), np.zeros(n), 30.0
+    for i in range(n):
+        fan[i] = np.clip(30 + (temp - 50) * 2.5, 30, 100)
+        target = 28 + P[i] * (0.16 - 0.06 * fan[i] / 100) * resistance
+        temp += (target - temp) * (1 - np.exp(-60 / 240))
+        T[i] = temp + rng.normal(0, 0.4)
+    return 1.7e9 + 60.0 * np.arange(n), np.c_[P, fan], T
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    t, X, y = simulate(3 * 1440)
+    return ThermalModel(feature_names=("power", "fan")).fit(t, X, y)
+
+
+def _continue(model, X, y, start=3 * 1440):
+    t = 1.7e9 + 60.0 * np.arange(start, start + len(y))
+    return model.score(t, X, y)
+
+
+def test_fit_explains_temperature(fitted):
+    assert fitted.r2_ > 0.95
+    assert fitted.scale_ < 1.0
+
+
+def test_hotter_than_explained_at_normal_temperature_is_flagged(fitted):
+    # 60 min at 60 W: a healthy card settles near 36 C; this one sits at 48 C, a temperature that
+    # is perfectly normal under load (the card reaches 75 C at 350 W)
+    P = np.full(60, 60.0)
+    _, X, healthy = simulate(60, seed=5, power=P)
+    sick = healthy + 12.0
+    f = _continue(fitted.__class__.from_state(fitted.get_state()), X, sick)
+    assert sick[-1] < 55
+    assert np.all(f.score[20:] > 1)
+    assert np.all(f.expected[20:] < 42)
+
+
+def test_hot_but_loaded_is_not_flagged(fitted):
+    P = np.full(90, 350.0)
+    _, X, y = simulate(90, seed=6, power=P)
+    f = _continue(fitted.__class__.from_state(fitted.get_state()), X, y)
+    assert y[-1] > 65
+    assert np.all(f.score[45:] <= 1)
+
+
+def test_thermal_lag_respected(fitted):
+    # load drops: the card stays hot for minutes, hotter than a lag-free model would expect
+    P = np.r_[np.full(60, 350.0), np.full(30, 30.0)]
+    _, X, y = simulate(90, seed=7, power=P)
+    f = _continue(fitted.__class__.from_state(fitted.get_state()), X, y)
+    assert np.all(f.score[5:] <= 1)
+    lag_free = ThermalModel(time_constants=(1.0,)).fit(*simulate(3 * 1440))
+    assert _continue(lag_free, X, y).score[60:70].max() > 1
+
+
+def test_direction_up_ignores_cooler(fitted):
+    P = np.full(30, 250.0)
+    _, X, y = simulate(30, seed=8, power=P)
+    m = fitted.__class__.from_state(fitted.get_state())
+    f = _continue(m, X, y - 15)
+    assert np.all(f.score == 0)
+
+
+def test_state_round_trip_and_dataframe_columns(fitted):
+    import pandas as pd
+
+    _, X, y = simulate(40, seed=9)
+    a = fitted.__class__.from_state(fitted.get_state())
+    b = fitted.__class__.from_state(a.get_state())
+    df = pd.DataFrame({"fan": X[:, 1], "power": X[:, 0]})  # column order differs: picked by name
+    fa, fb = _continue(a, X, y), _continue(b, df, y)
+    for k in ("score", "expected", "lower", "upper"):
+        np.testing.assert_array_equal(getattr(fa, k), getattr(fb, k))
+
+
+def test_bad_input_named():
+    with pytest.raises(ValueError, match="lagged"):
+        ThermalModel(feature_names=("fan",), lagged=("power",)).fit([0.0], [[1.0]], [1.0])
+    t, X, y = simulate(50)
+    with pytest.raises(ValueError, match="usable rows"):
+        ThermalModel().fit(t[:20], X[:20], y[:20])
+    with pytest.raises(ValueError, match="columns"):
+        ThermalModel().fit(t, X[:, :1], y)
