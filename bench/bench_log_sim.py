@@ -23,8 +23,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from detector.logs.backtest import run_journal_backtest
+from detector.logs.journal import read_journal_file
+from detector.logs.scoring import trouble_keywords
 
-LOG_VISIBLE = {"gpu_lost", "container_restart_loop", "vram_leak"}
 GPU_BY_PCI = {"0000:01:00.0": "0", "0000:02:00.0": "1"}  # the sim box's two GPUs (gpu_info pci_bus_id)
 
 
@@ -50,12 +51,15 @@ def run_seed(seed: int, days: float, workdir: Path) -> dict:
     def near(incident, t):
         return ts(t["start"]) - 120 <= ts(incident["start"]) <= ts(t["end"]) + 900
 
-    found = [t for t in failures if t["kind"] in LOG_VISIBLE and any(near(i, t) for i in incidents)]
-    missed = [t for t in failures if t["kind"] in LOG_VISIBLE and t not in found]
+    trouble = [e.ts for e in read_journal_file(out / "journal.jsonl")
+               if trouble_keywords(e.message) or (e.priority is not None and e.priority <= 3)]
+    visible = [t for t in failures if any(ts(t["start"]) <= x <= ts(t["end"]) for x in trouble)]
+    found = [t for t in visible if any(near(i, t) for i in incidents)]
+    missed = [t for t in visible if t not in found]
     false = [i for i in incidents if not any(near(i, t) for t in failures)]
     return {"seed": seed, "lines": report["lines"], "seconds": seconds, "found": found, "missed": missed,
             "false": false, "incidents": len(incidents),
-            "metric_only": sorted({t["kind"] for t in failures if t["kind"] not in LOG_VISIBLE})}
+            "metric_only": sorted({t["kind"] for t in failures if t not in visible})}
 
 
 def main(argv: list[str] | None = None) -> int:

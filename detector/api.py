@@ -102,11 +102,12 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
         if not math.isfinite(min_score) or min_score < 0:
             return error(400, f"min_score: must be a finite number >= 0, got {args.get('min_score')}")
         detector = args.get("detector")
-        if detector is not None and detector not in service.detectors and detector not in getattr(
-                service, "extra_detector_names", ()):
-            return error(404, f"detector: unknown detector {detector!r}")
         with service._lock:
             items = service.tracker.recent(include_open=True)
+        # metric detectors from the config, plus whatever other detectors (the log side) reported
+        if detector is not None and detector not in service.detectors and \
+                detector not in {i.detector for i in items}:
+            return error(404, f"detector: unknown detector {detector!r}")
         out = []
         for inc in reversed(items):
             if since is not None and inc.end < since:

@@ -94,6 +94,7 @@ def cmd_backtest(args) -> int:
         return _usage_error("--threshold: must be > 0")
     if args.journal_file and not os.path.isfile(args.journal_file):
         return _usage_error(f"--journal-file: no such file: {args.journal_file}")
+    cfg.prometheus.url = args.prometheus_url  # the log side maps PCI ids to GPUs through it too
     p = cfg.prometheus
     client = PromClient(args.prometheus_url, timeout=p.timeout, retries=p.retries, headers=p.headers)
     try:

@@ -231,7 +231,10 @@ class DetectorService:
         for name, det in list(self.detectors.items()):
             if det.last_fit is None and not det.series:
                 continue  # never fitted: the fit job (or a retrain) comes first
+            # only what no model has seen yet (within `context`): a pass every step fetches ~1 point
             start = end - sched.context
+            if det.series:
+                start = max(start, min(sm.last_t for sm in det.series.values()) - sched.step)
             try:
                 data = fetch_series(self.client, det.cfg, start, end, sched.step,
                                     grid=det.cfg.rule == "series_vanished")

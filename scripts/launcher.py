@@ -1,17 +1,34 @@
-"""Start and stop local processes for the demo: free ports, readiness polling, clean shutdown.
+"""Start and stop the local rigwatch pipeline for the demo and the end-to-end test.
 
-Standard library only, so `make demo` needs nothing beyond the package itself.
+`Pipeline` wires the real parts on 127.0.0.1: sim history backfilled with promtool, the sim exporter,
+the detector, a real Prometheus evaluating the committed rules and a real Alertmanager routing with
+the committed config to a `WebhookReceiver` in this process. `make demo` and
+tests/test_pipeline_e2e.py run this same code. Only the standard library and the package's own
+dependencies (PyYAML), so `make demo` needs nothing beyond the package itself.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPORTER_JOB = "rigwatch-exporter"
+DETECTOR_JOB = "rigwatch-detector"
 
 
 def free_port() -> int:
@@ -23,6 +40,10 @@ def free_port() -> int:
 def http_get(url: str, timeout: float = 3.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read()
+
+
+def http_json(url: str, timeout: float = 10.0):
+    return json.loads(http_get(url, timeout=timeout))
 
 
 class Process:
@@ -87,3 +108,264 @@ class PrometheusAPI:
         if body.get("status") != "success":
             raise RuntimeError(f"query {promql!r} failed: {body}")
         return body["data"]["result"]
+
+    def query_range(self, promql: str, start: float, end: float, step: float) -> list[dict]:
+        params = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        body = json.loads(http_get(f"{self.url}/api/v1/query_range?{urllib.parse.urlencode(params)}",
+                                   timeout=30))
+        if body.get("status") != "success":
+            raise RuntimeError(f"query_range {promql!r} failed: {body}")
+        return body["data"]["result"]
+
+
+class WebhookReceiver:
+    """An Alertmanager webhook target on 127.0.0.1 collecting every POSTed notification (its JSON).
+
+    `on_notification(payload)` is called for each one (from the server thread), e.g. to print it."""
+
+    def __init__(self, on_notification: Callable[[dict], None] | None = None, path: str = "/alerts"):
+        self.path = path
+        self.notifications: list[dict] = []
+        self.bad_requests = 0
+        self._cond = threading.Condition()
+        self._on = on_notification
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    payload = json.loads(body)
+                    ok = self.path == receiver.path and isinstance(payload, dict)
+                except ValueError:
+                    ok = False
+                self.send_response(200 if ok else 400)
+                self.end_headers()
+                if not ok:
+                    receiver.bad_requests += 1
+                    return
+                with receiver._cond:
+                    receiver.notifications.append(payload)
+                    receiver._cond.notify_all()
+                if receiver._on is not None:
+                    receiver._on(payload)
+
+            def log_message(self, *args):  # keep the demo's and the test's output clean
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> WebhookReceiver:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="webhook", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
+
+    def alerts(self) -> list[dict]:
+        """Every alert of every notification received so far (status, labels, annotations...)."""
+        with self._cond:
+            return [a for n in self.notifications for a in n.get("alerts", [])]
+
+    def wait_for(self, predicate: Callable[[dict], bool], timeout: float) -> dict | None:
+        """The first received alert matching predicate, waiting up to timeout seconds; None if none."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for n in self.notifications:
+                    for a in n.get("alerts", []):
+                        if predicate(a):
+                            return a
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(min(left, 1.0))
+
+
+@dataclass
+class PipelineOptions:
+    """What differs between the demo and the test; everything else is the committed configuration."""
+
+    schedule: str = "incidents: []\n"  # the live incident schedule (YAML), offsets from the exporter's start
+    speed: float = 1.0  # sim seconds per wall second for the live part
+    seed: int = 0
+    history_hours: float = 3.0  # clean sim history backfilled before "now" (detector training data)
+    history_step: float = 15.0
+    scrape_interval: float = 5.0
+    evaluation_interval: float = 5.0
+    detector_step: float = 10.0  # the detector's scoring cadence and resolution
+    detector_context: float = 1800.0
+    group_wait: float | None = 5.0  # Alertmanager's group_wait on every route; None keeps the committed ones
+    extra_prometheus_scrape: list[dict] = field(default_factory=list)
+
+
+class Pipeline:
+    """The whole rigwatch path on 127.0.0.1, every part real:
+
+    sim history --promtool--> TSDB <-- Prometheus (committed rules) --scrape--> sim exporter, detector
+    detector --query--> Prometheus;  Prometheus --alerts--> Alertmanager (committed routing) --> webhook
+
+    `start()` brings the parts up in dependency order and raises with the failing part's log if one
+    does not come up; `stop()` (also on a failed start) stops them all."""
+
+    def __init__(self, workdir: Path, options: PipelineOptions | None = None,
+                 on_notification: Callable[[dict], None] | None = None, log: Callable[[str], None] = print):
+        self.workdir = Path(workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.opts = options or PipelineOptions()
+        self.log = log
+        self.webhook = WebhookReceiver(on_notification)
+        self.exporter_port, self.detector_port, self.prom_port, self.am_port = (free_port() for _ in range(4))
+        self.exporter_instance = f"127.0.0.1:{self.exporter_port}"
+        self.detector_url = f"http://127.0.0.1:{self.detector_port}"
+        self.prom_url = f"http://127.0.0.1:{self.prom_port}"
+        self.am_url = f"http://127.0.0.1:{self.am_port}"
+        self.prom = PrometheusAPI(self.prom_url)
+        self.procs: list[Process] = []
+        self.sim_start: float | None = None  # wall time the live sim's schedule offsets count from
+        self.history_end: float | None = None
+
+    # -- parts ----------------------------------------------------------------------------------
+    def backfill_history(self) -> str:
+        """Clean sim history ending now, written with the real collector and loaded with promtool."""
+        from exporter.sim.history import write_history
+
+        promtool = _binary("promtool")
+        o = self.opts
+        tsdb = self.workdir / "tsdb"
+        shutil.rmtree(tsdb, ignore_errors=True)
+        clean = self.workdir / "history-schedule.yml"
+        clean.write_text("incidents: []\n")
+        t0 = time.perf_counter()
+        start = (time.time() - o.history_hours * 3600) // o.history_step * o.history_step
+        res = write_history(self.workdir / "history", start=start, days=o.history_hours / 24, step=o.history_step,
+                            seed=o.seed, schedule=clean, job=EXPORTER_JOB, instance=self.exporter_instance)
+        self.history_end = start + o.history_hours * 3600
+        out = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics",
+                              str(self.workdir / "history" / "metrics.om"), str(tsdb)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"promtool backfill failed: {out.stderr[-2000:]}")
+        return (f"backfilled {o.history_hours:g} h of clean sim history ({res.samples} samples, every "
+                f"{o.history_step:g} s) in {time.perf_counter() - t0:.1f} s")
+
+    def prometheus_config(self) -> str:
+        o = self.opts
+        rules = self.workdir / "rules"
+        shutil.rmtree(rules, ignore_errors=True)
+        rules.mkdir()
+        for f in sorted((ROOT / "prometheus" / "rules").glob("*.yml")):
+            shutil.copy(f, rules / f.name)
+        cfg = {
+            "global": {"scrape_interval": f"{o.scrape_interval:g}s", "evaluation_interval": f"{o.evaluation_interval:g}s",
+                       "scrape_timeout": f"{min(o.scrape_interval, 10):g}s"},
+            "rule_files": [str(rules / "*.yml")],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{self.am_port}"]}]}]},
+            "scrape_configs": [
+                {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{self.prom_port}"]}]},
+                {"job_name": EXPORTER_JOB, "static_configs": [{"targets": [self.exporter_instance]}]},
+                {"job_name": DETECTOR_JOB, "honor_labels": True,
+                 "static_configs": [{"targets": [f"127.0.0.1:{self.detector_port}"]}]},
+                *o.extra_prometheus_scrape,
+            ],
+        }
+        return yaml.safe_dump(cfg, sort_keys=False)
+
+    def alertmanager_config(self) -> str:
+        """The committed alertmanager.yml with only the webhook URL, the templates path and (when
+        asked) group_wait changed."""
+        cfg = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
+        cfg["templates"] = [str(ROOT / "alertmanager" / "templates" / "*.tmpl")]
+        for r in cfg["receivers"]:
+            for w in r.get("webhook_configs", []):
+                w["url"] = self.webhook.url
+        if self.opts.group_wait is not None:
+            routes = [cfg["route"], *cfg["route"].get("routes", [])]
+            for route in routes:
+                if "group_wait" in route:
+                    route["group_wait"] = f"{self.opts.group_wait:g}s"
+        return yaml.safe_dump(cfg, sort_keys=False)
+
+    def detector_config(self) -> str:
+        """The detector's built-in preset, pointed at this Prometheus, on a schedule short enough to watch."""
+        o = self.opts
+        cfg = yaml.safe_load(resources.files("detector").joinpath("default_preset.yml").read_text())
+        cfg["prometheus"] = {**cfg.get("prometheus", {}), "url": self.prom_url, "timeout": "10s", "retries": 2}
+        cfg["listen"] = f"127.0.0.1:{self.detector_port}"
+        cfg["store"] = {"path": str(self.workdir / "models")}
+        cfg["schedule"] = {**cfg.get("schedule", {}), "step": f"{o.detector_step:g}s", "fit_every": "1h",
+                           "lookback": f"{int(o.history_hours * 3600 + 600)}s",
+                           "context": f"{o.detector_context:g}s"}
+        return yaml.safe_dump(cfg, sort_keys=False)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> Pipeline:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        w, o = self.workdir, self.opts
+        prometheus, alertmanager = _binary("prometheus"), _binary("prometheus-alertmanager")
+        self.log(self.backfill_history())
+        self.webhook.start()
+        (w / "alertmanager.yml").write_text(self.alertmanager_config())
+        self._run("alertmanager", [alertmanager, f"--config.file={w / 'alertmanager.yml'}",
+                                   f"--storage.path={w / 'am-data'}", f"--web.listen-address=127.0.0.1:{self.am_port}",
+                                   "--cluster.listen-address="], self.am_url + "/-/ready")
+        (w / "schedule.yml").write_text(o.schedule)
+        self.sim_start = time.time()
+        self._run("exporter", [sys.executable, "-m", "exporter.cli", "--backend", "sim",
+                               "--listen", self.exporter_instance, "--sim-config", str(w / "schedule.yml"),
+                               "--speed", f"{o.speed:g}", "--seed", str(o.seed)],
+                  f"http://{self.exporter_instance}/metrics")
+        (w / "prometheus.yml").write_text(self.prometheus_config())
+        self._run("prometheus", [prometheus, f"--config.file={w / 'prometheus.yml'}", f"--storage.tsdb.path={w / 'tsdb'}",
+                                 f"--web.listen-address=127.0.0.1:{self.prom_port}",
+                                 "--storage.tsdb.retention.time=30d"], self.prom_url + "/-/ready", timeout=60)
+        (w / "detector.yml").write_text(self.detector_config())
+        self._run("detector", [sys.executable, "-m", "detector.cli", "serve", "--config", str(w / "detector.yml")],
+                  self.detector_url + "/healthz", timeout=60)
+
+    def _run(self, name: str, argv: list[str], ready_url: str, timeout: float = 30.0) -> Process:
+        p = Process(name, argv, self.workdir / f"{name}.log", cwd=self.workdir).start()
+        self.procs.append(p)
+        p.wait_ready(ready_url, timeout=timeout)
+        return p
+
+    def wait_detector_ready(self, timeout: float = 120.0) -> float:
+        """Wait until the detector has fitted its models (GET /readyz 200); returns the seconds waited."""
+        t0 = time.monotonic()
+        self.procs[-1].wait_ready(self.detector_url + "/readyz", timeout=timeout)
+        return time.monotonic() - t0
+
+    def dead(self) -> Process | None:
+        """The first part that exited on its own, if any."""
+        return next((p for p in self.procs if p.proc is not None and p.proc.poll() is not None), None)
+
+    def anomalies(self, since: float | None = None) -> list[dict]:
+        q = f"?since={since:.0f}" if since is not None else ""
+        return http_json(f"{self.detector_url}/api/v1/anomalies{q}")["anomalies"]
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.webhook.stop()
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise FileNotFoundError(f"{name} not found: run `make deps` (Debian packages prometheus, "
+                                f"prometheus-alertmanager)")
+    return path

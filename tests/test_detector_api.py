@@ -193,3 +193,25 @@ def test_prometheus_down_at_startup_fits_on_next_pass(service):
     responses.add_callback(responses.GET, PROM + "/api/v1/query_range", callback=matrix_handler(temps))
     assert service.score()  # the never-fitted detectors are fitted first, not hours later
     assert service.readiness() == (True, {"prometheus_up": True, "models_missing": []})
+
+
+@responses.activate
+def test_hot_reload_adds_detector_and_keeps_config_on_bad_edit(tmp_path):
+    import os
+
+    responses.add_callback(responses.GET, PROM + "/api/v1/query_range", callback=matrix_handler(temps))
+    path = tmp_path / "detector.yml"
+    path.write_text(CFG)
+    svc = DetectorService(load_config(path), client=PromClient(PROM, retries=0),
+                          store=ModelStore(MemoryPersistence()), clock=lambda: NOW, config_path=str(path))
+    svc.fit()
+    path.write_text(CFG + "  - {name: gpu_temp_2, query: gpu_temperature_celsius, model: robust_z}\n")
+    os.utime(path, ns=(int(NOW) * 10**9, int(NOW) * 10**9 + 10**9))
+    svc.score()
+    assert set(svc.detectors) == {"gpu_temperature", "gpu_xid", "gpu_temp_2"}
+    assert svc.detectors["gpu_temp_2"].last_fit is not None  # fitted straight away
+    assert svc.detectors["gpu_temperature"].version == 1  # unchanged detectors keep their models
+    path.write_text("detectors: [{name: x, query: up, model: nonsense}]")
+    os.utime(path, ns=(int(NOW) * 10**9, int(NOW) * 10**9 + 2 * 10**9))
+    svc.score()
+    assert "gpu_temp_2" in svc.detectors and "detectors[0].model" in svc.watcher.last_error

@@ -104,3 +104,11 @@ def test_detector_flags_novel_error_once_and_keeps_state(tmp_path):
     assert restored.line_.counts_ == detector.line_.counts_
     with pytest.raises(ValueError, match="corrupt log detector state"):
         LogDetector.from_state(b'{"version": 1}')
+
+
+def test_detector_without_history_still_scores():
+    detector = LogDetector().fit([])
+    results = detector.score([LogEntry(100.0, "kernel: segfault at 0 ip 0 error 4", {"job": "systemd-journal",
+                                                                                  "priority": "3"})], 160.0)
+    assert [a.detector for a in results if a.score > 1] == ["log_template"]
+    assert LogDetector.from_state(detector.get_state()).miner_.templates() == detector.miner_.templates()

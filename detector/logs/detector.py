@@ -9,7 +9,8 @@
 Detectors (the `detector` label):
   log_pattern   known critical patterns (Xid, OOM kill, restart loops, brute force...)   patterns.py
   log_template  novel and rare templates, weighted by severity and trouble keywords       scoring.LineScorer
-  log_rate      bursts and silences per stream and per top template                      scoring.RateModel
+  log_rate      floods and silences per stream and per top template, and trouble lines   scoring.RateModel
+                of one template repeating (a failure that repeats is the incident)       scoring.RepeatTracker
   log_sequence  unusual mixes of templates in the recent window                          scoring.SequenceModel
 `score` returns, per detector and label set, the highest score of the call (so gauges can be
 published for every stream, also below 1); lines a known pattern claims are not scored again as

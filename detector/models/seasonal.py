@@ -31,6 +31,7 @@ residual z divided by the ESD critical value for the fitted sample size at ``alp
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -270,8 +271,6 @@ def decompose(y_grid: np.ndarray, period: int | None, method: str = "fast",
     cycles = math.ceil(n / period)
     pad = np.full(cycles * period, np.nan)
     pad[:n] = detrended
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN phase: filled below
         profile = np.nanmedian(pad.reshape(cycles, period), axis=0)
@@ -338,9 +337,6 @@ class SeasonalESD(UnivariateModel):
         return 2 * int(math.ceil(period_s / step_seconds))
 
     # -- fit ------------------------------------------------------------------------------------
-    def _side(self) -> str:
-        return self.direction
-
     def decompose(self, t, y):
         """Batch decomposition of (t, y) -> dict(idx, grid, trend, seasonal, resid, period, step)."""
         self._check_params()
@@ -361,7 +357,7 @@ class SeasonalESD(UnivariateModel):
     def detect(self, t, y) -> np.ndarray:
         """Batch S-H-ESD over the whole window (not causal): boolean mask of outliers in y."""
         d = self.decompose(t, y)
-        out = generalized_esd(d["resid"], self.max_anomalies, self.alpha, side=self._side())
+        out = generalized_esd(d["resid"], self.max_anomalies, self.alpha, side=self.direction)
         grid_mask = np.zeros(len(d["grid"]), bool)
         grid_mask[out] = True
         return grid_mask[d["idx"]]
@@ -373,8 +369,14 @@ class SeasonalESD(UnivariateModel):
         step, grid = d["step"], d["grid"]
         n = len(grid)
         phase = np.arange(n) % period
-        profile = np.resize(d["seasonal"][:period], period) if d["period"] else np.zeros(1)
-        out = generalized_esd(d["resid"], self.max_anomalies, self.alpha, side=self._side())
+        if d["period"]:
+            # the most recent cycle, indexed by phase (STL's seasonal may drift between cycles)
+            last = np.arange(n - period, n)
+            profile = np.empty(period)
+            profile[last % period] = d["seasonal"][last]
+        else:
+            profile = np.zeros(1)
+        out = generalized_esd(d["resid"], self.max_anomalies, self.alpha, side=self.direction)
         # residuals as scoring will see them: deseasonalised value minus the causal rolling
         # median of the previous trend_window deseasonalised values
         import pandas as pd
