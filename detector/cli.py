@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from detector.config import ConfigError, load_config
+from detector.config import ConfigError, apply_overrides, load_config
 
 log = logging.getLogger("rigwatch.detector")
 
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", help="HOST:PORT (default from config: 127.0.0.1:9843)")
     s.add_argument("--prometheus-url", help="override prometheus.url from the config")
     s.add_argument("--store", help="override store.path (model store directory)")
+    s.add_argument("--loki-url", help="set loki.url (adds a loki: section if the config has none, "
+                   "which turns log detection on)")
     s.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("backtest", help="replay a time range and write an incident report")
@@ -121,10 +123,11 @@ def cmd_serve(args) -> int:
         cfg = load_config(args.config)
     except ConfigError as e:
         return _usage_error(f"config {args.config or '<default preset>'}: {e}")
-    if args.prometheus_url:
-        cfg.prometheus.url = args.prometheus_url
-    if args.store:
-        cfg.store_path = args.store
+    try:
+        apply_overrides(cfg, prometheus_url=args.prometheus_url or None, loki_url=args.loki_url or None,
+                        store=args.store or None)
+    except ConfigError as e:
+        return _usage_error(str(e))
     listen = args.listen or cfg.listen
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():

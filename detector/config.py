@@ -343,6 +343,26 @@ def parse_config(raw: Any) -> Config:
     return cfg
 
 
+def apply_overrides(cfg: Config, *, prometheus_url: str | None = None, loki_url: str | None = None,
+                    store: str | None = None) -> Config:
+    """Command-line flags over the loaded config (in place; returns cfg). A bad value raises
+    ConfigError naming the flag. `loki_url` sets `loki.url`, creating the `loki:` section if the
+    config has none, which switches log detection on (the rest of the section — query, tenant,
+    timeout — keeps its values or the log side's defaults)."""
+    for flag, url in (("--prometheus-url", prometheus_url), ("--loki-url", loki_url)):
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(flag, f"must start with http:// or https:// (got {url!r})")
+    if prometheus_url is not None:
+        cfg.prometheus.url = prometheus_url
+    if loki_url is not None:
+        cfg.loki = {**(cfg.loki or {}), "url": loki_url}
+    if store is not None:
+        if not store.strip():
+            raise ConfigError("--store", "must be a directory path (got an empty string)")
+        cfg.store_path = store
+    return cfg
+
+
 class ConfigWatcher:
     """Hot reload: `poll()` returns a new Config when the file changed and is valid, else None.
     An invalid edit keeps the running config (the error is returned in `last_error`)."""

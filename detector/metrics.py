@@ -43,6 +43,8 @@ class DetectorCollector:
         fams = {
             "score": Metric("rigwatch_anomaly_score", "Anomaly score (>= 0; > 1 anomalous at the configured "
                             "sensitivity) of the latest scored point", "gauge"),
+            "value": Metric("rigwatch_anomaly_value", "Observed value of the latest scored point (what the "
+                            "score judges; alert descriptions quote it)", "gauge"),
             "expected": Metric("rigwatch_anomaly_expected", "Value the model expected for the latest point",
                                "gauge"),
             "lower": Metric("rigwatch_anomaly_lower", "Lower edge of the model's normal band", "gauge"),

@@ -37,6 +37,7 @@ class ScoreSample:
     expected: float
     lower: float
     upper: float
+    value: float = float("nan")  # the observed value of the scored point (rigwatch_anomaly_value)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class DetectorService:
 
                     self._latest[(b.detector, series_id(b.labels))] = ScoreSample(
                         b.detector, b.model, dict(b.labels), float(b.t[i]), float(b.score[i]),
-                        float(b.expected[i]), float(b.lower[i]), float(b.upper[i]))
+                        float(b.expected[i]), float(b.lower[i]), float(b.upper[i]), float(b.y[i]))
 
     def _publish(self) -> None:
         with self._lock:

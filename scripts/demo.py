@@ -1,83 +1,158 @@
-"""`make demo`: the simulated AI box, its exporter and a real Prometheus, on 127.0.0.1.
+"""`make demo`: the whole rigwatch pipeline on 127.0.0.1, every part real, with a simulated AI box.
 
-1. writes a day of simulated history (the real collector over sim time) and backfills it into a fresh
-   Prometheus TSDB with `promtool tsdb create-blocks-from openmetrics` (skipped if promtool is missing);
-2. starts `rigwatch-exporter --backend sim --speed N` on a free port;
-3. starts a real `prometheus` scraping it every 5 s, on the backfilled TSDB;
-4. prints the URLs, then live readings queried from Prometheus's HTTP API every few seconds;
-5. stops everything on Ctrl-C / SIGTERM (or after --duration seconds).
+1. writes a few hours of clean simulated history (the real collector over sim time) and backfills it
+   into a fresh Prometheus TSDB with promtool: the detector's training data, ending now;
+2. starts the simulated AI box (`rigwatch-exporter --backend sim`) playing a short demo
+   schedule (a fan failing on GPU 0, then GPU 1 falling off the bus), a real Alertmanager with the
+   committed alertmanager.yml delivering to a webhook receiver inside this script, a real Prometheus
+   scraping the exporter and the detector and evaluating the committed rules, and
+   `rigwatch-detector serve` (the built-in preset, scoring every 10 s);
+3. prints where to look, then streams what happens: anomaly scores crossing 1 (from Prometheus),
+   incidents the detector confirms (GET /api/v1/anomalies), notifications Alertmanager delivers, and
+   a line of live GPU readings every --interval seconds;
+4. stops everything on Ctrl-C / SIGTERM (or after --duration seconds).
 
-    python -m scripts.demo [--speed 60] [--duration SECONDS] [--workdir DIR] [--seed N]
+    python -m scripts.demo [--duration SECONDS] [--workdir DIR] [--seed N] [--schedule FILE] [--speed 1]
+
+Speed: --speed N plays the sim N times faster than the wall clock, but Prometheus stamps samples with
+wall-clock time, so every counter's rate() comes out N times too high (the thermal model's power
+feature is rate(gpu_energy_consumption_joules_total): at N=10 it expects 5000 C) and every duration N
+times too short against the models trained on the speed-1 history. The demo therefore runs at speed
+1 and schedules its incidents in its first minutes instead; --speed is for watching the hard guards.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from scripts.launcher import Process, PrometheusAPI, free_port
+import yaml
 
-JOB = "rigwatch-exporter"
+from exporter.sim.incidents import parse_schedule
+from scripts.launcher import EXPORTER_JOB, Pipeline, PipelineOptions, PrometheusAPI
+
+# Offsets from the exporter's start, in sim time (= wall time at the default --speed 1): GPU 0's fan
+# fails 30 s in and stays broken long enough for the thermal model's score, its 3-minute incident and
+# the 5-minute `for:` of the model-based alert; GPU 1 falls off the bus 2 minutes in, which the
+# hard guards alert on at once (`for: 0m`) and the detector scores on its next pass.
+DEMO_SCHEDULE = """\
+incidents:
+  - {kind: fan_failure, at: 30s, duration: 20m, gpu: 0}
+  - {kind: gpu_lost, at: 2m, duration: 15m, gpu: 1}
+"""
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--speed", type=float, default=60.0, help="sim seconds per wall second (default 60)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="sim seconds per wall second (default 1; see the note on speed above)")
     p.add_argument("--duration", type=float, default=0.0,
                    help="stop after this many seconds (default 0: run until Ctrl-C)")
-    p.add_argument("--workdir", default=None, help="where logs and the TSDB go (default: a temp dir, removed)")
+    p.add_argument("--workdir", default=None, help="where logs, configs and the TSDB go (default: a temp "
+                   "dir, removed on exit)")
     p.add_argument("--seed", type=int, default=0, help="sim seed (default 0)")
-    p.add_argument("--history-days", type=float, default=1.0, help="days of history to backfill (0: none)")
-    p.add_argument("--interval", type=float, default=5.0, help="seconds between printed readings (default 5)")
+    p.add_argument("--schedule", default=None, help="incident schedule YAML for the live sim (default: the "
+                   "demo's fan failure + lost GPU)")
+    p.add_argument("--history-hours", type=float, default=3.0,
+                   help="hours of clean history to train on (default 3; the thermal model needs 2)")
+    p.add_argument("--interval", type=float, default=30.0, help="seconds between GPU reading lines (default 30)")
     args = p.parse_args(argv)
-    if args.speed <= 0 or args.duration < 0 or args.history_days < 0 or args.interval <= 0:
-        p.error("--speed and --interval must be > 0, --duration and --history-days >= 0")
+    if args.speed <= 0 or args.duration < 0 or args.history_hours <= 0 or args.interval <= 0:
+        p.error("--speed, --history-hours and --interval must be > 0, --duration >= 0")
     return args
 
 
-def backfill(workdir: Path, tsdb: Path, days: float, seed: int, instance: str) -> str:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        return "promtool not found: no backfilled history (install the Debian 'prometheus' package)"
-    from exporter.sim.history import write_history
-    step = 60.0
-    start = (time.time() - days * 86400) // step * step
-    t0 = time.perf_counter()
-    res = write_history(workdir / "history", start=start, days=days, step=step, seed=seed,
-                        job=JOB, instance=instance)
-    t_sim = time.perf_counter() - t0
-    out = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics",
-                          str(workdir / "history" / "metrics.om"), str(tsdb)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"promtool backfill failed: {out.stderr[-2000:]}")
-    return (f"backfilled {days:g} day(s) of sim history: {res.samples} samples in {t_sim:.1f}s, "
-            f"promtool {time.perf_counter() - t0 - t_sim:.1f}s (truth: {workdir / 'history' / 'truth.json'})")
+def say(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True)
 
 
-def fmt_readings(api: PrometheusAPI) -> list[str]:
+def _where(labels: dict) -> str:
+    keep = [f"{k}={labels[k]}" for k in ("gpu", "container", "xid", "reason", "unit") if labels.get(k)]
+    return " ".join(keep) or labels.get("instance", "")
+
+
+def fmt_readings(api: PrometheusAPI) -> str:
     def by_gpu(q):
         return {r["metric"].get("gpu"): float(r["value"][1]) for r in api.query(q)}
-    temp = by_gpu(f'gpu_temperature_celsius{{job="{JOB}"}}')
-    power = by_gpu(f'gpu_power_usage_watts{{job="{JOB}"}}')
-    util = by_gpu(f'gpu_utilization_ratio{{job="{JOB}"}}')
-    mem = by_gpu(f'gpu_memory_used_bytes{{job="{JOB}"}}')
-    fan = by_gpu(f'max by (gpu) (gpu_fan_speed_ratio{{job="{JOB}"}})')
-    up = by_gpu(f'gpu_up{{job="{JOB}"}}')
-    lines = []
+    temp = by_gpu(f'gpu_temperature_celsius{{job="{EXPORTER_JOB}"}}')
+    power = by_gpu(f'gpu_power_usage_watts{{job="{EXPORTER_JOB}"}}')
+    util = by_gpu(f'gpu_utilization_ratio{{job="{EXPORTER_JOB}"}}')
+    fan = by_gpu(f'max by (gpu) (gpu_fan_speed_ratio{{job="{EXPORTER_JOB}"}})')
+    up = by_gpu(f'gpu_up{{job="{EXPORTER_JOB}"}}')
+    parts = []
     for gpu in sorted(set(up) | set(temp), key=lambda g: int(g) if g and g.isdigit() else 99):
         if up.get(gpu) == 0:
-            lines.append(f"  gpu {gpu}: LOST (gpu_up 0)")
+            parts.append(f"gpu {gpu}: LOST")
             continue
-        lines.append(f"  gpu {gpu}: {temp.get(gpu, float('nan')):5.1f} C  {power.get(gpu, float('nan')):6.1f} W  "
-                     f"util {100 * util.get(gpu, 0):3.0f} %  fan {100 * fan.get(gpu, 0):3.0f} %  "
-                     f"vram {mem.get(gpu, 0) / 2**30:5.1f} GiB")
-    return lines
+        parts.append(f"gpu {gpu}: {temp.get(gpu, float('nan')):3.0f} C {power.get(gpu, float('nan')):4.0f} W "
+                     f"util {100 * util.get(gpu, 0):3.0f} % fan {100 * fan.get(gpu, 0):3.0f} %")
+    return " | ".join(parts) or "(waiting for the first scrape)"
+
+
+class Streamer:
+    """Turns polled state into one printed line per change: scores crossing 1, confirmed incidents."""
+
+    def __init__(self, pipe: Pipeline):
+        self.pipe = pipe
+        self.above: dict[tuple, float] = {}  # series above 1 -> peak seen
+        self.incidents: set[tuple] = set()
+        self.anomalies_seen = 0
+        self.alerts_seen = 0
+
+    def scores(self) -> None:
+        api = self.pipe.prom
+        rows = api.query("rigwatch_anomaly_score > 1")
+        now_above = {}
+        for r in rows:
+            m = r["metric"]
+            key = tuple(sorted((k, v) for k, v in m.items() if k != "__name__"))
+            now_above[key] = float(r["value"][1])
+        for key, score in now_above.items():
+            if key in self.above:
+                continue
+            m = dict(key)
+            sel = ",".join(f'{k}="{v}"' for k, v in key)
+            band = {}
+            for what in ("expected", "lower", "upper"):
+                res = api.query(f"rigwatch_anomaly_{what}{{{sel}}}")
+                band[what] = float(res[0]["value"][1]) if res else float("nan")
+            self.anomalies_seen += 1
+            detail = ""
+            if math.isfinite(band["expected"]):
+                detail = f", expected {band['expected']:.4g}"
+                if math.isfinite(band["lower"]) and math.isfinite(band["upper"]):
+                    detail += f" (band {band['lower']:.4g} .. {band['upper']:.4g})"
+            say(f"ANOMALY   {m.get('detector')} ({m.get('model')}) {_where(m)}: score {score:.2f} > 1{detail}")
+        for key in set(self.above) - set(now_above):
+            m = dict(key)
+            say(f"normal    {m.get('detector')} {_where(m)}: score back under 1")
+        self.above = now_above
+
+    def confirmed(self) -> None:
+        for a in self.pipe.anomalies():
+            key = (a["detector"], tuple(sorted(a["labels"].items())), a["start"])
+            if key in self.incidents:
+                continue
+            self.incidents.add(key)
+            why = "; ".join(a.get("explanation") or [])
+            say(f"INCIDENT  {a['summary']} since {a['start']}{' — ' + why if why else ''}")
+
+    def notification(self, note: dict) -> None:
+        for a in note.get("alerts", []):
+            lab, ann = a["labels"], a.get("annotations", {})
+            if a["status"] == "firing":
+                self.alerts_seen += 1
+                desc = " ".join(ann.get("description", "").split())
+                say(f"ALERT     {lab.get('alertname')} ({lab.get('severity')}) {_where(lab)} -> "
+                    f"{note.get('receiver')}: {desc}")
+            else:
+                say(f"RESOLVED  {lab.get('alertname')} {_where(lab)}")
 
 
 def main(argv=None) -> int:
@@ -87,70 +162,63 @@ def main(argv=None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="rigwatch-demo-") if own_workdir else args.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    tsdb = workdir / "tsdb"
-    shutil.rmtree(tsdb, ignore_errors=True)  # a fresh TSDB every run (ours: under the demo's workdir)
-    exporter_port, prom_port = free_port(), free_port()
-    instance = f"127.0.0.1:{exporter_port}"
-    procs: list[Process] = []
+    schedule = Path(args.schedule).read_text() if args.schedule else DEMO_SCHEDULE
+    opts = PipelineOptions(schedule=schedule, speed=args.speed, seed=args.seed, history_hours=args.history_hours)
+    streamer: Streamer | None = None
+
+    def on_note(note):
+        if streamer is not None:
+            streamer.notification(note)
+
+    pipe = Pipeline(workdir, opts, on_notification=on_note, log=lambda s: say(s))
+    streamer = Streamer(pipe)
     try:
-        prometheus = shutil.which("prometheus")
-        if prometheus is None:
-            print("prometheus not found: run `make deps` (Debian package 'prometheus')", file=sys.stderr)
+        print("rigwatch demo: simulated AI box -> Prometheus -> detector -> rules -> Alertmanager, on 127.0.0.1",
+              flush=True)
+        try:
+            pipe.start()
+            fitted = pipe.wait_detector_ready(timeout=120)
+        except (FileNotFoundError, RuntimeError, TimeoutError) as e:
+            print(f"demo: could not start the pipeline: {e}", file=sys.stderr)
             return 1
-        if args.history_days > 0:
-            print(backfill(workdir, tsdb, args.history_days, args.seed, instance), flush=True)
-        exporter = Process("exporter", [sys.executable, "-m", "exporter.cli", "--backend", "sim",
-                                        "--listen", instance, "--speed", str(args.speed),
-                                        "--seed", str(args.seed)], workdir / "exporter.log").start()
-        procs.append(exporter)
-        exporter.wait_ready(f"http://{instance}/metrics")
-        config = workdir / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n"
-            f"scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['{instance}']\n"
-            f"  - job_name: prometheus\n    static_configs:\n      - targets: ['127.0.0.1:{prom_port}']\n")
-        prom = Process("prometheus", [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
-                                      f"--web.listen-address=127.0.0.1:{prom_port}",
-                                      "--storage.tsdb.retention.time=30d"], workdir / "prometheus.log",
-                       cwd=workdir).start()
-        procs.append(prom)
-        prom_url = f"http://127.0.0.1:{prom_port}"
-        prom.wait_ready(prom_url + "/-/ready", timeout=60)
-        api = PrometheusAPI(prom_url)
-        graph = (f"{prom_url}/graph?g0.expr=gpu_temperature_celsius&g0.tab=0&g0.range_input=1d"
-                 "&g1.expr=gpu_power_usage_watts&g1.tab=0&g1.range_input=1d")
-        print(f"exporter (sim, {args.speed:g}x): http://{instance}/metrics", flush=True)
-        print(f"prometheus:                {prom_url}", flush=True)
-        print(f"graph of the last day:     {graph}", flush=True)
-        print(f"logs and TSDB:             {workdir}{' (removed on exit)' if own_workdir else ''}", flush=True)
-        if args.history_days > 0:
-            peak = api.query(f'max by (gpu) (max_over_time(gpu_temperature_celsius{{job="{JOB}"}}[1d]))')
-            print("hottest in the backfilled day: " + ", ".join(
-                f"gpu {r['metric']['gpu']} {float(r['value'][1]):.0f} C" for r in sorted(
-                    peak, key=lambda r: r["metric"]["gpu"])), flush=True)
-        print("Ctrl-C to stop. Live readings from Prometheus:", flush=True)
+        prom = pipe.prom_url
+        graph = (f"{prom}/graph?g0.expr=rigwatch_anomaly_score&g0.tab=0&g0.range_input=30m"
+                 "&g1.expr=gpu_temperature_celsius%20or%20rigwatch_anomaly_expected%7Bdetector%3D%22gpu_thermal%22%7D"
+                 "%20or%20rigwatch_anomaly_upper%7Bdetector%3D%22gpu_thermal%22%7D&g1.tab=0&g1.range_input=30m")
+        print(f"  sim exporter ({args.speed:g}x): http://{pipe.exporter_instance}/metrics", flush=True)
+        print(f"  detector:             {pipe.detector_url}/api/v1/anomalies   (models: /api/v1/models)", flush=True)
+        print(f"  prometheus:           {prom}/alerts", flush=True)
+        print(f"  score and band graph: {graph}", flush=True)
+        print(f"  alertmanager:         {pipe.am_url}", flush=True)
+        print(f"  logs, configs, TSDB:  {workdir}{' (removed on exit)' if own_workdir else ''}", flush=True)
+        for inc in parse_schedule(yaml.safe_load(schedule), containers=None):
+            where = f" on GPU {inc.gpu}" if inc.gpu is not None else (f" in {inc.container}" if inc.container else "")
+            print(f"  scheduled: {inc.kind}{where}, {inc.at / args.speed:.0f} s after start for "
+                  f"{inc.duration / args.speed:.0f} s", flush=True)
+        say(f"detector ready: models fitted on the backfilled history ({fitted:.1f} s). Ctrl-C to stop.")
         t_end = time.monotonic() + args.duration if args.duration else None
+        next_reading = 0.0
         while not stop.is_set():
-            for p in procs:
-                if p.proc.poll() is not None:
-                    print(f"{p.name} exited with {p.proc.returncode}; log:\n{p.tail()}", file=sys.stderr)
-                    return 1
+            dead = pipe.dead()
+            if dead is not None:
+                print(f"{dead.name} exited with {dead.proc.returncode}; log:\n{dead.tail()}", file=sys.stderr)
+                return 1
             try:
-                lines = fmt_readings(api)
+                if time.monotonic() >= next_reading:
+                    say(fmt_readings(pipe.prom))
+                    next_reading = time.monotonic() + args.interval
+                streamer.scores()
+                streamer.confirmed()
             except (OSError, RuntimeError, ValueError) as e:
-                lines = [f"  (prometheus query failed: {e})"]
-            print(time.strftime("%H:%M:%S") + (" (waiting for the first scrape)" if not lines else ""), flush=True)
-            for line in lines:
-                print(line, flush=True)
-            wait = args.interval if t_end is None else min(args.interval, max(0.0, t_end - time.monotonic()))
-            if stop.wait(wait) or (t_end is not None and time.monotonic() >= t_end):
+                say(f"(query failed: {e})")
+            if stop.wait(2.0) or (t_end is not None and time.monotonic() >= t_end):
                 break
-        print("stopping", flush=True)
+        say(f"stopping: {streamer.anomalies_seen} anomaly score(s) crossed 1, "
+            f"{streamer.alerts_seen} alert notification(s) delivered")
         return 0
     finally:
-        for p in reversed(procs):
-            p.stop()
+        pipe.stop()
+        print("stopped", flush=True)
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 

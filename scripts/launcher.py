@@ -59,8 +59,10 @@ class Process:
 
     def start(self) -> Process:
         self._log = open(self.log_path, "ab")
+        # its own session: a Ctrl-C in the terminal reaches only the demo, which then stops the
+        # parts in order (detector before Prometheus, Prometheus before Alertmanager)
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.cwd,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         return self
 
     def wait_ready(self, url: str, timeout: float = 30.0) -> None:
@@ -249,12 +251,13 @@ class Pipeline:
         res = write_history(self.workdir / "history", start=start, days=o.history_hours / 24, step=o.history_step,
                             seed=o.seed, schedule=clean, job=EXPORTER_JOB, instance=self.exporter_instance)
         self.history_end = start + o.history_hours * 3600
+        shifted = rebase_counters(self.workdir / "history" / "metrics.om")
         out = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics",
                               str(self.workdir / "history" / "metrics.om"), str(tsdb)], capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"promtool backfill failed: {out.stderr[-2000:]}")
         return (f"backfilled {o.history_hours:g} h of clean sim history ({res.samples} samples, every "
-                f"{o.history_step:g} s) in {time.perf_counter() - t0:.1f} s")
+                f"{o.history_step:g} s, {shifted} counter series rebased) in {time.perf_counter() - t0:.1f} s")
 
     def prometheus_config(self) -> str:
         o = self.opts
@@ -361,6 +364,43 @@ class Pipeline:
         for p in reversed(self.procs):
             p.stop()
         self.webhook.stop()
+
+
+def rebase_counters(path: Path) -> int:
+    """Shift every counter series of an OpenMetrics history so that it ends at the value it starts at.
+
+    The history and the live exporter are two runs of the sim with the same seed, and a SimBox starts
+    every counter at the same seeded value whatever its start time (energy since a seeded boot,
+    restart counts). Left alone, the history ends above the value the live exporter starts at: a
+    counter "reset" at the seam, where rate() counts the whole live value (~2e7 J) as one increase and
+    the thermal model's power feature reads 100 kW. Shifted by (last - first), the history ends
+    exactly where the live box begins, as on a box whose exporter kept running. A series the shift
+    would take below zero is left as it is. Returns how many series were shifted."""
+    counters: set[str] = set()
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    with open(path) as fh:
+        for line in fh:
+            if line.startswith("# TYPE ") and line.split()[3] == "counter":
+                counters.add(line.split()[2] + "_total")
+            elif not line.startswith("#"):
+                series, value, _ = line.rsplit(" ", 2)
+                if series.split("{", 1)[0] in counters:
+                    first.setdefault(series, float(value))
+                    last[series] = float(value)
+    shift = {k: last[k] - first[k] for k in first if last[k] != first[k] and 2 * first[k] - last[k] >= 0}
+    if not shift:
+        return 0
+    tmp = path.with_suffix(".rebased")
+    with open(path) as src, open(tmp, "w") as dst:
+        for line in src:
+            if not line.startswith("#"):
+                series, value, ts = line.rsplit(" ", 2)
+                if series in shift:
+                    line = f"{series} {float(value) - shift[series]!r} {ts}"
+            dst.write(line)
+    tmp.replace(path)
+    return len(shift)
 
 
 def _binary(name: str) -> str:

@@ -76,6 +76,8 @@ def test_fit_score_publish_and_self_metrics(service):
     assert reg.get_sample_value("rigwatch_anomaly_score", labels) > 1
     assert reg.get_sample_value("rigwatch_anomaly_expected", labels) == pytest.approx(40.5, abs=0.6)
     assert reg.get_sample_value("rigwatch_anomaly_upper", labels) > 41
+    # the observed value beside its band: the alert descriptions quote it
+    assert reg.get_sample_value("rigwatch_anomaly_value", labels) == 90.0
     assert reg.get_sample_value("rigwatch_detector_source_up", {"source": "prometheus"}) == 1
     assert reg.get_sample_value("rigwatch_detector_source_errors_total", {"source": "prometheus"}) == 0
     assert reg.get_sample_value("rigwatch_detector_last_success_timestamp_seconds", {"task": "score"}) == NOW + 30

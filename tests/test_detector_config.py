@@ -83,3 +83,46 @@ def test_hot_reload_keeps_running_config_on_error(tmp_path):
     os.utime(p, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
     cfg = w.poll()
     assert cfg is not None and cfg.detectors[0].name == "b" and w.last_error is None
+
+
+# -- command-line overrides (serve --prometheus-url / --loki-url / --store) ---------------------
+def test_loki_url_creates_the_loki_section_on_the_preset():
+    from detector.config import apply_overrides
+    from detector.logs.loki import LokiClient
+
+    cfg = load_config(None)
+    assert cfg.loki is None  # the built-in preset has no log side ...
+    apply_overrides(cfg, loki_url="http://loki:3100")
+    assert cfg.loki == {"url": "http://loki:3100"}  # ... until --loki-url turns it on
+    # what the log side's attach() builds its client from
+    assert LokiClient.from_config(cfg.loki).url == "http://loki:3100"
+    assert cfg.prometheus.url == "http://127.0.0.1:9090"  # untouched
+
+
+def test_loki_url_overrides_only_the_url_of_an_existing_section():
+    from detector.config import apply_overrides
+
+    cfg = load_config(text='loki: {url: "http://old:3100", query: "{job=\\"x\\"}", timeout: 5}\n'
+                           'detectors: []\n')
+    apply_overrides(cfg, loki_url="https://new:3100/", prometheus_url="http://prom:9090", store="/data/m")
+    assert cfg.loki == {"url": "https://new:3100/", "query": '{job="x"}', "timeout": 5}
+    assert cfg.prometheus.url == "http://prom:9090" and cfg.store_path == "/data/m"
+
+
+@pytest.mark.parametrize("kwargs, flag", [({"loki_url": "loki:3100"}, "--loki-url"),
+                                          ({"prometheus_url": "ftp://p"}, "--prometheus-url"),
+                                          ({"store": " "}, "--store")])
+def test_bad_override_names_the_flag(kwargs, flag):
+    from detector.config import apply_overrides
+
+    cfg = load_config(None)
+    with pytest.raises(ConfigError, match=f"^{flag}: "):
+        apply_overrides(cfg, **kwargs)
+    assert cfg.loki is None
+
+
+def test_serve_rejects_a_bad_loki_url_with_exit_2(capsys):
+    from detector.cli import main
+
+    assert main(["serve", "--loki-url", "loki:3100", "--listen", "127.0.0.1:0"]) == 2
+    assert "--loki-url: must start with http://" in capsys.readouterr().err

@@ -112,3 +112,57 @@ def test_detector_without_history_still_scores():
                                                                                   "priority": "3"})], 160.0)
     assert [a.detector for a in results if a.score > 1] == ["log_template"]
     assert LogDetector.from_state(detector.get_state()).miner_.templates() == detector.miner_.templates()
+
+
+def test_line_scorer_severity_is_news_only_where_the_template_has_not_shown_it():
+    # training: T1 an error line (3 times), T2 an info line (3 times)
+    scorer = LineScorer().fit(["T1"] * 3 + ["T2"] * 3, [3, 3, 3, 6, 6, 6])
+    assert scorer.score("T1", "backup failed: disk busy", 3) < 1      # a known error at its known level
+    assert scorer.score("T1", "backup failed: disk busy", 4) < 1      # ... or milder
+    assert scorer.score("T1", "backup failed: disk busy", 2) > 1      # more severe than training ever saw
+    assert scorer.score("T2", "sync failed", 3) > 1                   # an info template now logged as error
+    assert scorer.score("T2", "sync done", 6) < 1
+    assert scorer.score(None, "disk controller failed", 3) > 1        # novel error: unchanged
+    # rarity still ranks known lines: the rarer known error scores higher
+    rare = LineScorer().fit(["T1"] + ["T3"] * 50, [3] + [3] * 50)
+    assert 0 < rare.score("T3", "x failed", 3) < rare.score("T1", "x failed", 3) < 1
+    # without priorities at fit time (plain text training) severity is always news, as before
+    assert LineScorer().fit(["T1"] * 3).score("T1", "backup failed", 3) > 1
+
+
+def test_line_scorer_remap_follows_merged_templates():
+    scorer = LineScorer().fit(["T1", "T2", "T2", "T4"], [6, 3, 4, None])
+    scorer.counts_["T5"] += 2  # seen online only
+    aliases = {"T2": "T1", "T5": "T4"}
+    scorer.remap(lambda t: aliases.get(t, t))
+    assert scorer.counts_ == Counter({"T1": 3, "T4": 3})
+    assert scorer.trained_counts_ == Counter({"T1": 3, "T4": 1})
+    assert scorer.trained_priority_ == {"T1": 3}
+    restored = LineScorer().set_state(scorer.get_state())
+    assert restored.trained_priority_ == {"T1": 3} and restored.counts_ == scorer.counts_
+
+
+def test_detector_known_error_at_its_usual_level_is_not_flagged_escalated_one_is():
+    backup = {"job": "systemd-journal", "unit": "backup.service", "priority": "3"}
+    training = _entries(0, 200) + _entries(15, 8, "backup of /srv/share{i} failed: device busy", backup, step=700.0)
+    detector = LogDetector({"window_s": 300, "sequence": False}).fit(training)
+    results = detector.score([LogEntry(6100, "backup of /srv/share9 failed: device busy", backup)], 6120)
+    assert not [a for a in results if a.score > 1]
+    crit = dict(backup, priority="2")
+    results = detector.score([LogEntry(6200, "backup of /srv/share9 failed: device busy", crit)], 6220)
+    assert [a.detector for a in results if a.score > 1] == ["log_template"]
+    restored = LogDetector.from_state(detector.get_state())
+    assert restored.line_.trained_priority_ == detector.line_.trained_priority_ != {}
+
+
+def test_stream_flood_of_ordinary_lines_is_load_a_flood_carrying_news_is_an_incident():
+    detector = LogDetector({"window_s": 300, "sequence": False}).fit(_entries(0, 240))  # 10 lines / 5 min
+    flood = _entries(7500, 200, step=1.5)
+    rates = [a for a in detector.score(flood, 7800) if a.detector == "log_rate"]
+    stream = [a for a in rates if a.labels.get("unit") == "cron.service"]
+    assert stream and 0.5 < stream[0].score <= 1 and "burst" in stream[0].summary   # shown, not alerted
+    assert max(a.score for a in rates) <= 1
+    detector = LogDetector({"window_s": 300, "sequence": False}).fit(_entries(0, 240))
+    news = LogEntry(7600, "cron: reloading configuration from /etc/cron.d", flood[0].labels)
+    results = detector.score(flood + [news], 7800)
+    assert [(a.detector, a.labels.get("unit")) for a in results if a.score > 1] == [("log_rate", "cron.service")]

@@ -27,8 +27,8 @@ def journal(t, message, unit="cron.service", identifier="CRON", priority="6"):
                 transport="syslog")
 
 
-def make_service(loki_url, store=None):
-    config = parse_config({"loki": {"url": loki_url, "retries": 0, "timeout": 2},
+def make_service(loki_url, store=None, logs=None):
+    config = parse_config({"loki": {"url": loki_url, "retries": 0, "timeout": 2}, **({"logs": logs} if logs else {}),
                            "schedule": {"step": "60s", "lookback": "2h", "fit_every": "6h"}, "detectors": []})
     service = DetectorService(config, store=store or ModelStore(MemoryPersistence()), clock=lambda: T0)
     return service, attach(service)
@@ -94,3 +94,42 @@ def test_loki_outage_is_reported_and_survived(loki):
     assert service._up["loki"] == 1
     assert any(a.labels.get("pattern") == "nvidia_xid" for _t, a in logs.latest.values())
     json.dumps([a.to_dict() for _t, a in logs.latest.values()])
+
+
+def test_anomalies_api_explains_log_anomalies_with_template_and_example_lines(loki):
+    service, logs = make_service(loki.url)
+    logs.fit(T0)
+    logs.score(T0 + 60)
+    client = create_app(service).test_client()
+    body = client.get("/api/v1/anomalies?detector=log_template").get_json()
+    gpu_check = [a for a in body["anomalies"] if a["labels"].get("unit") == "gpu-check.service"]
+    assert gpu_check, body
+    explanation = gpu_check[0]["explanation"]
+    assert "template: nvidia-smi: GPU <*> fatal error: device lost" in explanation, explanation
+    assert "example: nvidia-smi: GPU 0000:02:00.0 fatal error: device lost" in explanation
+    assert gpu_check[0]["peak_score"] > 1
+
+
+def test_template_rate_series_are_capped_by_config_and_novel_templates_counted():
+    with LokiTestServer() as server:
+        # four training templates, 40/30/20/10 lines: only the top two get a rate series
+        messages = ["session opened for user {k}", "(root) CMD (run-parts /etc/cron.hourly) #{k}",
+                    "Started Daily apt download activities run {k}.", "systemd-logind: New seat seat{k}."]
+        streams = [journal(T0 - 7000 + 7 * (40 * m + k), messages[m].format(k=k))
+                   for m, count in enumerate((40, 30, 20, 10)) for k in range(count)]
+        streams += [journal(T0 + 10, "pam_unix(sudo:auth): conversation failed"),
+                    journal(T0 + 20, "usb 1-4: new high-speed USB device number 7 using xhci_hcd")]
+        assert requests.post(server.url + "/loki/api/v1/push", json={"streams": streams}, timeout=5).status_code == 204
+        service, logs = make_service(server.url, logs={"top_templates": 2})
+        logs.fit(T0)
+        logs.score(T0 + 60)
+        families = {f.name: f for f in service.extra_families()}
+        rates = {s.labels["template_id"]: s.value for s in families["rigwatch_log_template_rate"].samples}
+        templates = logs.detector.miner_.templates()
+        assert len(rates) == 2, rates
+        assert {templates[t].split()[0] for t in rates} == {"session", "(root)"}
+        assert families["rigwatch_log_novel_templates"].samples[0].value == 2
+        # the unit's own stream gets a score gauge, also below 1
+        scores = families["rigwatch_log_anomaly_score"].samples
+        assert any(s.labels.get("detector") == "log_template" and s.labels.get("unit") == "cron.service"
+                   for s in scores)

@@ -44,8 +44,9 @@ def test_direction_up_ignores_drops():
 def test_min_deviation_suppresses_trivial_deviations():
     y = np.full(100, 40.0)
     y[::2] += 0.01  # nearly flat: tiny robust scale
-    plain = RobustZ().fit(_t(100), y)
-    damped = RobustZ(min_deviation=1.0).fit(_t(100), y)
+    # relative_floor off: min_deviation alone decides here (the level floor is tested below)
+    plain = RobustZ(relative_floor=0).fit(_t(100), y)
+    damped = RobustZ(min_deviation=1.0, relative_floor=0).fit(_t(100), y)
     assert plain.score(_t(1, 100), np.array([40.5])).score[0] > 1
     f = damped.score(_t(1, 100), np.array([40.5]))
     assert f.score[0] <= 1
@@ -110,3 +111,34 @@ def test_heavy_tailed_history_raises_the_band_but_a_real_outlier_still_counts():
     assert n_cal * 4 < n_plain
     big = 100 + 3 * np.max(np.abs(hist - 100))
     assert calibrated.score(_t(1, 4000), np.array([big])).score[0] > 1
+
+
+# -- flat histories ------------------------------------------------------------------------------
+@pytest.mark.parametrize("level", [0.0, 1.0, 40.0, 5e10])
+def test_flat_history_first_change_scores_finite_and_proportionate(level):
+    m = RobustZ(sensitivity=4.0).fit(_t(200), np.full(200, level))
+    f = m.score(_t(4, 200), np.array([level, level * 1.02, level * 2 + 1, -level - 1]))
+    assert np.all(np.isfinite(f.score)) and np.all(np.isfinite(f.upper))
+    assert f.score[0] == 0.0
+    if level:
+        assert f.score[1] <= 1  # 2 % of the level: not an anomaly
+    # doubling the level (or leaving 0) is: clearly above 1, bounded by 1 / (sens * floor) per side
+    assert 1 < f.score[2] <= 1 / (4.0 * 0.01) + 1e-9
+    assert 1 < f.score[3] <= 2 / (4.0 * 0.01) + 1e-9
+
+
+def test_flat_history_min_deviation_and_resolution_still_apply():
+    m = RobustZ(min_deviation=5.0).fit(_t(200), np.full(200, 0.0))
+    f = m.score(_t(2, 200), np.array([4.0, 10.0]))
+    np.testing.assert_allclose(f.score, [4.0 / 5.0, 10.0 / max(5.0, 4 * 0.01 * 10.0)])
+    # an integer reading that has moved by 1 before: one quantum stays inside the band
+    y = np.full(200, 40.0)
+    y[50] = 41.0
+    q = RobustZ().fit(_t(200), y)
+    assert q.resolution_ == 1.0
+    assert q.score(_t(1, 200), np.array([41.0])).score[0] <= 1
+
+
+def test_relative_floor_validated():
+    with pytest.raises(ValueError, match="relative_floor"):
+        RobustZ(relative_floor=-0.1)._check_params()

@@ -92,3 +92,80 @@ def test_bad_input_named():
         ThermalModel().fit(t[:20], X[:20], y[:20])
     with pytest.raises(ValueError, match="columns"):
         ThermalModel().fit(t, X[:, :1], y)
+
+
+# -- a GPU that has only idled so far ----------------------------------------------------------
+def idle_history(n=14 * 60, seed=11):
+    """Power within a watt of idle; temperature drifting with the room (integer NVML readings).
+    Nothing in it says how the card responds to load."""
+    rng = np.random.default_rng(seed)
+    t = 1.7e9 + 60.0 * np.arange(n)
+    P = 21.0 + rng.normal(0, 0.15, n)
+    T = np.round(33 + 2 * np.sin(np.arange(n) / 200) + rng.normal(0, 0.4, n))
+    return t, P[:, None], T
+
+
+def first_order(P, start_temp, gain, idle=21.0, base=33.0, tau=90.0):
+    T, temp = np.zeros(len(P)), start_temp
+    for i, p in enumerate(P):
+        temp += (base + (p - idle) * gain - temp) * (1 - np.exp(-60 / tau))
+        T[i] = temp
+    return T
+
+
+@pytest.fixture(scope="module")
+def idle_fitted():
+    t, X, y = idle_history()
+    return ThermalModel(feature_names=("power",), min_deviation=10.0).fit(t, X, y), t[-1]
+
+
+def _after(model, last_t, P, y):
+    t = last_t + 60.0 * np.arange(1, len(y) + 1)
+    return model.__class__.from_state(model.get_state()).score(t, np.asarray(P, float)[:, None], y)
+
+
+def test_idle_fit_expects_a_sane_temperature_at_the_first_load(idle_fitted):
+    model, last_t = idle_fitted
+    P = np.r_[np.full(10, 21.0), np.full(40, 300.0)]
+    y = first_order(P, 33.0, gain=0.13)  # a healthy card: about 70 C at 300 W
+    f = _after(model, last_t, P, y)
+    # no wild extrapolation of slopes fitted on idle noise (it used to expect 195 C, or -200 C)
+    assert np.all((f.expected > 25) & (f.expected < 33 + 0.3 * 300))
+    assert np.all(f.score <= 1)
+
+
+def test_expected_never_falls_as_power_rises(idle_fitted):
+    model, last_t = idle_fitted
+    P = np.repeat([15.0, 20.8, 21.0, 21.2, 60.0, 150.0, 350.0], 60)
+    f = _after(model, last_t, P, np.full(len(P), 40.0))
+    steady = f.expected[59::60]
+    assert np.all(np.diff(steady) >= -1e-9), steady
+
+
+def test_idle_fit_flags_a_hot_card_at_idle_and_far_beyond_any_plausible_rise(idle_fitted):
+    model, last_t = idle_fitted
+    # fan failure at idle: the power is in the seen range, the temperature is not
+    f = _after(model, last_t, np.full(30, 21.0), np.full(30, 52.0))
+    assert np.all(f.score[5:] > 1)
+    # at load the band spans every rise up to extrapolation_slope per extra watt ...
+    P = np.full(60, 120.0)
+    plausible = first_order(P, 33.0, gain=0.25)
+    assert np.all(_after(model, last_t, P, plausible).score <= 1)
+    # ... and a card hotter than even that is flagged
+    hotter = first_order(P, 33.0, gain=0.3) + 15
+    assert np.all(_after(model, last_t, P, hotter).score[30:] > 1)
+
+
+def test_band_widens_only_beyond_the_seen_range(idle_fitted):
+    model, last_t = idle_fitted
+    inside = _after(model, last_t, np.full(30, 21.0), np.full(30, 33.0))
+    outside = _after(model, last_t, np.full(30, 200.0), np.full(30, 33.0))
+    width_in = inside.upper - inside.lower
+    np.testing.assert_allclose(width_in, 2 * max(model.sensitivity * model.scale_, model.min_deviation))
+    assert np.all(np.diff(outside.upper - outside.lower) >= -1e-9)  # widens as the smoothing catches up
+    assert (outside.upper - outside.lower)[-1] > width_in[-1] + 0.3 * 150
+
+
+def test_extrapolation_slope_validated():
+    with pytest.raises(ValueError, match="extrapolation_slope"):
+        ThermalModel(extrapolation_slope=-1)._check_params()

@@ -11,6 +11,7 @@ Detectors (the `detector` label):
   log_template  novel and rare templates, weighted by severity and trouble keywords       scoring.LineScorer
   log_rate      floods and silences per stream and per top template, and trouble lines   scoring.RateModel
                 of one template repeating (a failure that repeats is the incident)       scoring.RepeatTracker
+                (a flood alerts only when it carries news: new templates or trouble)
   log_sequence  unusual mixes of templates in the recent window                          scoring.SequenceModel
 `score` returns, per detector and label set, the highest score of the call (so gauges can be
 published for every stream, also below 1); lines a known pattern claims are not scored again as
@@ -126,6 +127,7 @@ class LogDetector:
 
     def _new_runtime(self) -> None:
         self.recent_: deque = deque()   # (ts, stream key, template id) within the last window
+        self.notable_: deque = deque()  # (ts, stream key) of lines that were news (see score)
         self.stream_labels_: dict[str, dict] = getattr(self, "stream_labels_", {})
         self.first_score_ts_: float | None = None
         self.boot_ts_: float | None = getattr(self, "boot_ts_", None)
@@ -153,7 +155,7 @@ class LogDetector:
             self.stream_labels_[stream] = dict(entry.labels)
             events.append((entry.ts, "s" + stream))
         ids = [self.miner_.resolve(t) for t in ids]  # clusters merged while mining answer by their live id
-        self.line_ = LineScorer().fit(ids)
+        self.line_ = LineScorer().fit(ids, [entry.priority for entry in entries])
         self.trained_templates_ = sorted(set(ids))
         self.top_templates_ = [t for t, _c in Counter(ids).most_common(config.top_templates)]
         top = set(self.top_templates_)
@@ -199,10 +201,15 @@ class LogDetector:
 
         if self.first_score_ts_ is None:
             self.first_score_ts_ = now
+        # clusters merged by the miner since the last call answer by their live id: re-key the
+        # counts so a template's history follows it into the merged cluster
+        self.line_.remap(self.miner_.resolve)
         for entry in sorted(entries, key=lambda e: e.ts):
             stream = _key(entry.labels)
             self.stream_labels_.setdefault(stream, dict(entry.labels))
             template_id, is_new, template = self._template_id(entry.message)
+            if not is_new and template_id not in self.line_.counts_:
+                self.line_.remap(self.miner_.resolve)  # a merge within this call
             trained_count = self.line_.counts_.get(template_id, 0)
             if is_new:
                 self.novel_templates_total_ += 1
@@ -214,6 +221,10 @@ class LogDetector:
                           **hit.labels}
                 offer(LogAnomaly("log_pattern", labels, hit.score, template_id, template, [], hit.summary,
                                  hit.ts), entry.message)
+            priority = entry.priority
+            trouble = bool(_KEYWORD_RE.search(entry.message)) or (priority is not None and priority <= 3)
+            if hits or trained_count == 0 or (trouble and not self.line_.routine_severity(template_id, priority)):
+                self.notable_.append((entry.ts, stream))
             if not hits:
                 score = self.line_.score(template_id if trained_count else None, entry.message, entry.priority)
                 if self.boot_ts_ is not None and 0 <= entry.ts - self.boot_ts_ < config.boot_grace_s:
@@ -224,13 +235,14 @@ class LogDetector:
                            + (f" [{', '.join(words)}]" if words else ""))
                 offer(LogAnomaly("log_template", dict(entry.labels), score, template_id, template, [],
                                  summary, entry.ts), entry.message)
-                priority = entry.priority
-                if _KEYWORD_RE.search(entry.message) or (priority is not None and priority <= 3):
+                if trouble:
                     self._repeat(entry, stream, template_id, template, offer)
             # online counts: a template seen again is less surprising the next time
             self.line_.counts_[template_id] += 1
         while self.recent_ and self.recent_[0][0] <= now - config.window_s:
             self.recent_.popleft()
+        while self.notable_ and self.notable_[0][0] <= now - config.window_s:
+            self.notable_.popleft()
         self._score_rates(now, offer)
         self._score_sequence(now, offer)
         if self.persistence is not None:
@@ -270,6 +282,7 @@ class LogDetector:
         self.template_rates_ = {t: templates.get(t, 0) / config.window_s for t in self.top_templates_}
         window_full = self.first_score_ts_ is not None and now - self.first_score_ts_ >= config.window_s
         templates_now = self.miner_.templates()
+        notable = {stream for _ts, stream in self.notable_}
         for key in set(self.rate_.keys()) | {"s" + s for s in streams}:
             kind, name = key[0], key[1:]
             count = streams.get(name, 0) if kind == "s" else templates.get(name, 0)
@@ -283,6 +296,11 @@ class LogDetector:
                 labels = dict(self.stream_labels_.get(name, {}))
                 template_id = template = None
                 subject = _who(labels)
+                if what == "burst" and name not in notable:
+                    # a flood of the stream's ordinary lines (known templates, no trouble beyond what
+                    # training saw from them) is load, which the metric side measures: shown as a
+                    # rate, alerted on only when the flood carries news (new templates, trouble)
+                    score = min(score, 0.9)
             else:
                 template_id, template = name, templates_now.get(name, "")
                 labels = {"template_id": name}

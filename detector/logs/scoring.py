@@ -3,7 +3,8 @@
 Three models, each usable on its own (scikit-learn style: __init__ stores parameters, fit sets
 `_`-suffixed state):
 - LineScorer: novel templates (never seen in training) and rare ones, weighted by the line's
-  severity (journal PRIORITY or a Level name; container stderr carries none) and by trouble keywords.
+  severity (journal PRIORITY or a Level name; container stderr carries none) and by trouble keywords
+  where that severity is news for the template (training did not show the template at that level).
 - RateModel: lines per window per key (a stream or a template) against a robust baseline, with an
   hour-of-day profile once training covers two days: bursts, and silence of a chatty key.
 - SequenceModel: an Isolation Forest over windows of template counts, for unusual mixes of
@@ -54,6 +55,14 @@ class LineScorer:
     score = PRIORITY_WEIGHT[priority] * (keyword_factor if a trouble keyword else 1) * surprise,
     surprise = novel_surprise for a template never seen in training, else 2 / sqrt(1 + count):
     a novel error line scores 8, a novel info line 0.4, an error line seen thousands of times ~0.05.
+
+    Severity is news only where the template has not shown it before. Training is taken as the
+    system's normal (the premise of every detector fitted on history), so a template that training
+    saw at this severity or a worse one carries its level and its trouble words as part of its
+    routine: such a line is weighted like a line without severity (PRIORITY_WEIGHT[None], no keyword
+    factor) and scores its rarity alone, below 1 (a known error that repeats beyond its training
+    rate is the rate models' to catch). A known template at a level more severe than any it showed
+    in training (an INFO line now logged as ERROR) is weighted as a novel pair of template and level.
     """
 
     def __init__(self, novel_surprise: float = 4.0, keyword_factor: float = 2.0,
@@ -62,28 +71,64 @@ class LineScorer:
         self.keyword_factor = keyword_factor
         self.priority_weight = priority_weight
 
-    def fit(self, template_ids: Iterable[str]) -> LineScorer:
+    def fit(self, template_ids: Iterable[str], priorities: Iterable[int | None] | None = None) -> LineScorer:
+        """template_ids of the training lines and, aligned with them, their priorities (None where a
+        line has no level)."""
+        template_ids = list(template_ids)
         self.counts_ = Counter(template_ids)            # grows online as lines are scored
         self.trained_counts_ = Counter(self.counts_)    # what training alone saw
         self.total_ = sum(self.counts_.values())
+        # per template, the most severe priority training saw for it (lower is more severe)
+        self.trained_priority_: dict[str, int] = {}
+        for template_id, priority in zip(template_ids, priorities if priorities is not None else (), strict=False):
+            if priority is not None:
+                known = self.trained_priority_.get(template_id)
+                self.trained_priority_[template_id] = priority if known is None else min(known, priority)
         return self
 
     def surprise(self, template_id: str | None) -> float:
         count = self.counts_.get(template_id, 0) if template_id is not None else 0
         return self.novel_surprise if count == 0 else 2.0 / math.sqrt(1.0 + count)
 
+    def routine_severity(self, template_id: str | None, priority: int | None) -> bool:
+        """Training saw this template at this priority or a more severe one."""
+        worst = self.trained_priority_.get(template_id) if template_id is not None else None
+        return priority is not None and worst is not None and priority >= worst
+
     def score(self, template_id: str | None, message: str, priority: int | None) -> float:
         weights = self.priority_weight or PRIORITY_WEIGHT
+        if self.routine_severity(template_id, priority):
+            return weights[None] * self.surprise(template_id)
         weight = weights.get(priority, weights[None])
         factor = self.keyword_factor if _KEYWORD_RE.search(message) else 1.0
         return weight * factor * self.surprise(template_id)
 
+    def remap(self, resolve) -> LineScorer:
+        """Re-key counts by live template ids after the miner merged clusters (`resolve`: old id ->
+        live id), so a trained template merged into a new cluster keeps its history."""
+        def merged(counts: Counter) -> Counter:
+            out: Counter = Counter()
+            for template_id, count in counts.items():
+                out[resolve(template_id)] += count
+            return out
+
+        self.counts_ = merged(self.counts_)
+        self.trained_counts_ = merged(self.trained_counts_)
+        priorities: dict[str, int] = {}
+        for template_id, priority in self.trained_priority_.items():
+            live = resolve(template_id)
+            priorities[live] = min(priority, priorities.get(live, priority))
+        self.trained_priority_ = priorities
+        return self
+
     def get_state(self) -> dict:
-        return {"counts": dict(self.counts_), "trained_counts": dict(self.trained_counts_)}
+        return {"counts": dict(self.counts_), "trained_counts": dict(self.trained_counts_),
+                "trained_priority": dict(self.trained_priority_)}
 
     def set_state(self, state: dict) -> LineScorer:
         self.counts_ = Counter(state["counts"])
         self.trained_counts_ = Counter(state["trained_counts"])
+        self.trained_priority_ = dict(state.get("trained_priority", {}))
         self.total_ = sum(self.counts_.values())
         return self
 

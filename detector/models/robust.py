@@ -25,6 +25,14 @@ def noise_floor(y: np.ndarray) -> float:
     return robust_scale(np.diff(y)) / np.sqrt(2.0)
 
 
+def resolution(y: np.ndarray) -> float:
+    """The smallest step the series was seen to take (its quantum: 1 for integer readings); 0 if
+    it never moved."""
+    d = np.abs(np.diff(y[~np.isnan(y)]))
+    d = d[d > 0]
+    return float(d.min()) if len(d) else 0.0
+
+
 class RobustZ(UnivariateModel):
     """Score = |y - rolling median| / (sensitivity * 1.4826 * rolling MAD) on the watched side.
 
@@ -35,15 +43,23 @@ class RobustZ(UnivariateModel):
     ``tail_quantile`` of |y - causal rolling median|) and the band never gets narrower than
     ``tail_factor`` times that, so a spiky but healthy series does not alarm on its usual spikes.
     ``tail_factor=0`` gives the plain rolling z-score.
+
+    Flat history: a series that never moved (a gauge pinned at one value, an idle counter rate)
+    has a rolling MAD and a noise floor of 0, and the first real change would score ~1e11.  The
+    scale therefore never drops below (a) half the series' resolution — the smallest step it was
+    seen to take, so one quantum of an integer reading stays inside the band — and (b)
+    ``relative_floor`` times the level, max(|rolling median|, |value|): on a flat series any change
+    then scores at most ~1 / (sensitivity * relative_floor) (25 by default), large but finite, and
+    a move of under ~4 % of the level stays normal.  ``relative_floor=0`` turns (b) off.
     """
 
     kind = "robust_z"
-    version = 1
-    _state_attrs = ("buf_", "pos_", "count_", "floor_", "tail_", "last_t_", "step_")
+    version = 2  # 2: resolution_ (scale floor for flat histories)
+    _state_attrs = ("buf_", "pos_", "count_", "floor_", "tail_", "last_t_", "step_", "resolution_")
 
     def __init__(self, sensitivity: float = 4.0, direction: str = "both", min_deviation: float = 0.0,
                  window: int = 120, min_periods: int = 10, floor_fraction: float = 0.5,
-                 tail_quantile: float = 0.999, tail_factor: float = 1.0):
+                 tail_quantile: float = 0.999, tail_factor: float = 1.0, relative_floor: float = 0.01):
         self.sensitivity = sensitivity
         self.direction = direction
         self.min_deviation = min_deviation
@@ -52,6 +68,7 @@ class RobustZ(UnivariateModel):
         self.floor_fraction = floor_fraction
         self.tail_quantile = tail_quantile
         self.tail_factor = tail_factor
+        self.relative_floor = relative_floor
 
     def min_history(self, step_seconds: float = 60.0) -> int:
         return int(self.min_periods)
@@ -64,6 +81,9 @@ class RobustZ(UnivariateModel):
             raise ValueError(f"robust_z: tail_quantile must be in [0.5, 1], got {self.tail_quantile!r}")
         if not self.tail_factor >= 0:
             raise ValueError(f"robust_z: tail_factor must be >= 0, got {self.tail_factor!r}")
+        rf = self.relative_floor
+        if isinstance(rf, bool) or not isinstance(rf, (int, float)) or not 0 <= rf < 1:
+            raise ValueError(f"robust_z: relative_floor must be a number in [0, 1), got {rf!r}")
         if not 1 <= int(self.min_periods) <= int(self.window):
             raise ValueError(f"robust_z: min_periods must be in 1..window, got {self.min_periods!r}")
 
@@ -78,6 +98,7 @@ class RobustZ(UnivariateModel):
         self.count_ = int(len(tail))
         self.pos_ = int(len(tail) % w)
         self.floor_ = float(self.floor_fraction * noise_floor(valid))
+        self.resolution_ = resolution(valid)
         self.tail_ = 0.0
         if self.tail_factor > 0 and len(valid) > self.min_periods:
             import pandas as pd
@@ -93,7 +114,8 @@ class RobustZ(UnivariateModel):
 
     def fit_metrics(self) -> dict:
         self._require_fitted()
-        return {"noise_floor": self.floor_, "tail": self.tail_, "buffered": self.count_}
+        return {"noise_floor": self.floor_, "tail": self.tail_, "buffered": self.count_,
+                "resolution": self.resolution_}
 
     def score(self, t, y) -> ScoreFrame:
         self._require_fitted()
@@ -107,8 +129,10 @@ class RobustZ(UnivariateModel):
                 window = buf if self.count_ >= w else buf[: self.count_]
                 med = np.median(window)
                 expected[i] = med
+                level = abs(med) if np.isnan(y[i]) else max(abs(med), abs(y[i]))
                 scale[i] = max(MAD_TO_SIGMA * np.median(np.abs(window - med)), self.floor_,
-                               self.tail_factor * self.tail_ / self.sensitivity)
+                               self.tail_factor * self.tail_ / self.sensitivity,
+                               0.5 * self.resolution_, self.relative_floor * level)
             if not np.isnan(y[i]):
                 buf[self.pos_] = y[i]
                 self.pos_ = (self.pos_ + 1) % w

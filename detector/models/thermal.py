@@ -8,7 +8,11 @@ ambient proxy such as an idle neighbour's temperature) and the products of the s
 with them (cooling resistance falls as the fan speeds up, so fan scales the power term).
 
 A Huber-weighted least squares fit gives the expected temperature; the band is the robust (MAD)
-scale of the residuals.  ``direction="up"`` by default: running cooler than explained is harmless.
+scale of the residuals.  The fit is shaped by physics so that it stays sane on a GPU that has only
+idled so far: the smoothed-power coefficients are non-negative (more heat never cools the card),
+and scoring clips every input to the range the fit saw; beyond it the band widens to span every
+rise between 0 and ``extrapolation_slope`` per extra watt instead of trusting a slope fitted on
+idle noise.  ``direction="up"`` by default: running cooler than explained is harmless.
 Scoring is causal: the smoothing state is carried over between calls.
 """
 from __future__ import annotations
@@ -49,17 +53,20 @@ class ThermalModel(BaseModel):
 
     ``feature_names``: names of X's columns, in order.  ``lagged``: the columns that act through
     the thermal mass (smoothed with each of ``time_constants`` seconds); the others are used as
-    they are and multiplied with the smoothed lagged columns.
+    they are and multiplied with the smoothed lagged columns.  ``extrapolation_slope``: the most
+    the temperature can rise per unit of a lagged column (°C per W for power; 0.3 covers air-cooled
+    desktop cards, whose full-load rise is about 0.1-0.25 °C/W) beyond the range the fit saw.
     """
 
     kind = "thermal"
-    version = 1
+    version = 2  # 2: non-negative power terms, seen input range (lo_/hi_) in the state
     _state_attrs = ("coef_", "mean_", "std_", "scale_", "ewma_", "last_raw_", "last_t_", "n_fit_",
-                    "r2_")
+                    "r2_", "lo_", "hi_")
 
     def __init__(self, feature_names=("power", "fan"), lagged=("power",),
                  time_constants=(60.0, 180.0, 600.0, 1800.0), sensitivity: float = 4.0, direction: str = "up",
-                 min_deviation: float = 2.0, ridge: float = 1e-3, huber: float = 1.5):
+                 min_deviation: float = 2.0, ridge: float = 1e-3, huber: float = 1.5,
+                 extrapolation_slope: float = 0.3, concave: bool = True):
         self.feature_names = feature_names
         self.lagged = lagged
         self.time_constants = time_constants
@@ -68,6 +75,8 @@ class ThermalModel(BaseModel):
         self.min_deviation = min_deviation
         self.ridge = ridge
         self.huber = huber
+        self.extrapolation_slope = extrapolation_slope
+        self.concave = concave
 
     def _check_params(self):
         self._check_common()
@@ -81,6 +90,9 @@ class ThermalModel(BaseModel):
             raise ValueError("thermal: lagged must name at least one column (the power)")
         if not self.time_constants or any(not tau > 0 for tau in self.time_constants):
             raise ValueError(f"thermal: time_constants must be > 0 seconds, got {self.time_constants!r}")
+        k = self.extrapolation_slope
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not (np.isfinite(k) and k >= 0):
+            raise ValueError(f"thermal: extrapolation_slope must be a number >= 0, got {k!r}")
 
     def min_history(self, step_seconds: float = 60.0) -> int:
         # several time constants of data, and at least a few hours of varied load
@@ -101,7 +113,8 @@ class ThermalModel(BaseModel):
         other_idx = [i for i in range(len(names)) if i not in lag_idx]
         return X[:, lag_idx], X[:, other_idx]
 
-    def _design(self, t, X, ewma_state, last_raw, last_t):
+    def _inputs(self, t, X, ewma_state, last_raw, last_t):
+        """-> (smoothed lagged columns (n, lagged x taus), instantaneous columns, new states)."""
         lag, other = self._split(X)
         taus = np.asarray(self.time_constants, float)
         sm, state = _ewma_bank(t, lag, taus, ewma_state, last_t)
@@ -113,19 +126,43 @@ class ThermalModel(BaseModel):
             nan = np.isnan(row)
             row[nan] = held[nan]
             held = row.copy()
-        sm2 = sm.reshape(len(t), -1)
-        cols = [sm2, other]
-        for j in range(other.shape[1]):
-            cols.append(sm2 * other[:, j: j + 1] / 100.0)
-        return np.hstack(cols), state, held
+        return sm.reshape(len(t), -1), other, state, held
 
     # -- fit / score --------------------------------------------------------------------------
+    def _split_design(self, sm2: np.ndarray, other: np.ndarray) -> np.ndarray:
+        cols = [sm2]
+        if self.concave:
+            # a fan curve lowers the thermal resistance as the card heats up: the rise per watt
+            # falls with power.  sqrt terms (also non-negative) let the fit bend that way.
+            cols.append(np.sqrt(np.maximum(sm2, 0.0)))
+        cols.append(other)
+        for j in range(other.shape[1]):
+            cols.append(sm2 * other[:, j: j + 1] / 100.0)
+        return np.hstack(cols)
+
+    def _solve(self, Z: np.ndarray, b: np.ndarray, w: np.ndarray, reg: np.ndarray,
+               lower: np.ndarray) -> np.ndarray:
+        """Weighted ridge least squares with lower bounds on the coefficients.
+
+        The (tiny, p x p) normal equations are factored first, G = L L', so the bounded problem
+        min ||L' c - L^-1 Z'Wb||^2 has p rows instead of one per sample: the same minimiser."""
+        from scipy.optimize import lsq_linear
+
+        Zw = Z * w[:, None]
+        G = Z.T @ Zw + reg
+        L = np.linalg.cholesky(G)
+        q = np.linalg.solve(L, Zw.T @ b)
+        if np.all(np.isneginf(lower)):
+            return np.linalg.solve(L.T, q)
+        return lsq_linear(L.T, q, bounds=(lower, np.full(len(lower), np.inf)), method="bvls").x
+
     def fit(self, t, X, y):
         self._check_params()
         t, y = check_t_y(t, y)
-        F, state, held = self._design(t, X, None, None, None)
-        if len(F) != len(y):
-            raise ValueError(f"thermal: X has {len(F)} rows, y has {len(y)}")
+        sm2, other, state, held = self._inputs(t, X, None, None, None)
+        if len(sm2) != len(y):
+            raise ValueError(f"thermal: X has {len(sm2)} rows, y has {len(y)}")
+        F = self._split_design(sm2, other)
         warm = t >= t[0] + max(self.time_constants)  # smoothing not yet settled before this
         ok = warm & ~np.isnan(y) & ~np.isnan(F).any(axis=1)
         if ok.sum() < F.shape[1] + 10:
@@ -135,12 +172,16 @@ class ThermalModel(BaseModel):
         mean, std = A.mean(axis=0), A.std(axis=0)
         std[std == 0] = 1.0
         Z = np.hstack([np.ones((len(A), 1)), (A - mean) / std])
-        w = np.ones(len(b))
+        # Heat only adds: the smoothed-power terms get non-negative coefficients (standardising
+        # by a positive std keeps the sign), so the fit cannot explain idle-temperature noise with
+        # huge opposing power terms that cancel at idle and explode at the first load.
+        lower = np.full(Z.shape[1], -np.inf)
+        lower[1: 1 + sm2.shape[1] * (2 if self.concave else 1)] = 0.0
         reg = self.ridge * len(b) * np.eye(Z.shape[1])
         reg[0, 0] = 0.0
+        w = np.ones(len(b))
         for _ in range(8):  # IRLS with Huber weights: a few anomalous hours must not bend the fit
-            Zw = Z * w[:, None]
-            coef = np.linalg.solve(Z.T @ Zw + reg, Zw.T @ b)
+            coef = self._solve(Z, b, w, reg, lower)
             r = b - Z @ coef
             s = max(MAD_TO_SIGMA * np.median(np.abs(r - np.median(r))), 1e-6)
             u = np.abs(r) / (self.huber * s)
@@ -148,6 +189,9 @@ class ThermalModel(BaseModel):
         r = b - Z @ coef
         self.coef_ = coef
         self.mean_, self.std_ = mean, std
+        # the inputs the fit has seen: scoring clips to this box and widens the band beyond it
+        self.lo_ = np.concatenate([sm2[ok].min(axis=0), other[ok].min(axis=0)])
+        self.hi_ = np.concatenate([sm2[ok].max(axis=0), other[ok].max(axis=0)])
         self.scale_ = float(max(MAD_TO_SIGMA * np.median(np.abs(r - np.median(r))), 1e-6))
         self.r2_ = float(1 - np.var(r) / max(np.var(b), 1e-12))
         self.ewma_, self.last_raw_ = state, held
@@ -157,22 +201,46 @@ class ThermalModel(BaseModel):
 
     def fit_metrics(self) -> dict:
         self._require_fitted()
-        return {"r2": self.r2_, "residual_scale": self.scale_, "n_fit": self.n_fit_}
+        n_lag = len(self.lagged) * len(self.time_constants)
+        return {"r2": self.r2_, "residual_scale": self.scale_, "n_fit": self.n_fit_,
+                # the (smoothed) load range the fit saw: beyond it the band widens
+                "lagged_seen_min": float(self.lo_[:n_lag].min()), "lagged_seen_max": float(self.hi_[:n_lag].max())}
 
     def expected(self, F: np.ndarray) -> np.ndarray:
         Z = (F - self.mean_) / self.std_
         return self.coef_[0] + Z @ self.coef_[1:]
 
+    def _extrapolate(self, sm2: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> (expected, extra half-width).  Inputs are clipped to the range the fit saw, so a fit on
+        idle hours expects an idle-like temperature at idle-like inputs and never extrapolates its
+        (poorly determined) slopes.  Beyond that range the temperature can only have risen with
+        the extra power, by between 0 and ``extrapolation_slope`` per unit: the band spans exactly
+        that, centred on its middle."""
+        n_lag = sm2.shape[1]
+        lo_l, hi_l = self.lo_[:n_lag], self.hi_[:n_lag]
+        lo_o, hi_o = self.lo_[n_lag:], self.hi_[n_lag:]
+        smc = np.clip(sm2, lo_l, hi_l)
+        base = self.expected(self._split_design(smc, np.clip(other, lo_o, hi_o)))
+        ntau = len(self.time_constants)
+        # per lagged input, the largest excursion over its time constants: while any smoothing of
+        # the power is outside the seen range, the temperature's response to it is unknown
+        above = np.maximum(sm2 - hi_l, 0.0).reshape(len(sm2), -1, ntau).max(axis=2).sum(axis=1)
+        below = np.maximum(lo_l - sm2, 0.0).reshape(len(sm2), -1, ntau).max(axis=2).sum(axis=1)
+        k = float(self.extrapolation_slope)
+        return base + 0.5 * k * (above - below), 0.5 * k * (above + below)
+
     def score(self, t, X, y) -> ScoreFrame:
         self._require_fitted()
         t, y = check_t_y(t, y)
-        F, state, held = self._design(t, X, self.ewma_, self.last_raw_, self.last_t_)
-        if len(F) != len(y):
-            raise ValueError(f"thermal: X has {len(F)} rows, y has {len(y)}")
+        sm2, other, state, held = self._inputs(t, X, self.ewma_, self.last_raw_, self.last_t_)
+        if len(sm2) != len(y):
+            raise ValueError(f"thermal: X has {len(sm2)} rows, y has {len(y)}")
         self.ewma_, self.last_raw_ = state, held
         if len(t):
             self.last_t_ = float(t[-1])
-        return band_score(y, self.expected(F), self.scale_, self.sensitivity, self.direction,
+        expected, extra = self._extrapolate(sm2, other)
+        half = np.maximum(self.sensitivity * self.scale_, self.min_deviation) + extra
+        return band_score(y, expected, half / self.sensitivity, self.sensitivity, self.direction,
                           self.min_deviation)
 
     def score_samples(self, t, X, y) -> np.ndarray:
