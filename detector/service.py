@@ -262,7 +262,10 @@ class DetectorService:
         log.info("config changed: reloading %s", cfg.source)
         with self._lock:
             old_names = set(self.detectors)
-            self.config = replace(cfg, listen=self.config.listen)
+            # The listener, Prometheus client, Loki section and store were built at start-up (from
+            # the file plus CLI overrides): they keep their running values; detectors and schedule reload.
+            self.config = replace(cfg, listen=self.config.listen, prometheus=self.config.prometheus,
+                                  loki=self.config.loki, store_path=self.config.store_path)
             self._build_detectors(cfg)
             self.tracker._min_duration = {d.name: d.min_duration for d in cfg.detectors}
             self.tracker._merge_gap = {d.name: d.merge_gap for d in cfg.detectors}

@@ -217,3 +217,26 @@ def test_hot_reload_adds_detector_and_keeps_config_on_bad_edit(tmp_path):
     os.utime(path, ns=(int(NOW) * 10**9, int(NOW) * 10**9 + 2 * 10**9))
     svc.score()
     assert "gpu_temp_2" in svc.detectors and "detectors[0].model" in svc.watcher.last_error
+
+
+@responses.activate
+def test_hot_reload_keeps_command_line_overrides(tmp_path):
+    import os
+
+    from detector.config import apply_overrides
+
+    responses.add_callback(responses.GET, PROM + "/api/v1/query_range", callback=matrix_handler(temps))
+    path = tmp_path / "detector.yml"
+    path.write_text(CFG)
+    cfg = apply_overrides(load_config(path), prometheus_url=PROM, loki_url="http://loki.test:3100",
+                          store=str(tmp_path / "models"))
+    svc = DetectorService(cfg, client=PromClient(PROM, retries=0),
+                          store=ModelStore(MemoryPersistence()), clock=lambda: NOW, config_path=str(path))
+    svc.fit()
+    path.write_text(CFG + "  - {name: gpu_temp_2, query: gpu_temperature_celsius, model: robust_z}\n")
+    os.utime(path, ns=(int(NOW) * 10**9, int(NOW) * 10**9 + 10**9))
+    svc.score()
+    assert "gpu_temp_2" in svc.detectors  # the file's change took effect...
+    assert svc.config.prometheus.url == PROM  # ...and the flags given at start-up still hold
+    assert svc.config.loki == {"url": "http://loki.test:3100"}
+    assert svc.config.store_path == str(tmp_path / "models")
