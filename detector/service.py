@@ -192,15 +192,10 @@ class DetectorService:
             if det is None:
                 continue
             start = end - sched.lookback
-            try:
-                data = fetch_series(self.client, det.cfg, start, end, sched.step,
-                                    grid=det.cfg.rule == "series_vanished")
-            except PromError as e:
-                log.warning("fit %s: prometheus unavailable: %s", name, e)
-                self.set_source_up("prometheus", False)
+            data = self._fetch("fit", det, start, end)
+            if data is None:
                 ok = False
                 break
-            self.set_source_up("prometheus", True)
             with self._lock:
                 det.fit(data, end)
                 meta = det.fit_metadata(data, start, end)
@@ -212,6 +207,19 @@ class DetectorService:
                 ok = False
         self._finish("fit", started, ok)
         return ok
+
+    def _fetch(self, task: str, det, start: float, end: float):
+        """The detector's series over [start, end], or None while Prometheus is unavailable (the
+        outage is logged and shows in source_up; the caller ends this pass and the next one retries)."""
+        try:
+            data = fetch_series(self.client, det.cfg, start, end, self.config.schedule.step,
+                                grid=det.cfg.rule == "series_vanished")
+        except PromError as e:
+            log.warning("%s %s: prometheus unavailable: %s", task, det.cfg.name, e)
+            self.set_source_up("prometheus", False)
+            return None
+        self.set_source_up("prometheus", True)
+        return data
 
     def score(self) -> bool:
         started = time.perf_counter()
@@ -229,22 +237,17 @@ class DetectorService:
         end = self._grid_end(now)
         sched = self.config.schedule
         ok = True
-        for name, det in list(self.detectors.items()):
+        for det in list(self.detectors.values()):
             if det.last_fit is None and not det.series:
                 continue  # never fitted: the fit job (or a retrain) comes first
             # only what no model has seen yet (within `context`): a pass every step fetches ~1 point
             start = end - sched.context
             if det.series:
                 start = max(start, min(sm.last_t for sm in det.series.values()) - sched.step)
-            try:
-                data = fetch_series(self.client, det.cfg, start, end, sched.step,
-                                    grid=det.cfg.rule == "series_vanished")
-            except PromError as e:
-                log.warning("score %s: prometheus unavailable: %s", name, e)
-                self.set_source_up("prometheus", False)
+            data = self._fetch("score", det, start, end)
+            if data is None:
                 ok = False
                 break
-            self.set_source_up("prometheus", True)
             with self._lock:
                 batches = det.score(data)
             self.record(batches)

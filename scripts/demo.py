@@ -30,11 +30,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import yaml
 
-from exporter.sim.incidents import parse_schedule
+from exporter.sim.containers import NAMES as CONTAINER_NAMES
+from exporter.sim.incidents import ScheduleError, parse_schedule
 from scripts.launcher import EXPORTER_JOB, Pipeline, PipelineOptions, PrometheusAPI
 
 # Offsets from the exporter's start, in sim time (= wall time at the default --speed 1): GPU 0's fan
@@ -160,9 +162,14 @@ def main(argv=None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    try:
+        schedule = Path(args.schedule).read_text() if args.schedule else DEMO_SCHEDULE
+        incidents = parse_schedule(yaml.safe_load(schedule), containers=set(CONTAINER_NAMES))
+    except (OSError, yaml.YAMLError, ScheduleError) as e:
+        print(f"demo: --schedule {args.schedule}: {e}", file=sys.stderr)
+        return 2
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="rigwatch-demo-") if own_workdir else args.workdir).resolve()
-    schedule = Path(args.schedule).read_text() if args.schedule else DEMO_SCHEDULE
     opts = PipelineOptions(schedule=schedule, speed=args.speed, seed=args.seed, history_hours=args.history_hours)
     streamer: Streamer | None = None
 
@@ -182,20 +189,22 @@ def main(argv=None) -> int:
             print(f"demo: could not start the pipeline: {e}", file=sys.stderr)
             return 1
         prom = pipe.prom_url
-        graph = (f"{prom}/graph?g0.expr=rigwatch_anomaly_score&g0.tab=0&g0.range_input=30m"
-                 "&g1.expr=gpu_temperature_celsius%20or%20rigwatch_anomaly_expected%7Bdetector%3D%22gpu_thermal%22%7D"
-                 "%20or%20rigwatch_anomaly_upper%7Bdetector%3D%22gpu_thermal%22%7D&g1.tab=0&g1.range_input=30m")
+        band = 'gpu_temperature_celsius or {__name__=~"rigwatch_anomaly_(expected|lower|upper)",detector="gpu_thermal"}'
+        graph = (f"{prom}/graph?" + urllib.parse.urlencode({
+            "g0.expr": "rigwatch_anomaly_score", "g0.tab": "0", "g0.range_input": "30m",
+            "g1.expr": band, "g1.tab": "0", "g1.range_input": "30m"}))
         print(f"  sim exporter ({args.speed:g}x): http://{pipe.exporter_instance}/metrics", flush=True)
         print(f"  detector:             {pipe.detector_url}/api/v1/anomalies   (models: /api/v1/models)", flush=True)
         print(f"  prometheus:           {prom}/alerts", flush=True)
         print(f"  score and band graph: {graph}", flush=True)
         print(f"  alertmanager:         {pipe.am_url}", flush=True)
         print(f"  logs, configs, TSDB:  {workdir}{' (removed on exit)' if own_workdir else ''}", flush=True)
-        for inc in parse_schedule(yaml.safe_load(schedule), containers=None):
+        for inc in incidents:
             where = f" on GPU {inc.gpu}" if inc.gpu is not None else (f" in {inc.container}" if inc.container else "")
             print(f"  scheduled: {inc.kind}{where}, {inc.at / args.speed:.0f} s after start for "
                   f"{inc.duration / args.speed:.0f} s", flush=True)
-        say(f"detector ready: models fitted on the backfilled history ({fitted:.1f} s). Ctrl-C to stop.")
+        say(f"detector ready {fitted:.1f} s after start: models fitted on the backfilled history. "
+            "Ctrl-C to stop.")
         t_end = time.monotonic() + args.duration if args.duration else None
         next_reading = 0.0
         while not stop.is_set():

@@ -141,16 +141,18 @@ class WebhookReceiver:
                     ok = self.path == receiver.path and isinstance(payload, dict)
                 except ValueError:
                     ok = False
+                # record before answering: whoever sees the answer sees the notification kept
+                if ok:
+                    with receiver._cond:
+                        receiver.notifications.append(payload)
+                        receiver._cond.notify_all()
+                    if receiver._on is not None:
+                        receiver._on(payload)
+                else:
+                    with receiver._cond:
+                        receiver.bad_requests += 1
                 self.send_response(200 if ok else 400)
                 self.end_headers()
-                if not ok:
-                    receiver.bad_requests += 1
-                    return
-                with receiver._cond:
-                    receiver.notifications.append(payload)
-                    receiver._cond.notify_all()
-                if receiver._on is not None:
-                    receiver._on(payload)
 
             def log_message(self, *args):  # keep the demo's and the test's output clean
                 pass

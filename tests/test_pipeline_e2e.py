@@ -13,17 +13,20 @@ detector must have published rigwatch_anomaly_score > 1 for that GPU through Pro
 """
 from __future__ import annotations
 
+import copy
 import json
+import subprocess
 import time
 import urllib.request
 
 import pytest
+import yaml
 
-from scripts.launcher import Pipeline, PipelineOptions
+from scripts.launcher import ROOT, Pipeline, PipelineOptions, rebase_counters
 from tests.support.binaries import require_binary
 from tests.support.webhook import WebhookReceiver
 
-INCIDENT_AT = 60.0  # seconds after the exporter starts; everything before it is the clean phase
+INCIDENT_AT = 50.0  # seconds after the exporter starts; everything before it is the clean phase
 LOST_GPU = "1"
 SCHEDULE = f"incidents:\n  - {{kind: gpu_lost, at: {INCIDENT_AT:g}s, duration: 10m, gpu: {LOST_GPU}}}\n"
 
@@ -50,6 +53,58 @@ def test_webhook_receiver_keeps_notifications_and_refuses_garbage():
         assert rx.wait_for(lambda a: a["labels"]["alertname"] == "Y", timeout=0.2) is None
     finally:
         rx.stop()
+
+
+def test_rebase_counters_makes_history_end_where_it_started(tmp_path):
+    om = tmp_path / "m.om"
+    om.write_text(
+        "# TYPE e counter\n"
+        'e_total{gpu="0",name="RTX 3090"} 100.5 1000\n'
+        'e_total{gpu="0",name="RTX 3090"} 130.5 1015\n'
+        'e_total{gpu="1",name="RTX 3060"} 7 1000\n'
+        'e_total{gpu="1",name="RTX 3060"} 7 1015\n'
+        "# TYPE r counter\n"
+        "r_total{c=\"x\"} 1 1000\n"
+        "r_total{c=\"x\"} 5 1015\n"
+        "# TYPE g gauge\n"
+        "g{gpu=\"0\"} 1 1000\n"
+        "g{gpu=\"0\"} 9 1015\n"
+        "# EOF\n")
+    assert rebase_counters(om) == 1  # r_total would go below zero: left alone; flat e_total needs nothing
+    lines = om.read_text().splitlines()
+    assert lines[1:3] == ['e_total{gpu="0",name="RTX 3090"} 70.5 1000', 'e_total{gpu="0",name="RTX 3090"} 100.5 1015']
+    assert lines[3:5] == ['e_total{gpu="1",name="RTX 3060"} 7 1000', 'e_total{gpu="1",name="RTX 3060"} 7 1015']
+    assert lines[6:8] == ['r_total{c="x"} 1 1000', 'r_total{c="x"} 5 1015']
+    assert lines[9:] == ['g{gpu="0"} 1 1000', 'g{gpu="0"} 9 1015', "# EOF"]
+
+
+@pytest.mark.integration
+def test_generated_configs_are_the_committed_ones_and_pass_the_real_checkers(tmp_path):
+    pipe = Pipeline(tmp_path, PipelineOptions(group_wait=5))
+    try:
+        committed = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
+        ours = yaml.safe_load(pipe.alertmanager_config())
+        # only the receiver URL, the templates path and group_wait differ from the committed file
+        expected = copy.deepcopy(committed)
+        expected["templates"] = [str(ROOT / "alertmanager" / "templates" / "*.tmpl")]
+        expected["receivers"][0]["webhook_configs"][0]["url"] = pipe.webhook.url
+        for route in [expected["route"], *expected["route"]["routes"]]:
+            route["group_wait"] = "5s"
+        assert ours == expected
+        (tmp_path / "am.yml").write_text(pipe.alertmanager_config())
+        out = subprocess.run([require_binary("amtool"), "check-config", str(tmp_path / "am.yml")],
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and " - 1 templates" in out.stdout, out.stdout + out.stderr
+        (tmp_path / "prom.yml").write_text(pipe.prometheus_config())
+        out = subprocess.run([require_binary("promtool"), "check", "config", str(tmp_path / "prom.yml")],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert sorted(p.name for p in (tmp_path / "rules").iterdir()) == \
+            sorted(p.name for p in (ROOT / "prometheus" / "rules").glob("*.yml"))
+        jobs = {j["job_name"]: j for j in yaml.safe_load(pipe.prometheus_config())["scrape_configs"]}
+        assert jobs["rigwatch-detector"]["honor_labels"] is True and "rigwatch-exporter" in jobs
+    finally:
+        pipe.stop()
 
 
 @pytest.mark.integration
