@@ -25,6 +25,7 @@ import yaml
 from scripts.launcher import ROOT, Pipeline, PipelineOptions, rebase_counters
 from tests.support.binaries import require_binary
 from tests.support.webhook import WebhookReceiver
+from tests.test_stack_helpers import dashboard_queries, metric_names, rules
 
 INCIDENT_AT = 50.0  # seconds after the exporter starts; everything before it is the clean phase
 LOST_GPU = "1"
@@ -169,6 +170,16 @@ def test_gpu_lost_is_notified_end_to_end_and_a_clean_run_is_quiet(tmp_path):
         assert high, ("no rigwatch_anomaly_score > 1 for the lost GPU in Prometheus; scores: "
                       f"{pipe.prom.query('rigwatch_anomaly_score')}\ndetector log:\n{pipe.procs[3].tail()}")
         assert {r["metric"]["detector"] for r in high} & {"gpu_xid", "gpu_vanished"}, high
+
+        # the dashboards and rules are tested elsewhere against synthetic detector series: here the
+        # detector-side names they use must exist in a Prometheus that holds only the REAL detector's
+        # output (log metrics excluded: this pipeline runs without Loki)
+        used = set().union(*(metric_names(q.expr) for q in dashboard_queries()),
+                           *(metric_names(r.expr) for r in rules()))
+        detector_side = {n for n in used if n.startswith(("rigwatch_anomaly_", "rigwatch_detector_"))}
+        present = set(json.loads(urllib.request.urlopen(
+            f"{pipe.prom.url}/api/v1/label/__name__/values", timeout=10).read())["data"])
+        assert detector_side and detector_side <= present, sorted(detector_side - present)
 
         # nothing but this incident was notified
         others = [a["labels"] for a in pipe.webhook.alerts() if a["labels"].get("uuid") != uuid]
