@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim-config", default=None, help="sim backend: YAML box/incident config (default built-in)")
     p.add_argument("--seed", type=int, default=0, help="sim backend: random seed (default 0)")
     p.add_argument("--speed", type=float, default=1.0, help="sim backend: sim seconds per wall second (default 1)")
+    p.add_argument("--sim-journal", default=None, metavar="FILE",
+                   help="sim backend: append the simulated box's journal to FILE as `journalctl -o json` lines "
+                        "while it plays (for shipping to Loki; default: not written)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -51,7 +54,8 @@ def build_collector(args) -> tuple[RigCollector, object | None]:
     if args.backend == "sim":
         from exporter.sim.box import SimBox  # only the sim backend needs the simulation
 
-        box = SimBox.from_config(args.sim_config, seed=args.seed, speed=args.speed)
+        box = SimBox.from_config(args.sim_config, seed=args.seed, speed=args.speed,
+                                 journal_path=getattr(args, "sim_journal", None))
         return RigCollector(box.nvml, container_source=box.container_source, proc_root=box.proc_root,
                             **common), box
     try:

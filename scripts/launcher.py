@@ -2,7 +2,9 @@
 
 `Pipeline` wires the real parts on 127.0.0.1: sim history backfilled with promtool, the sim exporter,
 the detector, a real Prometheus evaluating the committed rules and a real Alertmanager routing with
-the committed config to a `WebhookReceiver` in this process. `make demo` and
+the committed config to a `WebhookReceiver` in this process. Given a Loki URL (`PipelineOptions.
+loki_url`), the log side joins in: the history's journal is pushed to Loki for training, the live sim's
+journal is shipped there as it is written (`JournalShipper`, Promtail's part) and the detector reads it. `make demo` and
 tests/test_pipeline_e2e.py run this same code. Only the standard library and the package's own
 dependencies (PyYAML), so `make demo` needs nothing beyond the package itself.
 """
@@ -209,6 +211,104 @@ class PipelineOptions:
     detector_context: float = 1800.0
     group_wait: float | None = 5.0  # Alertmanager's group_wait on every route; None keeps the committed ones
     extra_prometheus_scrape: list[dict] = field(default_factory=list)
+    loki_url: str | None = None  # a Loki (push + query_range API) for the log side; None runs without logs
+
+
+JOURNAL_BATCH = 2000  # entries per push request
+
+
+def loki_push(loki_url: str, records: list[dict], timeout: float = 10.0) -> int:
+    """Push `journalctl -o json` records to Loki as Promtail would: one stream per label set (the
+    stream-label contract, mapped by detector.logs.journal), the MESSAGE as the line, the journal's
+    microsecond timestamp as nanoseconds. Returns the number of entries sent."""
+    from detector.logs.journal import entry_from_journal
+
+    streams: dict[tuple, list[list[str]]] = {}
+    for record in records:
+        entry = entry_from_journal(record)
+        ts_ns = str(int(record["__REALTIME_TIMESTAMP"]) * 1000)
+        streams.setdefault(entry.stream_key, []).append([ts_ns, entry.message])
+    sent = 0
+    for key, values in streams.items():
+        for i in range(0, len(values), JOURNAL_BATCH):
+            body = json.dumps({"streams": [{"stream": dict(key), "values": values[i:i + JOURNAL_BATCH]}]}).encode()
+            req = urllib.request.Request(f"{loki_url.rstrip('/')}/loki/api/v1/push", data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                if r.status // 100 != 2:
+                    raise RuntimeError(f"Loki push answered {r.status}")
+            sent += len(values[i:i + JOURNAL_BATCH])
+    return sent
+
+
+def read_journal_records(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+class JournalShipper:
+    """Promtail's part for the live sim: tails a `journalctl -o json` file the exporter appends to and
+    pushes each complete new line to Loki, every `interval` seconds. A failed push is kept and retried
+    with the next batch (counted in `errors`), so no line is lost to a Loki hiccup."""
+
+    def __init__(self, path: Path, loki_url: str, interval: float = 0.5):
+        self.path = Path(path)
+        self.loki_url = loki_url
+        self.interval = interval
+        self.shipped = 0
+        self.errors = 0
+        self._offset = 0
+        self._pending: list[dict] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def ship_once(self) -> int:
+        """Read the complete lines appended since the last call and push them (with any left over from a
+        failed push). Returns the number pushed."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            data = b""
+        complete = data[:data.rfind(b"\n") + 1]  # a half-written last line waits for the next round
+        self._offset += len(complete)
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            if line.strip():
+                try:
+                    self._pending.append(json.loads(line))
+                except ValueError:
+                    self.errors += 1  # not JSON: nothing Promtail could ship either
+        if not self._pending:
+            return 0
+        try:
+            n = loki_push(self.loki_url, self._pending)
+        except urllib.error.HTTPError as e:
+            self.errors += 1
+            if 400 <= e.code < 500:  # Loki refused the lines themselves: retrying cannot help
+                self._pending = []
+            return 0
+        except (OSError, RuntimeError):
+            self.errors += 1
+            return 0
+        self._pending = []
+        self.shipped += n
+        return n
+
+    def start(self) -> JournalShipper:
+        def run():
+            while not self._stop.wait(self.interval):
+                self.ship_once()
+
+        self._thread = threading.Thread(target=run, name="journal-shipper", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+            self._thread = None
 
 
 class Pipeline:
@@ -236,6 +336,8 @@ class Pipeline:
         self.procs: list[Process] = []
         self.sim_start: float | None = None  # wall time the live sim's schedule offsets count from
         self.history_end: float | None = None
+        self.live_journal = self.workdir / "journal-live.jsonl"
+        self.shipper: JournalShipper | None = None
 
     # -- parts ----------------------------------------------------------------------------------
     def backfill_history(self) -> str:
@@ -260,6 +362,12 @@ class Pipeline:
             raise RuntimeError(f"promtool backfill failed: {out.stderr[-2000:]}")
         return (f"backfilled {o.history_hours:g} h of clean sim history ({res.samples} samples, every "
                 f"{o.history_step:g} s, {shifted} counter series rebased) in {time.perf_counter() - t0:.1f} s")
+
+    def push_history_journal(self) -> str:
+        """The backfilled history's journal into Loki: the log side's training data, like the metrics'."""
+        t0 = time.perf_counter()
+        n = loki_push(self.opts.loki_url, read_journal_records(self.workdir / "history" / "journal.jsonl"))
+        return f"pushed {n} history journal lines to Loki in {time.perf_counter() - t0:.1f} s"
 
     def prometheus_config(self) -> str:
         o = self.opts
@@ -328,19 +436,27 @@ class Pipeline:
         self._run("alertmanager", [alertmanager, f"--config.file={w / 'alertmanager.yml'}",
                                    f"--storage.path={w / 'am-data'}", f"--web.listen-address=127.0.0.1:{self.am_port}",
                                    "--cluster.listen-address="], self.am_url + "/-/ready")
+        if o.loki_url is not None:
+            self.log(self.push_history_journal())
         (w / "schedule.yml").write_text(o.schedule)
+        journal_args: list[str] = []
+        if o.loki_url is not None:
+            self.live_journal.unlink(missing_ok=True)
+            journal_args = ["--sim-journal", str(self.live_journal)]
+            self.shipper = JournalShipper(self.live_journal, o.loki_url).start()
         self.sim_start = time.time()
         self._run("exporter", [sys.executable, "-m", "exporter.cli", "--backend", "sim",
                                "--listen", self.exporter_instance, "--sim-config", str(w / "schedule.yml"),
-                               "--speed", f"{o.speed:g}", "--seed", str(o.seed)],
+                               "--speed", f"{o.speed:g}", "--seed", str(o.seed), *journal_args],
                   f"http://{self.exporter_instance}/metrics")
         (w / "prometheus.yml").write_text(self.prometheus_config())
         self._run("prometheus", [prometheus, f"--config.file={w / 'prometheus.yml'}", f"--storage.tsdb.path={w / 'tsdb'}",
                                  f"--web.listen-address=127.0.0.1:{self.prom_port}",
                                  "--storage.tsdb.retention.time=30d"], self.prom_url + "/-/ready", timeout=60)
         (w / "detector.yml").write_text(self.detector_config())
-        self._run("detector", [sys.executable, "-m", "detector.cli", "serve", "--config", str(w / "detector.yml")],
-                  self.detector_url + "/healthz", timeout=60)
+        loki_args = ["--loki-url", o.loki_url] if o.loki_url is not None else []
+        self._run("detector", [sys.executable, "-m", "detector.cli", "serve", "--config", str(w / "detector.yml"),
+                               *loki_args], self.detector_url + "/healthz", timeout=60)
 
     def _run(self, name: str, argv: list[str], ready_url: str, timeout: float = 30.0) -> Process:
         p = Process(name, argv, self.workdir / f"{name}.log", cwd=self.workdir).start()
@@ -365,6 +481,8 @@ class Pipeline:
     def stop(self) -> None:
         for p in reversed(self.procs):
             p.stop()
+        if self.shipper is not None:
+            self.shipper.stop()
         self.webhook.stop()
 
 

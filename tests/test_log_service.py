@@ -133,3 +133,30 @@ def test_template_rate_series_are_capped_by_config_and_novel_templates_counted()
         scores = families["rigwatch_log_anomaly_score"].samples
         assert any(s.labels.get("detector") == "log_template" and s.labels.get("unit") == "cron.service"
                    for s in scores)
+
+
+def test_a_line_that_reaches_loki_late_is_scored_once():
+    """Shippers deliver lines after their timestamps: a pass re-reads a little before the previous
+    one, so a late line is still scored, and a line is never handed to the detector twice."""
+    with LokiTestServer() as server:
+        training = [journal(T0 - 7200 + k * 30, f"(root) CMD (run-parts /etc/cron.d job{k % 3})") for k in range(240)]
+        requests.post(server.url + "/loki/api/v1/push", json={"streams": training}, timeout=5)
+        service, logs = make_service(server.url)
+        logs.fit(T0)
+        seen: list[str] = []
+        original = logs.detector.score
+
+        def spy(entries, now):
+            seen.extend(e.message for e in entries)
+            return original(entries, now)
+
+        logs.detector.score = spy
+        logs.score(T0 + 60)  # covers T0+50, but the line below is not in Loki yet
+        xid = "NVRM: Xid (PCI:0000:02:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus."
+        late = line(T0 + 50, xid, job="systemd-journal", identifier="kernel", priority="4", transport="kernel")
+        requests.post(server.url + "/loki/api/v1/push", json={"streams": [late]}, timeout=5)
+        logs.score(T0 + 70)
+        logs.score(T0 + 80)
+        assert seen.count(xid) == 1, seen
+        assert any(a.labels.get("pattern") == "nvidia_xid" for _t, a in logs.latest.values())
+        assert not [m for m in seen if "CMD (run-parts" in m], "training lines re-read within the slack were scored"

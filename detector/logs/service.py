@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.logs.backtest import gpu_map_from_prometheus
 from detector.logs.detector import INCIDENT_LABELS, LogDetector, LogDetectorConfig
 from detector.logs.loki import LokiClient, LokiError
 from detector.logs.miner import StatePersistence
@@ -56,6 +57,10 @@ class LogService:
         self.detector: LogDetector | None = None
         self.last_scored: float | None = None
         self.latest: dict[tuple, tuple[float, Any]] = {}  # (detector, labels) -> (t, LogAnomaly)
+        # lines reach Loki after their timestamp (Promtail batches, journald, a slow shipper): each pass
+        # re-reads this much before the last one and skips the lines it already scored
+        self.ingest_slack_s = 30.0
+        self._seen: set[tuple] = set()
         self._lock = threading.Lock()
 
     # -- persistence ------------------------------------------------------------------------------
@@ -69,7 +74,18 @@ class LogService:
         except (KeyError, ValueError, AttributeError) as e:
             log.warning("stored log model v%s not usable (%s): will refit", stored.version, e)
             return False
+        self._refresh_gpu_map(self.detector)
         return True
+
+    def _refresh_gpu_map(self, detector: LogDetector) -> None:
+        """Xid lines name the GPU by PCI id: map it to the exporter's gpu index from gpu_info, so a log
+        anomaly carries the same gpu label as the metrics. Indices can shift at boot: asked again at
+        every fit; an unreachable Prometheus keeps the previous map."""
+        url = getattr(getattr(self.service, "client", None), "base_url", None)
+        mapping = gpu_map_from_prometheus(url) if url else {}
+        if mapping:
+            detector.gpu_by_pci = mapping
+            detector.patterns_.gpu_by_pci = dict(mapping)
 
     # -- tasks ------------------------------------------------------------------------------------
     def _read(self, start: float, end: float):
@@ -89,6 +105,7 @@ class LogService:
         if entries is None:
             raise LokiError("log fit skipped: Loki unreachable")
         detector = LogDetector(self.config, persistence=self.templates).fit(entries)
+        self._refresh_gpu_map(detector)
         metadata = {"training_window": {"start": now - self.lookback_s, "end": now}, "lines": len(entries),
                     "templates": len(detector.miner_.templates()), "params": self.config.__dict__}
         self.service.store.save(STORE_NAME, {"log_detector": detector.get_state().decode("utf-8")}, metadata)
@@ -96,14 +113,21 @@ class LogService:
             self.detector = detector
             self.fitted_at = now
             self.last_scored = now
+            # the training lines the next pass re-reads (see ingest_slack_s) are no news
+            self._seen = {(e.ts, e.stream_key, e.message) for e in entries if e.ts >= now - self.ingest_slack_s}
 
     def score(self, now: float) -> None:
         if self.detector is None:
             return  # nothing fitted yet: the fit task runs first
-        start = self.last_scored if self.last_scored is not None else now - self.step_s
+        start = (self.last_scored if self.last_scored is not None else now - self.step_s) - self.ingest_slack_s
         entries = self._read(start, now)
         if entries is None:
             raise LokiError("log scoring skipped: Loki unreachable")  # the window is retried next step
+        keys = [(e.ts, e.stream_key, e.message) for e in entries]
+        fresh = [e for e, k in zip(entries, keys, strict=True) if k not in self._seen]
+        horizon_seen = now - self.ingest_slack_s
+        self._seen = {k for k in self._seen | set(keys) if k[0] >= horizon_seen}
+        entries = fresh
         with self._lock:
             results = self.detector.score(entries, now)
             self.last_scored = now
