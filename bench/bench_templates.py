@@ -60,13 +60,19 @@ def read_structured(path: Path) -> tuple[list[str], list[str]]:
     return [r["Content"] for r in rows], [r["EventId"] for r in rows]
 
 
-def grouping_accuracy(truth: list[str], predicted: list) -> float:
-    """Share of messages whose predicted group is exactly their true group (as message sets)."""
+def _groups(truth: list[str], predicted: list) -> tuple[dict[str, set[int]], dict[object, set[int]]]:
+    """Message indexes per true group and per predicted group."""
     truth_groups: dict[str, set[int]] = defaultdict(set)
     pred_groups: dict[object, set[int]] = defaultdict(set)
     for i, (t, p) in enumerate(zip(truth, predicted, strict=True)):
         truth_groups[t].add(i)
         pred_groups[p].add(i)
+    return truth_groups, pred_groups
+
+
+def grouping_accuracy(truth: list[str], predicted: list) -> float:
+    """Share of messages whose predicted group is exactly their true group (as message sets)."""
+    truth_groups, pred_groups = _groups(truth, predicted)
     correct = 0
     for members in pred_groups.values():
         first = next(iter(members))
@@ -209,11 +215,7 @@ def worst_masking_seconds(length: int = 20_000) -> tuple[float, str]:
 
 def show_errors(messages, truth, predicted, limit) -> None:
     """Debug aid: the predicted groups that are not exactly one true group."""
-    truth_groups: dict[str, set[int]] = defaultdict(set)
-    pred_groups: dict[object, set[int]] = defaultdict(set)
-    for i, (t, p) in enumerate(zip(truth, predicted, strict=True)):
-        truth_groups[t].add(i)
-        pred_groups[p].add(i)
+    truth_groups, pred_groups = _groups(truth, predicted)
     shown = 0
     for t, members in sorted(truth_groups.items(), key=lambda kv: -len(kv[1])):
         preds = Counter(predicted[i] for i in members)

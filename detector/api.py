@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import math
-from datetime import UTC, datetime
 
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, generate_latest
@@ -17,10 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
 from detector.metrics import DetectorCollector
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+from detector.timefmt import iso, parse_rfc3339
 
 
 def parse_time(value: str, name: str) -> float:
@@ -30,12 +26,10 @@ def parse_time(value: str, name: str) -> float:
     except ValueError:
         pass
     try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{name}: expected epoch seconds or RFC3339, got {value!r}") from None
-    if dt.tzinfo is None:
-        raise ValueError(f"{name}: RFC3339 time needs a zone (Z or +00:00), got {value!r}")
-    return dt.timestamp()
+        return parse_rfc3339(value)
+    except ValueError as e:
+        raise ValueError(f"{name}: expected epoch seconds or RFC3339 with a zone (Z or +00:00), "
+                         f"got {value!r}") from e
 
 
 def _finite(x):
@@ -116,7 +110,7 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
                 continue
             if inc.peak_score < min_score:
                 continue
-            d = inc.to_dict(_iso)
+            d = inc.to_dict(iso)
             d["open"] = any(o is inc for o in service.tracker.open.values())
             out.append(d)
             if len(out) >= limit:
@@ -131,7 +125,7 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
             for sm in det.series.values():
                 kinds[sm.kind] = kinds.get(sm.kind, 0) + 1
             out.append({"detector": name, "model": det.cfg.kind, "query": det.cfg.query, "version": det.version,
-                        "last_fit": _iso(det.last_fit) if det.last_fit else None, "series": len(det.series),
+                        "last_fit": iso(det.last_fit) if det.last_fit else None, "series": len(det.series),
                         "series_by_model": kinds, "fit_metrics": det.fit_metrics})
         return jsonify({"models": out})
 

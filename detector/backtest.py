@@ -22,19 +22,9 @@ from detector.config import Config
 from detector.engine import MetricDetector, ScoreBatch, fetch_series, series_id
 from detector.incidents import Incident, IncidentTracker
 from detector.promclient import PromClient
+from detector.timefmt import iso, parse_rfc3339  # noqa: F401 (parse_rfc3339: part of this module's API)
 
 log = logging.getLogger(__name__)
-
-
-def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_rfc3339(value: str) -> float:
-    dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        raise ValueError(f"{value!r} has no time zone (add Z or +00:00)")
-    return dt.timestamp()
 
 
 @dataclass

@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from detector.logs.detector import LogDetectorConfig, incidents_from_entries
 from detector.logs.journal import read_log_file
 from detector.logs.patterns import gpu_index_by_pci
+from detector.timefmt import iso
 
 log = logging.getLogger(__name__)
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def gpu_map_from_prometheus(url: str | None, timeout: float = 5.0) -> dict[str, str]:
@@ -58,8 +54,8 @@ def run_journal_backtest(journal_file: str | Path, *, config: Any = None, start:
     incidents = incidents_from_entries(entries, logs_config, gpu_by_pci=gpu_by_pci, train_until=train_until,
                                        threshold=threshold)
     for incident in incidents:
-        incident["start"], incident["end"] = _iso(incident["start"]), _iso(incident["end"])
+        incident["start"], incident["end"] = iso(incident["start"]), iso(incident["end"])
         incident["peak_score"] = round(float(incident["peak_score"]), 3)
     return {"incidents": incidents, "lines": len(entries), "journal_file": str(journal_file),
-            "trained_until": _iso(train_until) if train_until else None,
+            "trained_until": iso(train_until) if train_until else None,
             "wall_seconds": round(time.perf_counter() - wall, 2)}
