@@ -69,9 +69,15 @@ class IncidentTracker:
         self.step = step
         self.open: dict[tuple[str, str], Incident] = {}
         self.closed: deque[Incident] | list[Incident] = deque(maxlen=keep) if keep else []
+        # detectors whose anomalies are events (a log line, a log window): one scored point is the
+        # whole incident, so no minimum duration applies (the log side adds its names here)
+        self.events: set[str] = set()
 
     def _get(self, table, detector: str) -> float:
         return table.get(detector, 60.0) if isinstance(table, dict) else float(table)
+
+    def _min_duration_of(self, detector: str) -> float:
+        return 0.0 if detector in self.events else self._get(self._min_duration, detector)
 
     def update(self, batch: ScoreBatch) -> None:
         sid = series_id(batch.labels)
@@ -108,7 +114,7 @@ class IncidentTracker:
 
     def _close(self, key) -> None:
         inc = self.open.pop(key)
-        if inc.duration() >= self._get(self._min_duration, inc.detector):
+        if inc.duration() >= self._min_duration_of(inc.detector):
             self.closed.append(inc)
 
     def flush(self) -> None:
@@ -119,5 +125,5 @@ class IncidentTracker:
         items = list(self.closed)
         if include_open:
             items += [i for i in self.open.values()
-                      if i.duration() >= self._get(self._min_duration, i.detector)]
+                      if i.duration() >= self._min_duration_of(i.detector)]
         return sorted(items, key=lambda i: i.start)

@@ -143,11 +143,15 @@ class DetectorService:
         if self.scheduler is not None:
             self._schedule_task(name, interval_seconds, fn)
 
-    def record(self, batches: list[ScoreBatch]) -> None:
+    def record(self, batches: list[ScoreBatch], publish: bool = True) -> None:
+        """Feed scored batches to the incident tracker (GET /api/v1/anomalies) and, with `publish`,
+        to the rigwatch_anomaly_* gauges. The log side publishes its own family
+        (rigwatch_log_anomaly_score) and records with publish=False: a log anomaly must not also
+        show up as a metric anomaly (MetricAnomaly would fire twice for one Xid line)."""
         with self._lock:
             for b in batches:
                 self.tracker.update(b)
-                if len(b.t):
+                if publish and len(b.t):
                     i = len(b.t) - 1
                     from detector.engine import series_id
 

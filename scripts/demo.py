@@ -6,13 +6,18 @@
    schedule (a fan failing on GPU 0, then GPU 1 falling off the bus), a real Alertmanager with the
    committed alertmanager.yml delivering to a webhook receiver inside this script, a real Prometheus
    scraping the exporter and the detector and evaluating the committed rules, and
-   `rigwatch-detector serve` (the built-in preset, scoring every 10 s);
+   `rigwatch-detector serve` (the built-in preset, scoring every 10 s) and, for the log side, a Loki:
+   the history's journal is pushed into it for training and the live sim's journal is shipped into it
+   as it is written. Loki itself is not installable on the machines this was built on, so unless
+   --loki-url names a real one, the demo starts the repository's API-faithful Loki stand-in
+   (tests/support/loki_server.py: push + query_range, in memory) - a stand-in, not Loki;
 3. prints where to look, then streams what happens: anomaly scores crossing 1 (from Prometheus),
    incidents the detector confirms (GET /api/v1/anomalies), notifications Alertmanager delivers, and
    a line of live GPU readings every --interval seconds;
 4. stops everything on Ctrl-C / SIGTERM (or after --duration seconds).
 
     python -m scripts.demo [--duration SECONDS] [--workdir DIR] [--seed N] [--schedule FILE] [--speed 1]
+                           [--loki-url URL | --no-logs]
 
 Speed: --speed N plays the sim N times faster than the wall clock, but Prometheus stamps samples with
 wall-clock time, so every counter's rate() comes out N times too high (the thermal model's power
@@ -64,19 +69,36 @@ def parse_args(argv=None):
     p.add_argument("--history-hours", type=float, default=3.0,
                    help="hours of clean history to train on (default 3; the thermal model needs 2)")
     p.add_argument("--interval", type=float, default=30.0, help="seconds between GPU reading lines (default 30)")
+    logs = p.add_mutually_exclusive_group()
+    logs.add_argument("--loki-url", default=None,
+                      help="a real Loki to push the sim journal to and read it back from (default: start the "
+                      "in-repo Loki stand-in on 127.0.0.1)")
+    logs.add_argument("--no-logs", action="store_true", help="run without the log side")
     args = p.parse_args(argv)
     if args.speed <= 0 or args.duration < 0 or args.history_hours <= 0 or args.interval <= 0:
         p.error("--speed, --history-hours and --interval must be > 0, --duration >= 0")
     return args
 
 
+_SAY = threading.Lock()
+
+
 def say(line: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True)
+    # one write per line under a lock: the webhook thread and the main loop print at the same time
+    with _SAY:
+        sys.stdout.write(f"{time.strftime('%H:%M:%S')}  {line}\n")
+        sys.stdout.flush()
 
 
 def _where(labels: dict) -> str:
     keep = [f"{k}={labels[k]}" for k in ("gpu", "container", "xid", "reason", "unit") if labels.get(k)]
     return " ".join(keep) or labels.get("instance", "")
+
+
+def _log_where(labels: dict) -> str:
+    keep = [f"{k}={labels[k]}" for k in ("pattern", "gpu", "xid", "container", "unit", "identifier", "template_id")
+            if labels.get(k)]
+    return " ".join(keep)
 
 
 def fmt_readings(api: PrometheusAPI) -> str:
@@ -109,17 +131,21 @@ class Streamer:
 
     def scores(self) -> None:
         api = self.pipe.prom
-        rows = api.query("rigwatch_anomaly_score > 1")
+        rows = api.query("rigwatch_anomaly_score > 1 or rigwatch_log_anomaly_score > 1")
         now_above = {}
         for r in rows:
             m = r["metric"]
-            key = tuple(sorted((k, v) for k, v in m.items() if k != "__name__"))
+            key = tuple(sorted((k, v) for k, v in m.items()))
             now_above[key] = float(r["value"][1])
         for key, score in now_above.items():
             if key in self.above:
                 continue
             m = dict(key)
-            sel = ",".join(f'{k}="{v}"' for k, v in key)
+            if m.get("__name__") == "rigwatch_log_anomaly_score":
+                self.anomalies_seen += 1
+                say(f"ANOMALY   {m.get('detector')} (logs) {_log_where(m) or m.get('job', '')}: score {score:.2f} > 1")
+                continue
+            sel = ",".join(f'{k}="{v}"' for k, v in key if k != "__name__")
             band = {}
             for what in ("expected", "lower", "upper"):
                 res = api.query(f"rigwatch_anomaly_{what}{{{sel}}}")
@@ -170,7 +196,14 @@ def main(argv=None) -> int:
         return 2
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="rigwatch-demo-") if own_workdir else args.workdir).resolve()
-    opts = PipelineOptions(schedule=schedule, speed=args.speed, seed=args.seed, history_hours=args.history_hours)
+    loki = None
+    if not args.no_logs and args.loki_url is None:
+        from tests.support.loki_server import LokiTestServer  # the in-repo stand-in (see the docstring)
+
+        loki = LokiTestServer().start()
+    loki_url = None if args.no_logs else (args.loki_url or loki.url)
+    opts = PipelineOptions(schedule=schedule, speed=args.speed, seed=args.seed, history_hours=args.history_hours,
+                           loki_url=loki_url)
     streamer: Streamer | None = None
 
     def on_note(note):
@@ -198,6 +231,9 @@ def main(argv=None) -> int:
         print(f"  prometheus:           {prom}/alerts", flush=True)
         print(f"  score and band graph: {graph}", flush=True)
         print(f"  alertmanager:         {pipe.am_url}", flush=True)
+        if loki_url is not None:
+            print(f"  loki:                 {loki_url}"
+                  f"{'  (the in-repo Loki stand-in, not Loki)' if loki is not None else ''}", flush=True)
         print(f"  logs, configs, TSDB:  {workdir}{' (removed on exit)' if own_workdir else ''}", flush=True)
         for inc in incidents:
             where = f" on GPU {inc.gpu}" if inc.gpu is not None else (f" in {inc.container}" if inc.container else "")
@@ -227,6 +263,8 @@ def main(argv=None) -> int:
         return 0
     finally:
         pipe.stop()
+        if loki is not None:
+            loki.stop()
         print("stopped", flush=True)
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -166,3 +166,53 @@ def test_stream_flood_of_ordinary_lines_is_load_a_flood_carrying_news_is_an_inci
     news = LogEntry(7600, "cron: reloading configuration from /etc/cron.d", flood[0].labels)
     results = detector.score(flood + [news], 7800)
     assert [(a.detector, a.labels.get("unit")) for a in results if a.score > 1] == [("log_rate", "cron.service")]
+
+
+def test_log_spam_of_ordinary_lines_alerts_once_far_beyond_the_busiest_training_window():
+    # training: 10 lines per 5 min; the spam bar is max(10 x the busiest window, 300 extra lines)
+    detector = LogDetector({"window_s": 300, "sequence": False}).fit(_entries(0, 240))
+    below = [a for a in detector.score(_entries(7500, 290, step=300 / 290), 7800)
+             if a.labels.get("unit") == "cron.service" and a.detector == "log_rate"]
+    assert below and below[0].score <= 1 and "log spam" not in below[0].summary  # 280 extra lines: load
+    detector = LogDetector({"window_s": 300, "sequence": False}).fit(_entries(0, 240))
+    spam = [a for a in detector.score(_entries(7500, 1200, step=0.25), 7800)
+            if a.labels.get("unit") == "cron.service" and a.detector == "log_rate"]
+    assert spam and spam[0].score > 1 and "log spam" in spam[0].summary
+    # the bar is configurable: a user who wants every 3x flood alerted can have it
+    detector = LogDetector({"window_s": 300, "sequence": False, "spam_peak_factor": 3,
+                            "spam_min_lines": 0}).fit(_entries(0, 240))
+    flood = [a for a in detector.score(_entries(7500, 200, step=1.5), 7800)
+             if a.labels.get("unit") == "cron.service" and a.detector == "log_rate"]
+    assert flood[0].score > 1
+
+
+def test_rate_model_spam_bar_needs_both_the_peak_factor_and_the_line_floor():
+    events = [(t * 30.0, "s") for t in range(240)]  # 10 per 5 min for 2 h
+    model = RateModel(window_s=300).fit(events, 0.0, 7200.0)
+    assert model.score("s", 200, 7500)[0] > 1                                     # the ordinary bar
+    assert model.score("s", 200, 7500, peak_factor=10, min_lines=300)[0] < 1      # the spam bar
+    assert model.score("s", 400, 7500, peak_factor=10, min_lines=300)[0] > 1
+    assert model.score("s", 400, 7500, peak_factor=50, min_lines=300)[0] < 1
+
+
+def test_kernel_lines_naming_the_xid_gpu_join_its_anomaly_instead_of_alerting_on_their_own():
+    kernel = {"job": "systemd-journal", "identifier": "kernel", "transport": "kernel", "priority": "4"}
+    detector = LogDetector({"window_s": 300, "sequence": False},
+                           gpu_by_pci={"0000:02:00.0": "1"}).fit(_entries(0, 200))
+    err = dict(kernel, priority="3")
+    lines = [LogEntry(6100.000, "NVRM: GPU at PCI:0000:02:00: GPU-b2e71d04-6a9c-5f38-d41e-7c0a93b26f1d", kernel),
+             LogEntry(6100.000, "NVRM: Xid (PCI:0000:02:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen "
+                                "off the bus.", kernel),
+             LogEntry(6100.001, "NVRM: GPU 0000:02:00.0: GPU has fallen off the bus.", err),
+             LogEntry(6100.002, "NVRM: GPU 0000:02:00.0: RmInitAdapter failed! (0x26:0xffff:1589)", err),
+             # the same kind of line about another device, or too late to be part of it, is its own news
+             LogEntry(6100.003, "NVRM: GPU 0000:41:00.0: RmInitAdapter failed! (0x26:0xffff:1589)", err)]
+    flagged = [a for a in detector.score(lines, 6120) if a.score > 1]
+    assert [(a.detector, a.labels.get("gpu"), a.labels.get("priority")) for a in flagged] == [
+        ("log_pattern", "1", None), ("log_template", None, "3")], flagged
+    assert flagged[0].examples[1:] == ["NVRM: GPU at PCI:0000:02:00: GPU-b2e71d04-6a9c-5f38-d41e-7c0a93b26f1d",
+                                       "NVRM: GPU 0000:02:00.0: GPU has fallen off the bus."]
+    assert "0000:41:00" in flagged[1].examples[0]
+    later = detector.score([LogEntry(6400, "NVRM: GPU 0000:02:00.0: RmInitAdapter failed! (0x26:0xffff:1589)",
+                                     err)], 6420)
+    assert [a.detector for a in later if a.score > 1] == ["log_template"]  # 5 min later: not the same fault

@@ -27,9 +27,9 @@ def journal(t, message, unit="cron.service", identifier="CRON", priority="6"):
                 transport="syslog")
 
 
-def make_service(loki_url, store=None, logs=None):
+def make_service(loki_url, store=None, logs=None, step="60s"):
     config = parse_config({"loki": {"url": loki_url, "retries": 0, "timeout": 2}, **({"logs": logs} if logs else {}),
-                           "schedule": {"step": "60s", "lookback": "2h", "fit_every": "6h"}, "detectors": []})
+                           "schedule": {"step": step, "lookback": "2h", "fit_every": "6h"}, "detectors": []})
     service = DetectorService(config, store=store or ModelStore(MemoryPersistence()), clock=lambda: T0)
     return service, attach(service)
 
@@ -79,6 +79,27 @@ def test_fit_score_publish_and_restart(loki):
     assert logs2.detector is not None and logs2.detector.miner_.templates() == templates
     logs2.fit(T0 + 120)  # within fit_every of the stored fit: skipped
     assert store.versions("logs") == [1]
+
+
+def test_log_anomalies_are_published_as_log_scores_only(loki):
+    """One Xid line is one log anomaly: it shows in rigwatch_log_anomaly_score and in the API, never
+    also as rigwatch_anomaly_score{model="logs"} (MetricAnomaly would fire a second alert for it)."""
+    from prometheus_client import CollectorRegistry
+
+    from detector.metrics import DetectorCollector
+
+    service, logs = make_service(loki.url)
+    logs.fit(T0)
+    logs.score(T0 + 60)
+    service._publish()
+    registry = CollectorRegistry()
+    registry.register(DetectorCollector(lambda: service.snapshot, service.extra_families))
+    xid = {"detector": "log_pattern", "job": "systemd-journal", "pattern": "nvidia_xid", "xid": "79",
+           "pci_bus_id": "0000:02:00.0"}
+    assert registry.get_sample_value("rigwatch_log_anomaly_score", xid) == 5.0
+    published = [s for m in registry.collect() if m.name == "rigwatch_anomaly_score" for s in m.samples]
+    assert not [s for s in published if s.labels.get("model") == "logs"], published
+    assert any(i.detector == "log_pattern" for i in service.tracker.recent()), "not in the incident tracker"
 
 
 def test_loki_outage_is_reported_and_survived(loki):
@@ -160,3 +181,82 @@ def test_a_line_that_reaches_loki_late_is_scored_once():
         assert seen.count(xid) == 1, seen
         assert any(a.labels.get("pattern") == "nvidia_xid" for _t, a in logs.latest.values())
         assert not [m for m in seen if "CMD (run-parts" in m], "training lines re-read within the slack were scored"
+
+
+def _push(server, *streams):
+    assert requests.post(server.url + "/loki/api/v1/push", json={"streams": list(streams)},
+                         timeout=5).status_code == 204
+
+
+def test_restart_reads_back_the_lines_that_reached_loki_while_the_detector_was_down(loki):
+    store = ModelStore(MemoryPersistence())
+    _service, logs = make_service(loki.url, store)
+    logs.fit(T0)
+    logs.score(T0 + 60)
+    # the detector stops; a disk error reaches Loki at T0+1000; it starts again at T0+1800
+    _push(loki, journal(T0 + 1000, "fatal: backup volume /mnt/backup is corrupted", "backup.service", "backup", "3"))
+    service2, logs2 = make_service(loki.url, store)
+    assert logs2.last_scored == T0 + 60
+    logs2.fit(T0 + 1800)  # the stored fit is recent: no refit, nothing trained on the backlog
+    logs2.score(T0 + 1800)
+    body = create_app(service2).test_client().get("/api/v1/anomalies?detector=log_template").get_json()
+    backup = [a for a in body["anomalies"] if a["labels"].get("unit") == "backup.service"]
+    assert backup, body
+    # played back in steps: the incident keeps the time of the pass that would have seen it
+    from detector.timefmt import parse_rfc3339
+    assert T0 + 1000 <= parse_rfc3339(backup[0]["start"]) <= T0 + 1000 + 2 * 60
+
+
+def test_restart_keeps_a_half_counted_repeat(loki):
+    store = ModelStore(MemoryPersistence())
+    _service, logs = make_service(loki.url, store)
+    logs.fit(T0)
+    refused = "worker: connection to database refused"
+    _push(loki, *[journal(T0 + 100 + 20 * k, refused, "worker.service", "worker", "6") for k in range(3)])
+    logs.score(T0 + 180)
+    _service2, logs2 = make_service(loki.url, store)
+    _push(loki, *[journal(T0 + 200 + 20 * k, refused, "worker.service", "worker", "6") for k in range(2)])
+    logs2.score(T0 + 240)
+    repeats = [a for _t, a in logs2.latest.values()
+               if a.detector == "log_rate" and a.labels.get("unit") == "worker.service"]
+    assert repeats and "5 lines" in repeats[0].summary and repeats[0].score > 1, repeats
+
+
+def test_an_unusable_cursor_is_ignored_and_a_long_outage_is_read_back_only_catch_up_s_far(loki):
+    store = ModelStore(MemoryPersistence())
+    _service, logs = make_service(loki.url, store, logs={"catch_up_s": 600})
+    logs.fit(T0)
+    logs.score(T0 + 60)
+    _push(loki, journal(T0 + 200, "fatal: backup volume /mnt/backup is corrupted", "backup.service", "backup", "3"),
+          journal(T0 + 1500, "raid: disk sdb failed, array degraded", "mdadm.service", "mdadm", "2"))
+    _service2, logs2 = make_service(loki.url, store, logs={"catch_up_s": 600})
+    logs2.score(T0 + 1800)  # 1740 s behind: reads back from T0+1200 only
+    units = {a.labels.get("unit") for _t, a in logs2.latest.values() if a.score > 1}
+    assert "mdadm.service" in units and "backup.service" not in units, units
+    store.p.save_state("logs/cursor.json", b"{not json")
+    _service3, logs3 = make_service(loki.url, store)
+    assert logs3.detector is not None and logs3.last_scored is None  # model kept, cursor dropped
+    logs3.score(T0 + 1900)
+
+
+def test_a_restart_does_not_score_the_lines_of_the_last_slack_again(loki):
+    store = ModelStore(MemoryPersistence())
+    _service, logs = make_service(loki.url, store)
+    logs.fit(T0)
+    logs.score(T0 + 60)  # scores the Xid line at T0+40
+    _service2, logs2 = make_service(loki.url, store)
+    seen: list[str] = []
+    original = logs2.detector.score
+    logs2.detector.score = lambda entries, now: (seen.extend(e.message for e in entries), original(entries, now))[1]
+    logs2.score(T0 + 80)  # re-reads T0+30.. for late lines: the Xid line is no news to it
+    assert not [m for m in seen if "Xid" in m], seen
+
+
+def test_a_log_anomaly_is_an_incident_at_its_first_pass_whatever_the_step(loki):
+    """A log line is an event: the metric side's minimum incident duration (60 s by default) must not
+    hide it when the detector scores every 10 s."""
+    service, logs = make_service(loki.url, step="10s")
+    logs.fit(T0)
+    logs.score(T0 + 50)
+    body = create_app(service).test_client().get("/api/v1/anomalies?detector=log_pattern").get_json()
+    assert [a["labels"].get("xid") for a in body["anomalies"]] == ["79"], body

@@ -267,6 +267,9 @@ def test_gpu_lost_is_notified_end_to_end_and_a_clean_run_is_quiet(tmp_path):
                           f"{pipe.prom.query('rigwatch_log_anomaly_score')}; in Loki: {xid_in_loki}")
         # tied to the metrics side: the detector maps the line's PCI id through gpu_info to gpu="1"
         assert any(r["metric"].get("gpu") == LOST_GPU for r in log_high), log_high
+        # ... and only there: a log anomaly is not also a metric anomaly (MetricAnomaly would fire twice)
+        assert not pipe.prom.query('count_over_time(rigwatch_anomaly_score{model="logs"}[30m])'), (
+            pipe.prom.query('rigwatch_anomaly_score{model="logs"}'))
 
     finally:
         pipe.stop()

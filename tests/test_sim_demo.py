@@ -42,13 +42,17 @@ def test_demo_streams_an_anomaly_and_an_alert_and_stops_on_ctrl_c(tmp_path):
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and proc.poll() is None:
             text = "".join(lines)
-            if "  ALERT     GpuLost (critical) gpu=1" in text and "  ANOMALY   gpu_xid" in text:
+            if ("  ALERT     GpuLost (critical) gpu=1" in text and "  ANOMALY   gpu_xid" in text
+                    and "  ANOMALY   log_pattern" in text):
                 break
             time.sleep(0.5)
         text = "".join(lines)
         assert proc.poll() is None, f"demo exited early:\n{text}"
         assert "  ALERT     GpuLost (critical) gpu=1 -> default-webhook: GPU 1" in text, text
         assert re.search(r"ANOMALY   gpu_xid \(counter_increase\) gpu=1 xid=79: score [\d.]+ > 1", text), text
+        # the log side: the sim's Xid 79 kernel line, shipped into the Loki stand-in, read by the detector
+        assert re.search(r"ANOMALY   log_pattern \(logs\) pattern=nvidia_xid gpu=1 xid=79: score [\d.]+ > 1",
+                         text), text
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0, "".join(lines)
     finally:
@@ -59,7 +63,8 @@ def test_demo_streams_an_anomaly_and_an_alert_and_stops_on_ctrl_c(tmp_path):
     text = "".join(lines)
     assert "backfilled 2.5 h of clean sim history" in text
     urls = re.findall(r"http://127\.0\.0\.1:\d+", text)
-    assert len(set(urls)) >= 4, text  # exporter, detector, prometheus, alertmanager
+    assert len(set(urls)) >= 5, text  # exporter, detector, prometheus, alertmanager, Loki stand-in
+    assert "(the in-repo Loki stand-in, not Loki)" in text
     assert "detector ready" in text and re.search(r"gpu 0: +\d+ C", text), text
     assert re.search(r"stopping: [1-9]\d* anomaly score\(s\) crossed 1, [1-9]\d* alert notification", text), text
     assert text.rstrip().endswith("stopped")

@@ -11,7 +11,8 @@ Detectors (the `detector` label):
   log_template  novel and rare templates, weighted by severity and trouble keywords       scoring.LineScorer
   log_rate      floods and silences per stream and per top template, and trouble lines   scoring.RateModel
                 of one template repeating (a failure that repeats is the incident)       scoring.RepeatTracker
-                (a flood alerts only when it carries news: new templates or trouble)
+                (a flood alerts when it carries news - new templates or trouble - or when
+                it is log spam: far beyond the stream's busiest training window)
   log_sequence  unusual mixes of templates in the recent window                          scoring.SequenceModel
 `score` returns, per detector and label set, the highest score of the call (so gauges can be
 published for every stream, also below 1); lines a known pattern claims are not scored again as
@@ -54,10 +55,18 @@ class LogDetectorConfig:
     rate_min_excess: float = 10.0
     silence_min: float = 20.0
     rate_peak_factor: float = 3.0    # a volume burst must exceed this many times the biggest training window
+    # Log spam: a stream flooding with only its ordinary lines (known templates, no new trouble) is
+    # load, not news, until it is this many times its busiest training window AND at least
+    # `spam_min_lines` lines above its usual count per window (300 per 5 min: 1 line/s sustained) - a
+    # container stuck printing one line in a loop, filling the disk and Loki's ingestion limits.
+    spam_peak_factor: float = 10.0
+    spam_min_lines: float = 300.0
     repeat_window_s: float = 900.0   # trouble lines of one template repeating in this window ...
     repeat_count: int = 5            # ... this many times (and 3x their training rate) are an incident
     boot_grace_s: float = 600.0      # after a boot, one-off novel lines are routine ...
     boot_damping: float = 0.1        # ... and template scores are multiplied by this
+    catch_up_s: float = 21600.0      # after a restart, lines up to this old are read back and scored
+    claim_s: float = 10.0            # kernel lines this close to an Xid naming its GPU join its anomaly
     miner: dict = field(default_factory=dict)      # MinerConfig fields
     patterns: dict = field(default_factory=dict)   # PatternConfig fields
 
@@ -104,6 +113,18 @@ def _key(labels: dict[str, str]) -> str:
     return json.dumps(labels, sort_keys=True, separators=(",", ":"))
 
 
+def _source(labels: dict[str, str]) -> str:
+    """A stream without its priority: a driver's lines about one fault come at several levels."""
+    return _key({k: v for k, v in labels.items() if k != "priority"})
+
+
+def _device_token(labels: dict[str, str]) -> str | None:
+    """How kernel lines name a pattern hit's device: `0000:02:00` for PCI id 0000:02:00.0 (the Xid
+    line drops the function, the NVRM lines keep it)."""
+    pci = labels.get("pci_bus_id")
+    return pci.rsplit(".", 1)[0].lower() if pci else None
+
+
 def _who(labels: dict[str, str]) -> str:
     for name in ("container", "unit", "identifier", "job"):
         if labels.get(name):
@@ -133,6 +154,7 @@ class LogDetector:
         self.boot_ts_: float | None = getattr(self, "boot_ts_", None)
         self.boot_id_: str | None = getattr(self, "boot_id_", None)
         self.template_rates_: dict[str, float] = {}
+        self.claims_: deque = deque()  # (ts, source, device token, pattern anomaly) of recent device faults
         config = self._config
         self.repeats_ = RepeatTracker(config.repeat_window_s, config.repeat_count)
 
@@ -201,6 +223,7 @@ class LogDetector:
 
         if self.first_score_ts_ is None:
             self.first_score_ts_ = now
+        candidates: list[tuple[LogEntry, LogAnomaly]] = []  # template anomalies, offered after the claims
         # clusters merged by the miner since the last call answer by their live id: re-key the
         # counts so a template's history follows it into the merged cluster
         self.line_.remap(self.miner_.resolve)
@@ -219,8 +242,12 @@ class LogDetector:
             for hit in hits:
                 labels = {"pattern": hit.pattern, **({"job": entry.labels["job"]} if "job" in entry.labels else {}),
                           **hit.labels}
-                offer(LogAnomaly("log_pattern", labels, hit.score, template_id, template, [], hit.summary,
-                                 hit.ts), entry.message)
+                pattern_anomaly = LogAnomaly("log_pattern", labels, hit.score, template_id, template, [],
+                                             hit.summary, hit.ts)
+                offer(pattern_anomaly, entry.message)
+                device = _device_token(hit.labels)
+                if device:
+                    self.claims_.append((hit.ts, _source(entry.labels), device, pattern_anomaly))
             priority = entry.priority
             trouble = bool(_KEYWORD_RE.search(entry.message)) or (priority is not None and priority <= 3)
             if hits or trained_count == 0 or (trouble and not self.line_.routine_severity(template_id, priority)):
@@ -233,12 +260,13 @@ class LogDetector:
                 words = trouble_keywords(entry.message)
                 summary = (f"{seen.capitalize()} log template in {_who(entry.labels)}: {template!r}"
                            + (f" [{', '.join(words)}]" if words else ""))
-                offer(LogAnomaly("log_template", dict(entry.labels), score, template_id, template, [],
-                                 summary, entry.ts), entry.message)
+                candidates.append((entry, LogAnomaly("log_template", dict(entry.labels), score, template_id,
+                                                     template, [], summary, entry.ts)))
                 if trouble:
                     self._repeat(entry, stream, template_id, template, offer)
             # online counts: a template seen again is less surprising the next time
             self.line_.counts_[template_id] += 1
+        self._offer_unclaimed(candidates, offer, now)
         while self.recent_ and self.recent_[0][0] <= now - config.window_s:
             self.recent_.popleft()
         while self.notable_ and self.notable_[0][0] <= now - config.window_s:
@@ -248,6 +276,24 @@ class LogDetector:
         if self.persistence is not None:
             self.miner_.save()
         return sorted(best.values(), key=lambda a: -a.score)
+
+    def _offer_unclaimed(self, candidates: list[tuple[LogEntry, LogAnomaly]], offer, now: float) -> None:
+        """A device fault is one incident: the kernel lines around an Xid that name the same PCI device
+        (`GPU 0000:02:00.0: GPU has fallen off the bus`, `RmInitAdapter failed`), within `claim_s` of
+        it from the same source, join the pattern anomaly as examples instead of scoring as novel
+        templates of their own - one alert with the whole story, not three."""
+        claim_s = self._config.claim_s
+        while self.claims_ and self.claims_[0][0] < now - claim_s - 60.0:  # 60 s: lines reach Loki late
+            self.claims_.popleft()
+        for entry, anomaly in candidates:
+            source = _source(entry.labels)
+            message = entry.message.lower()
+            owner = next((a for ts, src, device, a in self.claims_
+                          if src == source and abs(entry.ts - ts) <= claim_s and device in message), None)
+            if owner is None:
+                offer(anomaly, entry.message)
+            elif entry.message not in owner.examples and len(owner.examples) < self._config.examples:
+                owner.examples.append(entry.message)
 
     def _repeat(self, entry: LogEntry, stream: str, template_id: str, template: str, offer) -> None:
         config = self._config
@@ -287,6 +333,7 @@ class LogDetector:
             kind, name = key[0], key[1:]
             count = streams.get(name, 0) if kind == "s" else templates.get(name, 0)
             score, what = self.rate_.score(key, count, now)
+            spam = False
             if what == "silence" and not window_full:
                 continue  # the window is not yet full after a start: too early to call a silence
             if not what:
@@ -299,8 +346,12 @@ class LogDetector:
                 if what == "burst" and name not in notable:
                     # a flood of the stream's ordinary lines (known templates, no trouble beyond what
                     # training saw from them) is load, which the metric side measures: shown as a
-                    # rate, alerted on only when the flood carries news (new templates, trouble)
-                    score = min(score, 0.9)
+                    # rate, alerted on only when the flood carries news (new templates, trouble) or
+                    # is log spam (config spam_peak_factor / spam_min_lines)
+                    spam_score, _what = self.rate_.score(key, count, now, config.spam_peak_factor,
+                                                         config.spam_min_lines)
+                    spam = spam_score > 1
+                    score = spam_score if spam else min(score, 0.9)
             else:
                 template_id, template = name, templates_now.get(name, "")
                 labels = {"template_id": name}
@@ -309,8 +360,8 @@ class LogDetector:
                     # more of an ordinary line (requests, model loads) is user traffic, not an
                     # incident: shown as a rate, alerted on only by its stream's flood condition
                     score = min(score, 0.9)
-            summary = (f"{subject}: {count} lines in {minutes:g} min, expected {expected:g} "
-                       f"({'burst' if what == 'burst' else 'went silent'})")
+            kind_text = "log spam" if spam else "burst" if what == "burst" else "went silent"
+            summary = f"{subject}: {count} lines in {minutes:g} min, expected {expected:g} ({kind_text})"
             offer(LogAnomaly("log_rate", labels, score, template_id, template, [], summary, now))
 
     def _score_sequence(self, now: float, offer) -> None:
@@ -349,6 +400,43 @@ class LogDetector:
             "lines_trained": self.lines_trained_,
         }
         return json.dumps(state, ensure_ascii=False).encode("utf-8")
+
+    def get_runtime_state(self) -> dict:
+        """What scoring has learned since the fit (online template counts, the recent window, repeat
+        and pattern counters, boot tracking), JSON-able: saved after every pass so a restart carries
+        on where it stopped instead of forgetting a restart loop half counted. Only valid with the
+        same fit (template ids are the fit's miner's)."""
+        return {
+            "line_counts": dict(self.line_.counts_),
+            "recent": [list(item) for item in self.recent_],
+            "notable": [list(item) for item in self.notable_],
+            "repeats": self.repeats_.get_state(),
+            "patterns": self.patterns_.get_state(),
+            "first_score_ts": self.first_score_ts_,
+            "boot_ts": self.boot_ts_,
+            "boot_id": self.boot_id_,
+            "novel_templates_total": self.novel_templates_total_,
+        }
+
+    def set_runtime_state(self, state: dict) -> LogDetector:
+        try:
+            line_counts = Counter({str(k): int(v) for k, v in state["line_counts"].items()})
+            recent = deque((float(ts), str(s), str(t)) for ts, s, t in state["recent"])
+            notable = deque((float(ts), str(s)) for ts, s in state["notable"])
+            repeats = RepeatTracker(self._config.repeat_window_s, self._config.repeat_count)
+            repeats.set_state(state["repeats"])
+            patterns = state["patterns"]
+            novel = int(state["novel_templates_total"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"corrupt log scoring state: {e}") from e
+        self.line_.counts_ = line_counts
+        self.recent_, self.notable_, self.repeats_ = recent, notable, repeats
+        self.patterns_.set_state(patterns)
+        self.first_score_ts_ = state.get("first_score_ts")
+        self.boot_ts_ = state.get("boot_ts")
+        self.boot_id_ = state.get("boot_id")
+        self.novel_templates_total_ = novel
+        return self
 
     @classmethod
     def from_state(cls, data: bytes, persistence: StatePersistence | None = None,

@@ -185,17 +185,21 @@ class RateModel:
             return base["profile"][int(ts // 3600 % 24)]
         return base["median"]
 
-    def score(self, key: str, count: float, ts: float) -> tuple[float, str]:
+    def score(self, key: str, count: float, ts: float, peak_factor: float | None = None,
+              min_lines: float = 0.0) -> tuple[float, str]:
         """(score, "burst"|"silence"|"") for `count` lines of `key` in the window ending at ts; a key
-        unseen in training has no baseline (the line scorer covers novelty) and scores 0."""
+        unseen in training has no baseline (the line scorer covers novelty) and scores 0.
+        `peak_factor` (default: the model's) and `min_lines` set a higher bar for a burst: a burst
+        scores above 1 only with `min_lines` more lines than expected (the caller's log-spam floor)."""
         if key not in self.baseline_:
             return 0.0, ""
         expected = self.expected(key, ts)
         scale = max(1.4826 * self.baseline_[key]["mad"], math.sqrt(max(expected, 0.0)), 1.0)
         deviation = (count - expected) / (self.sigmas * scale)
         if count > expected:
-            flood = self.peak_factor * self.baseline_[key]["peak"] - expected
-            deviation = (count - expected) / max(self.sigmas * scale, flood)
+            factor = self.peak_factor if peak_factor is None else peak_factor
+            flood = factor * self.baseline_[key]["peak"] - expected
+            deviation = (count - expected) / max(self.sigmas * scale, flood, min_lines)
             if count - expected < self.min_excess:
                 deviation = min(deviation, 0.9)
             return max(deviation, 0.0), "burst"
@@ -305,3 +309,10 @@ class RepeatTracker:
         threshold = max(self.count, math.ceil(3 * expected_in_window))
         n = len(times)
         return n / threshold * (1.2 if n >= threshold else 0.9), n
+
+    def get_state(self) -> list:
+        return [[list(key), list(times)] for key, times in self._times.items() if times]
+
+    def set_state(self, state: list) -> RepeatTracker:
+        self._times = {(str(key[0]), str(key[1])): deque(float(t) for t in times) for key, times in state}
+        return self

@@ -11,8 +11,10 @@ and example lines as the explanation. Enabled when detector.yml has a `loki:` se
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -42,9 +44,24 @@ class StoreTemplatePersistence(StatePersistence):
         return self.persistence.load_state(self.name)
 
 
+CURSOR_NAME = f"{STORE_NAME}/cursor.json"
+
+
+def _line_key(entry) -> tuple[float, str, str]:
+    """A line's identity for "already scored" (JSON-able, so it survives in the cursor)."""
+    return entry.ts, json.dumps(entry.stream_key, separators=(",", ":")), entry.message
+CURSOR_VERSION = 1
+
+
 class LogService:
+    """Fits and scores the log side on the service's scheduler. Where scoring stands (the last time
+    scored and the detector's runtime state) is saved to the store after every pass, so a restart
+    reads back the lines that reached Loki while the detector was down (at most `catch_up_s` of
+    them) and keeps half-counted restart loops and repeats."""
+
     def __init__(self, service, loki: LokiClient, query: str, config: LogDetectorConfig,
-                 lookback_s: float, step_s: float, fit_every_s: float = 6 * 3600.0):
+                 lookback_s: float, step_s: float, fit_every_s: float = 6 * 3600.0,
+                 catch_up_s: float = 6 * 3600.0):
         self.service = service
         self.loki = loki
         self.query = query
@@ -52,6 +69,7 @@ class LogService:
         self.lookback_s = lookback_s
         self.step_s = step_s
         self.fit_every_s = fit_every_s
+        self.catch_up_s = catch_up_s
         self.fitted_at: float | None = None
         self.templates = StoreTemplatePersistence(service.store.p)
         self.detector: LogDetector | None = None
@@ -75,7 +93,37 @@ class LogService:
             log.warning("stored log model v%s not usable (%s): will refit", stored.version, e)
             return False
         self._refresh_gpu_map(self.detector)
+        self._load_cursor()
         return True
+
+    def _load_cursor(self) -> None:
+        """Resume from the saved cursor when it belongs to the loaded fit (template ids are the fit's);
+        a cursor of another fit still says where scoring stopped, but its runtime state is dropped."""
+        raw = self.service.store.p.load_state(CURSOR_NAME)
+        if raw is None:
+            return
+        try:
+            cursor = json.loads(raw.decode("utf-8"))
+            if cursor.get("version") != CURSOR_VERSION:
+                raise ValueError(f"unsupported version {cursor.get('version')!r}")
+            last_scored = float(cursor["last_scored"])
+            seen = {(float(ts), str(stream), str(message)) for ts, stream, message in cursor.get("seen", [])}
+            if cursor.get("fitted_at") == self.fitted_at:
+                self.detector.set_runtime_state(cursor["runtime"])
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+            log.warning("log scoring cursor not usable (%s): scoring starts from now", e)
+            return
+        self.last_scored = last_scored
+        self._seen = seen  # lines of the last ingestion slack, already scored before the restart
+        log.info("log scoring resumes from %s", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last_scored)))
+
+    def _save_cursor(self) -> None:
+        cursor = {"version": CURSOR_VERSION, "fitted_at": self.fitted_at, "last_scored": self.last_scored,
+                  "runtime": self.detector.get_runtime_state(), "seen": sorted(self._seen)}
+        try:
+            self.service.store.p.save_state(CURSOR_NAME, json.dumps(cursor).encode("utf-8"))
+        except OSError as e:  # a full disk must not stop scoring; the next pass tries again
+            log.error("saving the log scoring cursor failed: %s", e)
 
     def _refresh_gpu_map(self, detector: LogDetector) -> None:
         """Xid lines name the GPU by PCI id: map it to the exporter's gpu index from gpu_info, so a log
@@ -101,6 +149,8 @@ class LogService:
     def fit(self, now: float) -> None:
         if self.detector is not None and self.fitted_at is not None and now - self.fitted_at < 0.9 * self.fit_every_s:
             return  # a stored model recent enough: a restart needs no refit
+        if self.detector is not None and self.last_scored is not None and now - self.last_scored > self.step_s:
+            self.score(now)  # lines since the last pass (a restart's backlog) are scored, not trained on
         entries = self._read(now - self.lookback_s, now)
         if entries is None:
             raise LokiError("log fit skipped: Loki unreachable")
@@ -114,29 +164,46 @@ class LogService:
             self.fitted_at = now
             self.last_scored = now
             # the training lines the next pass re-reads (see ingest_slack_s) are no news
-            self._seen = {(e.ts, e.stream_key, e.message) for e in entries if e.ts >= now - self.ingest_slack_s}
+            self._seen = {_line_key(e) for e in entries if e.ts >= now - self.ingest_slack_s}
+            self._save_cursor()
 
     def score(self, now: float) -> None:
         if self.detector is None:
             return  # nothing fitted yet: the fit task runs first
-        start = (self.last_scored if self.last_scored is not None else now - self.step_s) - self.ingest_slack_s
+        last = self.last_scored if self.last_scored is not None else now - self.step_s
+        if last < now - self.catch_up_s:
+            log.warning("log scoring was %.0f s behind: lines older than %.0f s are not read back "
+                        "(logs.catch_up_s)", now - last, self.catch_up_s)
+            last = now - self.catch_up_s
+        start = last - self.ingest_slack_s
         entries = self._read(start, now)
         if entries is None:
             raise LokiError("log scoring skipped: Loki unreachable")  # the window is retried next step
-        keys = [(e.ts, e.stream_key, e.message) for e in entries]
+        keys = [_line_key(e) for e in entries]
         fresh = [e for e, k in zip(entries, keys, strict=True) if k not in self._seen]
         horizon_seen = now - self.ingest_slack_s
         self._seen = {k for k in self._seen | set(keys) if k[0] >= horizon_seen}
-        entries = fresh
-        with self._lock:
-            results = self.detector.score(entries, now)
-            self.last_scored = now
-            for anomaly in results:
-                self.latest[(anomaly.detector, tuple(sorted(anomaly.labels.items())))] = (now, anomaly)
-            horizon = now - max(10 * self.step_s, self.config.window_s)
-            for key in [k for k, (t, _a) in self.latest.items() if t < horizon]:
-                del self.latest[key]
-        self.service.record([self._batch(a, now) for a in results if a.score > 1])
+        entries = sorted(fresh, key=lambda e: e.ts)
+        # a backlog (after a restart or an outage) is played in steps, as the passes would have run,
+        # so rates and sequences see their own windows and incidents keep their times
+        steps = [now] if now - last <= 2 * self.step_s else [
+            *np.arange(last + self.step_s, now - self.step_s / 2, self.step_s).tolist(), now]
+        index = 0
+        for t in steps:
+            batch = []
+            while index < len(entries) and (entries[index].ts < t or t == now):
+                batch.append(entries[index])
+                index += 1
+            with self._lock:
+                results = self.detector.score(batch, t)
+                self.last_scored = t
+                for anomaly in results:
+                    self.latest[(anomaly.detector, tuple(sorted(anomaly.labels.items())))] = (t, anomaly)
+                horizon = t - max(10 * self.step_s, self.config.window_s)
+                for key in [k for k, (seen, _a) in self.latest.items() if seen < horizon]:
+                    del self.latest[key]
+            self.service.record([self._batch(a, t) for a in results if a.score > 1], publish=False)
+        self._save_cursor()
 
     @staticmethod
     def _batch(anomaly, now: float):
@@ -183,12 +250,13 @@ def attach(service) -> LogService | None:
     schedule = config.schedule
     logs = LogService(service, loki, LokiClient.query_from_config(loki_section), logs_config,
                       lookback_s=float(schedule.lookback), step_s=float(schedule.step),
-                      fit_every_s=float(schedule.fit_every))
+                      fit_every_s=float(schedule.fit_every), catch_up_s=logs_config.catch_up_s)
     logs.load()
     service.set_source_up("loki", False)
     service.add_families(logs.families)
     service.register_task("log_fit", float(schedule.fit_every), logs.fit)
     service.register_task("log_score", float(schedule.step), logs.score)
     service.extra_detector_names = tuple(getattr(service, "extra_detector_names", ())) + DETECTOR_NAMES
+    service.tracker.events.update(DETECTOR_NAMES)  # a log anomaly is an event: confirmed at its first pass
     service.log_side = logs
     return logs
