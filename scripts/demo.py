@@ -168,7 +168,7 @@ class Streamer:
             if key in self.incidents:
                 continue
             self.incidents.add(key)
-            why = "; ".join(a.get("explanation") or [])
+            why = "; ".join(e for e in a.get("explanation") or [] if e not in a["summary"])
             say(f"INCIDENT  {a['summary']} since {a['start']}{' — ' + why if why else ''}")
 
     def notification(self, note: dict) -> None:

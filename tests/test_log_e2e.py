@@ -31,6 +31,7 @@ FAILURES = {
     "oom": (T0 + 10.5 * H, T0 + 10.5 * H + 5),
     "bruteforce": (T0 + 11 * H, T0 + 11 * H + 240),
     "container_loop": (T0 + 11.5 * H, T0 + 11.5 * H + 360),
+    "log_spam": (T0 + 11.75 * H, T0 + 11.75 * H + 600),
 }
 BENIGN = {
     "one_failed_password": T0 + 8.5 * H,
@@ -225,6 +226,11 @@ def build_journal(seed: int = 3) -> list[dict]:
         t = start + k * 45
         ollama_startup(j, t, rng)
         j.container(t + 20, "ollama", "Error: llama runner process has terminated: signal: segmentation fault (core dumped)", True)
+    # failure: log spam - a client polls the web UI in a tight loop, 4 ordinary lines a second
+    start, end = FAILURES["log_spam"]
+    for k in range(int((end - start) * 4)):
+        j.container(start + k / 4, "open-webui", f'INFO:     172.18.0.9:{40000 + k % 20000} - "GET /api/v1/chats/ '
+                                                 'HTTP/1.1" 200 OK', False)
     # the export ends at END (a session closing after it would leave a near-empty tail window)
     records = [r for r in j.records if int(r["__REALTIME_TIMESTAMP"]) < END * 1e6]
     return sorted(records, key=lambda r: int(r["__REALTIME_TIMESTAMP"]))
@@ -296,6 +302,8 @@ def test_injected_failures_are_flagged(replay):
     assert any(p[0] == "oom_kill" for p in patterns["oom"])
     assert ("ssh_bruteforce", None, None, None, "203.0.113.7") in {(p[0], None, None, None, p[4]) for p in patterns["bruteforce"]}
     assert any(a.labels.get("container") == "ollama" for a in found["container_loop"])
+    spam = [a for a in found["log_spam"] if a.detector == "log_rate" and a.labels.get("container") == "open-webui"]
+    assert spam and "log spam" in spam[0].summary, [(a.detector, a.labels, a.summary) for a in found["log_spam"]]
     xid = next(a for a in found["xid79"] if a.labels.get("pattern") == "nvidia_xid")
     assert "Xid 79" in xid.summary and "GPU 1" in xid.summary and xid.examples
 

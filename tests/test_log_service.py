@@ -197,8 +197,13 @@ def test_restart_reads_back_the_lines_that_reached_loki_while_the_detector_was_d
     _push(loki, journal(T0 + 1000, "fatal: backup volume /mnt/backup is corrupted", "backup.service", "backup", "3"))
     service2, logs2 = make_service(loki.url, store)
     assert logs2.last_scored == T0 + 60
+    reads = []
+    query_range = logs2.loki.query_range
+    logs2.loki.query_range = lambda query, start, end: (reads.append(end - start), query_range(query, start, end))[1]
     logs2.fit(T0 + 1800)  # the stored fit is recent: no refit, nothing trained on the backlog
     logs2.score(T0 + 1800)
+    # the backlog is read in chunks (bounded memory), each re-reading the ingestion slack
+    assert len(reads) == 2 and max(reads) <= 900 + logs2.ingest_slack_s, reads
     body = create_app(service2).test_client().get("/api/v1/anomalies?detector=log_template").get_json()
     backup = [a for a in body["anomalies"] if a["labels"].get("unit") == "backup.service"]
     assert backup, body
@@ -260,3 +265,7 @@ def test_a_log_anomaly_is_an_incident_at_its_first_pass_whatever_the_step(loki):
     logs.score(T0 + 50)
     body = create_app(service).test_client().get("/api/v1/anomalies?detector=log_pattern").get_json()
     assert [a["labels"].get("xid") for a in body["anomalies"]] == ["79"], body
+    # an event has no value to show: the summary is what happened, not "value nan"
+    assert body["anomalies"][0]["summary"] == (
+        "log_pattern (pattern=nvidia_xid, xid=79): NVIDIA Xid 79 on GPU at 0000:02:00.0: "
+        "GPU has fallen off the bus (score 5.00)"), body  # no Prometheus here: no gpu_info to map the PCI id

@@ -70,6 +70,7 @@ class LogService:
         self.step_s = step_s
         self.fit_every_s = fit_every_s
         self.catch_up_s = catch_up_s
+        self.catch_up_chunk_s = 900.0  # a backlog is read from Loki this much at a time
         self.fitted_at: float | None = None
         self.templates = StoreTemplatePersistence(service.store.p)
         self.detector: LogDetector | None = None
@@ -175,23 +176,33 @@ class LogService:
             log.warning("log scoring was %.0f s behind: lines older than %.0f s are not read back "
                         "(logs.catch_up_s)", now - last, self.catch_up_s)
             last = now - self.catch_up_s
-        start = last - self.ingest_slack_s
-        entries = self._read(start, now)
+        # a backlog (after a restart or a Loki outage) is read in chunks, so memory stays bounded
+        # however chatty the box was, and each chunk is played in steps
+        try:
+            while last < now:
+                end = min(now, last + max(self.catch_up_chunk_s, self.step_s))
+                self._score_range(last, end)
+                last = end
+        finally:
+            self._save_cursor()
+
+    def _score_range(self, last: float, end: float) -> None:
+        entries = self._read(last - self.ingest_slack_s, end)
         if entries is None:
             raise LokiError("log scoring skipped: Loki unreachable")  # the window is retried next step
         keys = [_line_key(e) for e in entries]
         fresh = [e for e, k in zip(entries, keys, strict=True) if k not in self._seen]
-        horizon_seen = now - self.ingest_slack_s
+        horizon_seen = end - self.ingest_slack_s
         self._seen = {k for k in self._seen | set(keys) if k[0] >= horizon_seen}
         entries = sorted(fresh, key=lambda e: e.ts)
-        # a backlog (after a restart or an outage) is played in steps, as the passes would have run,
-        # so rates and sequences see their own windows and incidents keep their times
-        steps = [now] if now - last <= 2 * self.step_s else [
-            *np.arange(last + self.step_s, now - self.step_s / 2, self.step_s).tolist(), now]
+        # played in steps as the passes would have run, so rates and sequences see their own
+        # windows and incidents keep their times; a normal pass is one step
+        steps = [end] if end - last <= 2 * self.step_s else [
+            *np.arange(last + self.step_s, end - self.step_s / 2, self.step_s).tolist(), end]
         index = 0
         for t in steps:
             batch = []
-            while index < len(entries) and (entries[index].ts < t or t == now):
+            while index < len(entries) and (entries[index].ts < t or t == end):
                 batch.append(entries[index])
                 index += 1
             with self._lock:
@@ -203,7 +214,6 @@ class LogService:
                 for key in [k for k, (seen, _a) in self.latest.items() if seen < horizon]:
                     del self.latest[key]
             self.service.record([self._batch(a, t) for a in results if a.score > 1], publish=False)
-        self._save_cursor()
 
     @staticmethod
     def _batch(anomaly, now: float):
