@@ -2,6 +2,7 @@
 
     rigwatch-exporter --listen 127.0.0.1:9842 --backend nvml
     rigwatch-exporter --backend sim --speed 60            # the simulated AI box, 60x faster
+    rigwatch-exporter --backend sim --sim-history DIR     # 3 h of history to backfill, then live
 """
 from __future__ import annotations
 
@@ -43,8 +44,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim-journal", default=None, metavar="FILE",
                    help="sim backend: append the simulated box's journal to FILE as `journalctl -o json` lines "
                         "while it plays (for shipping to Loki; default: not written)")
+    p.add_argument("--sim-history", default=None, metavar="DIR",
+                   help="sim backend: before serving, play --sim-history-hours of clean history ending now and "
+                        "write it to DIR (metrics.om for `promtool tsdb create-blocks-from openmetrics`, "
+                        "journal.jsonl, truth.json); the same box then plays on live, so counters and "
+                        "temperatures continue without a seam, and the --sim-config schedule counts from the "
+                        "live start")
+    p.add_argument("--sim-history-hours", type=float, default=3.0,
+                   help="sim backend: hours of history for --sim-history (default 3)")
+    p.add_argument("--sim-history-step", type=float, default=15.0,
+                   help="sim backend: scrape interval of the --sim-history samples, seconds (default 15)")
+    p.add_argument("--sim-history-job", default="rigwatch-exporter",
+                   help="sim backend: job label of the --sim-history samples (instance is --listen; "
+                        "default rigwatch-exporter)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
+
+
+def _sim_box(args):
+    """The simulated box; errors name the flag they are about (ValueError/OSError)."""
+    from exporter.sim.box import CONTAINER_NAMES, SimBox  # only the sim backend needs the simulation
+    from exporter.sim.incidents import load_schedule
+    from exporter.sim.model import DEFAULT_SPECS
+
+    journal = getattr(args, "sim_journal", None)
+    try:
+        incidents = load_schedule(args.sim_config, n_gpus=len(DEFAULT_SPECS), containers=set(CONTAINER_NAMES))
+    except (OSError, ValueError) as e:  # ScheduleError names the key
+        raise ValueError(f"--sim-config {args.sim_config}: {e}") from e
+    if not getattr(args, "sim_history", None):
+        return SimBox(incidents, seed=args.seed, speed=args.speed, journal_path=journal)
+    from exporter.sim.history import box_with_history
+
+    try:
+        box, result = box_with_history(args.sim_history, args.sim_history_hours, args.sim_history_step,
+                                       incidents=incidents, seed=args.seed, speed=args.speed,
+                                       job=args.sim_history_job, instance=args.listen, journal_path=journal)
+    except OSError as e:
+        raise OSError(f"--sim-history {args.sim_history}: {e}") from e
+    log.info("wrote %g h of sim history to %s (%d samples) in %.1f s; the box plays on live",
+             args.sim_history_hours, args.sim_history, result.samples, result.seconds)
+    return box
 
 
 def build_collector(args) -> tuple[RigCollector, object | None]:
@@ -52,10 +92,7 @@ def build_collector(args) -> tuple[RigCollector, object | None]:
     common = dict(per_pid=args.per_pid_metrics, slow_interval=args.slow_interval,
                   container_interval=args.container_interval, retry_interval=args.retry_interval)
     if args.backend == "sim":
-        from exporter.sim.box import SimBox  # only the sim backend needs the simulation
-
-        box = SimBox.from_config(args.sim_config, seed=args.seed, speed=args.speed,
-                                 journal_path=getattr(args, "sim_journal", None))
+        box = _sim_box(args)
         return RigCollector(box.nvml, container_source=box.container_source, proc_root=box.proc_root,
                             **common), box
     try:
@@ -74,16 +111,19 @@ def main(argv: list[str] | None = None) -> int:
         host, port = parse_listen(args.listen)
     except ValueError as e:
         parser.error(str(e))
-    for flag in ("slow_interval", "container_interval", "retry_interval", "speed"):
+    for flag in ("slow_interval", "container_interval", "retry_interval", "speed", "sim_history_hours",
+                 "sim_history_step"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0")
+    if args.sim_history and args.backend != "sim":
+        parser.error("--sim-history needs --backend sim")
 
     try:
         collector, box = build_collector(args)
     except (OSError, ValueError) as e:  # e.g. a missing or invalid --sim-config (ScheduleError names the key)
         if args.backend != "sim":
             raise
-        print(f"rigwatch-exporter: --sim-config {args.sim_config}: {e}", file=sys.stderr)
+        print(f"rigwatch-exporter: {e}", file=sys.stderr)
         return 2
     registry = CollectorRegistry()
     registry.register(collector)

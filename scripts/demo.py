@@ -1,9 +1,11 @@
 """`make demo`: the whole rigwatch pipeline on 127.0.0.1, every part real, with a simulated AI box.
 
-1. writes a few hours of clean simulated history (the real collector over sim time) and backfills it
-   into a fresh Prometheus TSDB with promtool: the detector's training data, ending now;
-2. starts the simulated AI box (`rigwatch-exporter --backend sim`) playing a short demo
-   schedule (a fan failing on GPU 0, then GPU 1 falling off the bus), a real Alertmanager with the
+1. starts the simulated AI box (`rigwatch-exporter --backend sim --sim-history DIR`), which first
+   writes a few hours of clean history ending now (the real collector over sim time; backfilled into a
+   fresh Prometheus TSDB with promtool: the detector's training data) and then plays the same box on
+   live - counters and temperatures carry on - with a short demo schedule (a fan failing on GPU 0,
+   then GPU 1 falling off the bus);
+2. starts a real Alertmanager with the
    committed alertmanager.yml delivering to a webhook receiver inside this script, a real Prometheus
    scraping the exporter and the detector and evaluating the committed rules, and
    `rigwatch-detector serve` (the built-in preset, scoring every 10 s) and, for the log side, a Loki:

@@ -1,6 +1,7 @@
 """Start and stop the local rigwatch pipeline for the demo and the end-to-end test.
 
-`Pipeline` wires the real parts on 127.0.0.1: sim history backfilled with promtool, the sim exporter,
+`Pipeline` wires the real parts on 127.0.0.1: the sim exporter (which first writes clean history ending
+now, backfilled with promtool, then plays the same simulated box on live),
 the detector, a real Prometheus evaluating the committed rules and a real Alertmanager routing with
 the committed config to a `WebhookReceiver` in this process. Given a Loki URL (`PipelineOptions.
 loki_url`), the log side joins in: the history's journal is pushed to Loki for training, the live sim's
@@ -335,33 +336,27 @@ class Pipeline:
         self.prom = PrometheusAPI(self.prom_url)
         self.procs: list[Process] = []
         self.sim_start: float | None = None  # wall time the live sim's schedule offsets count from
-        self.history_end: float | None = None
         self.live_journal = self.workdir / "journal-live.jsonl"
         self.shipper: JournalShipper | None = None
 
     # -- parts ----------------------------------------------------------------------------------
     def backfill_history(self) -> str:
-        """Clean sim history ending now, written with the real collector and loaded with promtool."""
-        from exporter.sim.history import write_history
-
+        """Load the clean history the sim exporter wrote before going live (`--sim-history`: one box,
+        history then live, so its counters carry on without a seam) into a fresh TSDB with promtool."""
         promtool = _binary("promtool")
         o = self.opts
         tsdb = self.workdir / "tsdb"
         shutil.rmtree(tsdb, ignore_errors=True)
-        clean = self.workdir / "history-schedule.yml"
-        clean.write_text("incidents: []\n")
         t0 = time.perf_counter()
-        start = (time.time() - o.history_hours * 3600) // o.history_step * o.history_step
-        res = write_history(self.workdir / "history", start=start, days=o.history_hours / 24, step=o.history_step,
-                            seed=o.seed, schedule=clean, job=EXPORTER_JOB, instance=self.exporter_instance)
-        self.history_end = start + o.history_hours * 3600
-        shifted = rebase_counters(self.workdir / "history" / "metrics.om")
-        out = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics",
-                              str(self.workdir / "history" / "metrics.om"), str(tsdb)], capture_output=True, text=True)
+        history = self.workdir / "history" / "metrics.om"
+        out = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(history), str(tsdb)],
+                             capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"promtool backfill failed: {out.stderr[-2000:]}")
-        return (f"backfilled {o.history_hours:g} h of clean sim history ({res.samples} samples, every "
-                f"{o.history_step:g} s, {shifted} counter series rebased) in {time.perf_counter() - t0:.1f} s")
+        with open(history) as fh:
+            samples = sum(1 for line in fh if not line.startswith("#"))
+        return (f"backfilled {o.history_hours:g} h of clean sim history ({samples} samples, every "
+                f"{o.history_step:g} s) in {time.perf_counter() - t0:.1f} s")
 
     def push_history_journal(self) -> str:
         """The backfilled history's journal into Loki: the log side's training data, like the metrics'."""
@@ -430,25 +425,29 @@ class Pipeline:
     def _start(self) -> None:
         w, o = self.workdir, self.opts
         prometheus, alertmanager = _binary("prometheus"), _binary("prometheus-alertmanager")
-        self.log(self.backfill_history())
         self.webhook.start()
         (w / "alertmanager.yml").write_text(self.alertmanager_config())
         self._run("alertmanager", [alertmanager, f"--config.file={w / 'alertmanager.yml'}",
                                    f"--storage.path={w / 'am-data'}", f"--web.listen-address=127.0.0.1:{self.am_port}",
                                    "--cluster.listen-address="], self.am_url + "/-/ready")
-        if o.loki_url is not None:
-            self.log(self.push_history_journal())
         (w / "schedule.yml").write_text(o.schedule)
         journal_args: list[str] = []
         if o.loki_url is not None:
             self.live_journal.unlink(missing_ok=True)
             journal_args = ["--sim-journal", str(self.live_journal)]
             self.shipper = JournalShipper(self.live_journal, o.loki_url).start()
-        self.sim_start = time.time()
+        # the exporter first writes the clean history ending now (the detector's training data), then
+        # the same simulated box plays on live; the schedule's offsets count from the live start
         self._run("exporter", [sys.executable, "-m", "exporter.cli", "--backend", "sim",
                                "--listen", self.exporter_instance, "--sim-config", str(w / "schedule.yml"),
-                               "--speed", f"{o.speed:g}", "--seed", str(o.seed), *journal_args],
-                  f"http://{self.exporter_instance}/metrics")
+                               "--speed", f"{o.speed:g}", "--seed", str(o.seed), *journal_args,
+                               "--sim-history", str(w / "history"), "--sim-history-hours", f"{o.history_hours:g}",
+                               "--sim-history-step", f"{o.history_step:g}", "--sim-history-job", EXPORTER_JOB],
+                  f"http://{self.exporter_instance}/metrics", timeout=180)
+        self.sim_start = time.time()  # the live box started at most one readiness poll before this
+        self.log(self.backfill_history())
+        if o.loki_url is not None:
+            self.log(self.push_history_journal())
         (w / "prometheus.yml").write_text(self.prometheus_config())
         self._run("prometheus", [prometheus, f"--config.file={w / 'prometheus.yml'}", f"--storage.tsdb.path={w / 'tsdb'}",
                                  f"--web.listen-address=127.0.0.1:{self.prom_port}",
@@ -484,43 +483,6 @@ class Pipeline:
         if self.shipper is not None:
             self.shipper.stop()
         self.webhook.stop()
-
-
-def rebase_counters(path: Path) -> int:
-    """Shift every counter series of an OpenMetrics history so that it ends at the value it starts at.
-
-    The history and the live exporter are two runs of the sim with the same seed, and a SimBox starts
-    every counter at the same seeded value whatever its start time (energy since a seeded boot,
-    restart counts). Left alone, the history ends above the value the live exporter starts at: a
-    counter "reset" at the seam, where rate() counts the whole live value (~2e7 J) as one increase and
-    the thermal model's power feature reads 100 kW. Shifted by (last - first), the history ends
-    exactly where the live box begins, as on a box whose exporter kept running. A series the shift
-    would take below zero is left as it is. Returns how many series were shifted."""
-    counters: set[str] = set()
-    first: dict[str, float] = {}
-    last: dict[str, float] = {}
-    with open(path) as fh:
-        for line in fh:
-            if line.startswith("# TYPE ") and line.split()[3] == "counter":
-                counters.add(line.split()[2] + "_total")
-            elif not line.startswith("#"):
-                series, value, _ = line.rsplit(" ", 2)
-                if series.split("{", 1)[0] in counters:
-                    first.setdefault(series, float(value))
-                    last[series] = float(value)
-    shift = {k: last[k] - first[k] for k in first if last[k] != first[k] and 2 * first[k] - last[k] >= 0}
-    if not shift:
-        return 0
-    tmp = path.with_suffix(".rebased")
-    with open(path) as src, open(tmp, "w") as dst:
-        for line in src:
-            if not line.startswith("#"):
-                series, value, ts = line.rsplit(" ", 2)
-                if series in shift:
-                    line = f"{series} {float(value) - shift[series]!r} {ts}"
-            dst.write(line)
-    tmp.replace(path)
-    return len(shift)
 
 
 def _binary(name: str) -> str:

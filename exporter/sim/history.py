@@ -14,12 +14,15 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from exporter.collector import RigCollector
 
-from .box import SimBox, rfc3339
+from .box import CONTAINER_NAMES, SimBox, rfc3339
+from .incidents import load_schedule
+from .model import DEFAULT_SPECS
 
 DEFAULT_JOB = "rigwatch-exporter"
 DEFAULT_INSTANCE = "aibox:9842"
@@ -110,8 +113,10 @@ class _OpenMetricsWriter:
 
 def write_history(out: str | Path, start: float, days: float = 7.0, step: float = 60.0, seed: int = 0,
                   schedule: str | Path | None = None, job: str = DEFAULT_JOB,
-                  instance: str = DEFAULT_INSTANCE, box: SimBox | None = None) -> HistoryResult:
-    """Play `days` of the sim from `start` and scrape it every `step` seconds with RigCollector."""
+                  instance: str = DEFAULT_INSTANCE, box: SimBox | None = None,
+                  close_box: bool = True) -> HistoryResult:
+    """Play `days` of the sim from `start` and scrape it every `step` seconds with RigCollector.
+    With close_box=False a given box stays usable, to play on live (see `box_with_history`)."""
     if step <= 0 or days <= 0:
         raise ValueError("step and days must be positive")
     t_wall = time.perf_counter()
@@ -160,7 +165,8 @@ def write_history(out: str | Path, start: float, days: float = 7.0, step: float 
         om.abort()
         raise
     finally:
-        box.close()
+        if close_box:
+            box.close()
     end_us = int(end * 1_000_000)
     start_us = int(start * 1_000_000)
     journal = [e for e in journal if start_us <= int(e["__REALTIME_TIMESTAMP"]) < end_us]
@@ -174,3 +180,29 @@ def write_history(out: str | Path, start: float, days: float = 7.0, step: float 
                            if start + i.at < end]}
     (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
     return HistoryResult(out, steps, om.samples, len(journal), time.perf_counter() - t_wall)
+
+
+def box_with_history(out: str | Path, hours: float, step: float = 15.0, *, incidents: list | None = None,
+                     schedule: str | Path | None = None, seed: int = 0, speed: float = 1.0, job: str = DEFAULT_JOB, instance: str = DEFAULT_INSTANCE,
+                     journal_path: str | Path | None = None,
+                     clock: Callable[[], float] = time.time) -> tuple[SimBox, HistoryResult]:
+    """One simulated box, played twice over: `hours` of clean history ending now, written to `out`
+    (for promtool and Loki), then the same box, ready to `start()` live. Counters (energy, restarts),
+    temperatures and the workload carry on from the history's last tick, as on a box whose exporter
+    kept running: no seam where rate() sees a counter reset. The `incidents` (or those of the
+    `schedule` file) count from the live start (their offsets are shifted past the history), so a
+    demo's "fan fails 30 s in" still means 30 s after the exporter starts serving."""
+    if incidents is None:
+        incidents = load_schedule(schedule, n_gpus=len(DEFAULT_SPECS), containers=set(CONTAINER_NAMES))
+    start = (clock() - hours * 3600.0) // step * step
+    box = SimBox([], seed=seed, speed=speed, start=start, journal_path=journal_path)
+    try:
+        result = write_history(out, start, days=hours / 24.0, step=step, job=job, instance=instance, box=box,
+                               close_box=False)
+        box.advance_to(clock())  # the seconds spent writing, played too: live starts at now
+        shift = box.t - box.start_time
+        box.incidents = [replace(i, at=i.at + shift) for i in incidents]
+    except BaseException:
+        box.close()
+        raise
+    return box, result
