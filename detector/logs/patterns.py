@@ -9,11 +9,11 @@ occurrences score below 1 and repeats score above it.
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from detector.logs.journal import LogEntry
+from detector.logs.windows import SlidingWindows
 
 # Xid codes NVIDIA documents as hardware/driver faults or a lost GPU; others (13, 31, 43, 45...) are
 # most often an application's own fault (bad kernel, killed context) and score lower.
@@ -105,14 +105,7 @@ class PatternTracker:
     def __init__(self, config: PatternConfig | None = None, gpu_by_pci: dict[str, str] | None = None):
         self.config = config or PatternConfig()
         self.gpu_by_pci = dict(gpu_by_pci or {})
-        self._events: dict[tuple, deque] = {}
-
-    def _count(self, key: tuple, ts: float, window: float) -> int:
-        events = self._events.setdefault(key, deque())
-        events.append(ts)
-        while events and events[0] < ts - window:
-            events.popleft()
-        return len(events)
+        self._windows = SlidingWindows()
 
     def observe(self, entry: LogEntry) -> list[PatternHit]:
         """Hits for one entry (entries must come in time order for the windows to mean anything)."""
@@ -143,7 +136,7 @@ class PatternTracker:
             hit("oom_kill", 2.0, f"{comm} invoked the kernel OOM killer", {"process": comm}, ("oom", comm))
         if _CUDA_OOM.search(message):
             where = entry.labels.get("container") or entry.labels.get("unit") or entry.labels.get("identifier", "")
-            n = self._count(("cuda_oom", where), ts, self.config.repeat_window_s)
+            n = self._windows.add(("cuda_oom", where), ts, self.config.repeat_window_s)
             hit("cuda_oom", self.config.cuda_oom_single * max(1.0, n / 2),
                 f"CUDA out of memory in {where or 'a process'}" + (f" ({n}x in {self._window_text()})" if n > 1 else ""),
                 _where_labels(entry), ("cuda_oom", where))
@@ -155,7 +148,7 @@ class PatternTracker:
         if m:
             name = m.group("name") or m.group("name2")
             code = m.group("code") or m.group("code2")
-            n = self._count(("container_exit", name), ts, self.config.repeat_window_s)
+            n = self._windows.add(("container_exit", name), ts, self.config.repeat_window_s)
             hit("container_exit", rate_score(n, self.config.container_exits),
                 f"Container {name} exited" + (f" with code {code}" if code else "")
                 + (f", {n} times in {self._window_text()} (restart loop)" if n > 1 else ""),
@@ -163,8 +156,8 @@ class PatternTracker:
         m = _SSH_FAIL.search(message)
         if m:
             ip = m.group("ip")
-            per_source = self._count(("ssh", ip), ts, self.config.ssh_window_s)
-            total = self._count(("ssh", "*"), ts, self.config.ssh_window_s)
+            per_source = self._windows.add(("ssh", ip), ts, self.config.ssh_window_s)
+            total = self._windows.add(("ssh", "*"), ts, self.config.ssh_window_s)
             score = max(rate_score(per_source, self.config.ssh_per_source),
                         rate_score(total, self.config.ssh_total))
             hit("ssh_bruteforce", score,
@@ -173,7 +166,7 @@ class PatternTracker:
                 ("ssh", ip))
         elif _SSH_COMPANION.search(message):
             ip = _SSH_COMPANION.search(message).group("ip")
-            per_source = len(self._events.get(("ssh", ip), ()))
+            per_source = self._windows.count(("ssh", ip))
             hit("ssh_bruteforce", rate_score(max(per_source, 1), self.config.ssh_per_source),
                 f"SSH login failure from {ip} ({per_source} in {int(self.config.ssh_window_s // 60)} min)",
                 {"source_ip": ip, **_where_labels(entry)}, ("ssh", ip))
@@ -196,7 +189,7 @@ class PatternTracker:
         if m:
             # the process exit that precedes "Failed with result": same failure, claimed, not counted
             unit = m.group("unit")
-            n = len(self._events.get(("unit_failed", unit), ()))
+            n = self._windows.count(("unit_failed", unit))
             hit("unit_failed", rate_score(max(n, 1), self.config.unit_failures),
                 f"systemd unit {unit}: process exited ({m.group('code')}, status {m.group('status')})",
                 {"unit": unit}, ("unit", unit))
@@ -204,7 +197,7 @@ class PatternTracker:
         m = _UNIT_FAILED.search(message)
         if m:
             unit = m.group("unit")
-            n = self._count(("unit_failed", unit), ts, self.config.repeat_window_s)
+            n = self._windows.add(("unit_failed", unit), ts, self.config.repeat_window_s)
         else:
             # "Failed to start X" accompanies "X: Failed with result": the same failure, not counted
             m = _UNIT_FAILED_START.search(message)
@@ -212,7 +205,7 @@ class PatternTracker:
                 return
             what = m.group("what")
             unit = entry.meta.get("subject_unit") or what.split(" - ")[0]
-            n = len(self._events.get(("unit_failed", unit), ()))
+            n = self._windows.count(("unit_failed", unit))
         hit("unit_failed", rate_score(max(n, 1), self.config.unit_failures),
             f"systemd unit {unit} failed" + (f" {n} times in {self._window_text()}" if n > 1 else ""),
             {"unit": unit}, ("unit", unit))
@@ -221,10 +214,10 @@ class PatternTracker:
         return f"{int(self.config.repeat_window_s // 60)} min"
 
     def get_state(self) -> dict:
-        return {"events": [[list(key), list(times)] for key, times in self._events.items()]}
+        return {"events": self._windows.get_state()}
 
     def set_state(self, state: dict) -> None:
-        self._events = {tuple(key): deque(times) for key, times in state.get("events", [])}
+        self._windows.set_state(state.get("events", []))
 
 
 def rate_score(count: int, threshold: int) -> float:

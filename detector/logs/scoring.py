@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from detector.logs.windows import SlidingWindows
 
 # Words of trouble in system and application logs (whole words, case-insensitive).
 TROUBLE_KEYWORDS = (
@@ -299,20 +301,16 @@ class RepeatTracker:
     def __init__(self, window_s: float = 900.0, count: int = 5):
         self.window_s = window_s
         self.count = count
-        self._times: dict[tuple[str, str], deque] = {}
+        self._windows = SlidingWindows()
 
     def observe(self, stream: str, template_id: str, ts: float, expected_in_window: float) -> tuple[float, int]:
-        times = self._times.setdefault((stream, template_id), deque())
-        times.append(ts)
-        while times and times[0] < ts - self.window_s:
-            times.popleft()
+        n = self._windows.add((stream, template_id), ts, self.window_s)
         threshold = max(self.count, math.ceil(3 * expected_in_window))
-        n = len(times)
         return n / threshold * (1.2 if n >= threshold else 0.9), n
 
     def get_state(self) -> list:
-        return [[list(key), list(times)] for key, times in self._times.items() if times]
+        return self._windows.get_state()
 
     def set_state(self, state: list) -> RepeatTracker:
-        self._times = {(str(key[0]), str(key[1])): deque(float(t) for t in times) for key, times in state}
+        self._windows.set_state(state)
         return self
