@@ -63,13 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _sim_box(args):
     """The simulated box; errors name the flag they are about (ValueError/OSError)."""
-    from exporter.sim.box import CONTAINER_NAMES, SimBox  # only the sim backend needs the simulation
-    from exporter.sim.incidents import load_schedule
-    from exporter.sim.model import DEFAULT_SPECS
+    from exporter.sim.box import SimBox  # only the sim backend needs the simulation
 
     journal = getattr(args, "sim_journal", None)
     try:
-        incidents = load_schedule(args.sim_config, n_gpus=len(DEFAULT_SPECS), containers=set(CONTAINER_NAMES))
+        incidents = SimBox.load_incidents(args.sim_config)
     except (OSError, ValueError) as e:  # ScheduleError names the key
         raise ValueError(f"--sim-config {args.sim_config}: {e}") from e
     if not getattr(args, "sim_history", None):

@@ -90,12 +90,17 @@ class SimBox:
         self._apply_readings(self.tick)
 
     # --- construction -------------------------------------------------------------------------
+    @staticmethod
+    def load_incidents(path_or_none: str | Path | None) -> list[Incident]:
+        """An incident schedule (None: the packaged ~7-day default), checked against the box's GPUs and
+        containers; errors name the key (ScheduleError) or the file (OSError)."""
+        return load_schedule(path_or_none, n_gpus=len(DEFAULT_SPECS), containers=set(CONTAINER_NAMES))
+
     @classmethod
     def from_config(cls, path_or_none: str | Path | None, seed: int = 0, speed: float = 1.0,
                     start: float | None = None, **kw) -> SimBox:
         """Load an incident schedule (None: the packaged ~7-day default) and build the box."""
-        incidents = load_schedule(path_or_none, n_gpus=len(DEFAULT_SPECS), containers=set(CONTAINER_NAMES))
-        return cls(incidents, seed=seed, speed=speed, start=start, **kw)
+        return cls(cls.load_incidents(path_or_none), seed=seed, speed=speed, start=start, **kw)
 
     def truth(self) -> list[dict]:
         return [{"kind": i.kind, "start": rfc3339(self.start_time + i.at),

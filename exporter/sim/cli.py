@@ -12,7 +12,7 @@ import sys
 import time
 from datetime import datetime
 
-from .incidents import ScheduleError, load_schedule, parse_duration
+from .incidents import ScheduleError, parse_duration
 
 
 def parse_rfc3339(text: str) -> float:
@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "check-schedule":
-        from .box import CONTAINER_NAMES, DEFAULT_SPECS
+        from .box import SimBox
         try:
-            incidents = load_schedule(args.file, n_gpus=len(DEFAULT_SPECS), containers=set(CONTAINER_NAMES))
+            incidents = SimBox.load_incidents(args.file)
         except ScheduleError as e:
             print(f"rigwatch-sim: {args.file}: {e}", file=sys.stderr)
             return 2

@@ -14,15 +14,14 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from exporter.collector import RigCollector
 
-from .box import CONTAINER_NAMES, SimBox, rfc3339
-from .incidents import load_schedule
-from .model import DEFAULT_SPECS
+from .box import SimBox, rfc3339
+from .incidents import Incident
 
 DEFAULT_JOB = "rigwatch-exporter"
 DEFAULT_INSTANCE = "aibox:9842"
@@ -182,18 +181,16 @@ def write_history(out: str | Path, start: float, days: float = 7.0, step: float 
     return HistoryResult(out, steps, om.samples, len(journal), time.perf_counter() - t_wall)
 
 
-def box_with_history(out: str | Path, hours: float, step: float = 15.0, *, incidents: list | None = None,
-                     schedule: str | Path | None = None, seed: int = 0, speed: float = 1.0, job: str = DEFAULT_JOB, instance: str = DEFAULT_INSTANCE,
+def box_with_history(out: str | Path, hours: float, step: float = 15.0, *, incidents: Sequence[Incident] = (),
+                     seed: int = 0, speed: float = 1.0, job: str = DEFAULT_JOB, instance: str = DEFAULT_INSTANCE,
                      journal_path: str | Path | None = None,
                      clock: Callable[[], float] = time.time) -> tuple[SimBox, HistoryResult]:
     """One simulated box, played twice over: `hours` of clean history ending now, written to `out`
     (for promtool and Loki), then the same box, ready to `start()` live. Counters (energy, restarts),
     temperatures and the workload carry on from the history's last tick, as on a box whose exporter
-    kept running: no seam where rate() sees a counter reset. The `incidents` (or those of the
-    `schedule` file) count from the live start (their offsets are shifted past the history), so a
-    demo's "fan fails 30 s in" still means 30 s after the exporter starts serving."""
-    if incidents is None:
-        incidents = load_schedule(schedule, n_gpus=len(DEFAULT_SPECS), containers=set(CONTAINER_NAMES))
+    kept running: no seam where rate() sees a counter reset. The `incidents` (see
+    SimBox.load_incidents) count from the live start (their offsets are shifted past the history), so
+    a demo's "fan fails 30 s in" still means 30 s after the exporter starts serving."""
     start = (clock() - hours * 3600.0) // step * step
     box = SimBox([], seed=seed, speed=speed, start=start, journal_path=journal_path)
     try:
