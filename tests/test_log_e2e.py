@@ -9,13 +9,12 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 import pytest
-import requests
 
 from detector.logs.detector import LogDetector, incidents_from_journal
-from detector.logs.journal import entry_from_journal
 from detector.logs.loki import LokiClient
 from detector.logs.miner import FilePersistence
 from detector.logs.patterns import gpu_index_by_pci
+from scripts.launcher import loki_push
 from tests.support.loki_server import LokiTestServer
 
 T0 = datetime(2026, 11, 20, tzinfo=UTC).timestamp()
@@ -236,17 +235,6 @@ def build_journal(seed: int = 3) -> list[dict]:
     return sorted(records, key=lambda r: int(r["__REALTIME_TIMESTAMP"]))
 
 
-def push(loki_url: str, records: list[dict]) -> None:
-    streams = defaultdict(list)
-    for record in records:
-        entry = entry_from_journal(record)
-        streams[json.dumps(entry.labels, sort_keys=True)].append([str(int(record["__REALTIME_TIMESTAMP"]) * 1000),
-                                                                 entry.message])
-    body = {"streams": [{"stream": json.loads(key), "values": values} for key, values in streams.items()]}
-    response = requests.post(loki_url + "/loki/api/v1/push", json=body, timeout=10)
-    assert response.status_code == 204, response.text
-
-
 def _near(ts: float, span: tuple[float, float], after: float = 420.0) -> bool:
     return span[0] - 1 <= ts <= span[1] + after
 
@@ -258,7 +246,7 @@ def replay(tmp_path_factory):
     records = build_journal()
     tmp = tmp_path_factory.mktemp("logs")
     with LokiTestServer() as loki:
-        push(loki.url, records)
+        assert loki_push(loki.url, records) == len(records)
         client = LokiClient(loki.url, page_limit=1000)
         query = '{job=~"systemd-journal|docker"}'
         training = client.query_range(query, T0, TRAIN_END)

@@ -27,6 +27,11 @@ def journal(t, message, unit="cron.service", identifier="CRON", priority="6"):
                 transport="syslog")
 
 
+def _push(server, *streams):
+    assert requests.post(server.url + "/loki/api/v1/push", json={"streams": list(streams)},
+                         timeout=5).status_code == 204
+
+
 def make_service(loki_url, store=None, logs=None, step="60s"):
     config = parse_config({"loki": {"url": loki_url, "retries": 0, "timeout": 2}, **({"logs": logs} if logs else {}),
                            "schedule": {"step": step, "lookback": "2h", "fit_every": "6h"}, "detectors": []})
@@ -43,8 +48,7 @@ def loki():
         streams += [line(T0 + 40, "NVRM: Xid (PCI:0000:02:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen "
                                   "off the bus.", job="systemd-journal", identifier="kernel", priority="4",
                          transport="kernel")]
-        response = requests.post(server.url + "/loki/api/v1/push", json={"streams": streams}, timeout=5)
-        assert response.status_code == 204
+        _push(server, *streams)
         yield server
 
 
@@ -140,7 +144,7 @@ def test_template_rate_series_are_capped_by_config_and_novel_templates_counted()
                    for m, count in enumerate((40, 30, 20, 10)) for k in range(count)]
         streams += [journal(T0 + 10, "pam_unix(sudo:auth): conversation failed"),
                     journal(T0 + 20, "usb 1-4: new high-speed USB device number 7 using xhci_hcd")]
-        assert requests.post(server.url + "/loki/api/v1/push", json={"streams": streams}, timeout=5).status_code == 204
+        _push(server, *streams)
         service, logs = make_service(server.url, logs={"top_templates": 2})
         logs.fit(T0)
         logs.score(T0 + 60)
@@ -161,7 +165,7 @@ def test_a_line_that_reaches_loki_late_is_scored_once():
     one, so a late line is still scored, and a line is never handed to the detector twice."""
     with LokiTestServer() as server:
         training = [journal(T0 - 7200 + k * 30, f"(root) CMD (run-parts /etc/cron.d job{k % 3})") for k in range(240)]
-        requests.post(server.url + "/loki/api/v1/push", json={"streams": training}, timeout=5)
+        _push(server, *training)
         service, logs = make_service(server.url)
         logs.fit(T0)
         seen: list[str] = []
@@ -175,17 +179,12 @@ def test_a_line_that_reaches_loki_late_is_scored_once():
         logs.score(T0 + 60)  # covers T0+50, but the line below is not in Loki yet
         xid = "NVRM: Xid (PCI:0000:02:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus."
         late = line(T0 + 50, xid, job="systemd-journal", identifier="kernel", priority="4", transport="kernel")
-        requests.post(server.url + "/loki/api/v1/push", json={"streams": [late]}, timeout=5)
+        _push(server, late)
         logs.score(T0 + 70)
         logs.score(T0 + 80)
         assert seen.count(xid) == 1, seen
         assert any(a.labels.get("pattern") == "nvidia_xid" for _t, a in logs.latest.values())
         assert not [m for m in seen if "CMD (run-parts" in m], "training lines re-read within the slack were scored"
-
-
-def _push(server, *streams):
-    assert requests.post(server.url + "/loki/api/v1/push", json={"streams": list(streams)},
-                         timeout=5).status_code == 204
 
 
 def test_restart_reads_back_the_lines_that_reached_loki_while_the_detector_was_down(loki):
