@@ -92,15 +92,15 @@ def say(line: str) -> None:
         sys.stdout.flush()
 
 
+_WHERE_KEYS = ("gpu", "container", "xid", "reason", "unit")
+_LOG_WHERE_KEYS = ("pattern", "gpu", "xid", "container", "unit", "identifier", "template_id")
+
+
 def _where(labels: dict) -> str:
-    keep = [f"{k}={labels[k]}" for k in ("gpu", "container", "xid", "reason", "unit") if labels.get(k)]
-    return " ".join(keep) or labels.get("instance", "")
-
-
-def _log_where(labels: dict) -> str:
-    keep = [f"{k}={labels[k]}" for k in ("pattern", "gpu", "xid", "container", "unit", "identifier", "template_id")
-            if labels.get(k)]
-    return " ".join(keep)
+    """What a series or alert is about; a log score names its pattern or stream, else its job."""
+    log_score = labels.get("__name__") == "rigwatch_log_anomaly_score"
+    keep = [f"{k}={labels[k]}" for k in (_LOG_WHERE_KEYS if log_score else _WHERE_KEYS) if labels.get(k)]
+    return " ".join(keep) or labels.get("job" if log_score else "instance", "")
 
 
 def fmt_readings(api: PrometheusAPI) -> str:
@@ -145,7 +145,7 @@ class Streamer:
             m = dict(key)
             if m.get("__name__") == "rigwatch_log_anomaly_score":
                 self.anomalies_seen += 1
-                say(f"ANOMALY   {m.get('detector')} (logs) {_log_where(m) or m.get('job', '')}: score {score:.2f} > 1")
+                say(f"ANOMALY   {m.get('detector')} (logs) {_where(m)}: score {score:.2f} > 1")
                 continue
             sel = ",".join(f'{k}="{v}"' for k, v in key if k != "__name__")
             band = {}

@@ -45,12 +45,12 @@ class StoreTemplatePersistence(StatePersistence):
 
 
 CURSOR_NAME = f"{STORE_NAME}/cursor.json"
+CURSOR_VERSION = 1
 
 
 def _line_key(entry) -> tuple[float, str, str]:
     """A line's identity for "already scored" (JSON-able, so it survives in the cursor)."""
     return entry.ts, json.dumps(entry.stream_key, separators=(",", ":")), entry.message
-CURSOR_VERSION = 1
 
 
 class LogService:
