@@ -29,25 +29,20 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from benchlib import shared_root
 from sklearn.metrics import f1_score, precision_recall_curve, precision_score, recall_score, roc_auc_score
 
 from detector.logs.miner import TemplateMiner
 from detector.logs.scoring import LineScorer, SequenceModel, level_priority
 
-REPO = Path(__file__).resolve().parent.parent
 WINDOW, STEP = 20, 10
 DEFAULT_THRESHOLD = 1.0
-
-
-def shared_root() -> Path:
-    return Path(os.environ.get("RIGWATCH_SHARED") or REPO / ".." / "shared")
 
 
 def load_bgl(path: Path) -> tuple[list[str], list[str], np.ndarray]:

@@ -28,6 +28,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from benchlib import add_series_mix_args, proc_status_mb  # noqa: E402
+
 CONFIG = """
 prometheus: {url: "http://127.0.0.1:1"}
 schedule: {step: 60s, lookback: 7d, context: 1h}
@@ -38,14 +40,6 @@ detectors:
      direction: up, min_deviation: 10}
   - {name: joint, query: j, model: iforest, features: {power: p, sm_clock: c, memory_activity: m}}
 """
-
-
-def proc_status(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def series(kind: str, i: int, t: np.ndarray, rng: np.random.Generator):
@@ -71,11 +65,7 @@ def series(kind: str, i: int, t: np.ndarray, rng: np.random.Generator):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seasonal", type=int, default=1700)
-    ap.add_argument("--robust", type=int, default=260)
-    ap.add_argument("--thermal", type=int, default=30)
-    ap.add_argument("--iforest", type=int, default=10)
-    ap.add_argument("--days", type=float, default=7.0)
+    add_series_mix_args(ap)
     ap.add_argument("--cycles", type=int, default=5)
     ap.add_argument("--chunk", type=int, default=100, help="series fitted per engine fit call")
     a = ap.parse_args(argv)
@@ -94,7 +84,7 @@ def main(argv=None) -> int:
     from detector.service import DetectorService
     from detector.store import FilePersistence, ModelStore
 
-    rss_imports = proc_status("VmRSS")
+    rss_imports = proc_status_mb("VmRSS")
     cfg = load_config(text=CONFIG)
     store_dir = tempfile.mkdtemp(prefix="rigwatch-bench-store-")
     svc = DetectorService(cfg, client=PromClient(cfg.prometheus.url, retries=0),
@@ -126,7 +116,7 @@ def main(argv=None) -> int:
         det.version = mv.version
     fit_s = time.perf_counter() - t0
     gc.collect()
-    rss_fitted = proc_status("VmRSS")
+    rss_fitted = proc_status_mb("VmRSS")
 
     svc.clock = lambda: end + step * (a.cycles + 1)  # the published snapshot keeps fresh points only
     cycle_s = []
@@ -144,7 +134,7 @@ def main(argv=None) -> int:
         body = generate_latest(registry)
         cycle_s.append(time.perf_counter() - c0)
     gc.collect()
-    rss_after = proc_status("VmRSS")
+    rss_after = proc_status_mb("VmRSS")
     total = sum(len(d.series) for d in svc.detectors.values())
     print(f"series: {total} (seasonal_esd {a.seasonal}, robust_z {a.robust}, thermal {a.thermal}, "
           f"iforest {a.iforest}); history {a.days:g} days x 1 min = {n} points each")
@@ -153,7 +143,7 @@ def main(argv=None) -> int:
     print(f"scoring cycle through the engine (+ record, publish, /metrics render): median "
           f"{np.median(cycle_s):.3f} s, max {np.max(cycle_s):.3f} s over {a.cycles} cycles")
     print(f"RSS: after serve's imports {rss_imports:.0f} MB, fitted (steady state) {rss_fitted:.0f} MB, "
-          f"after scoring cycles {rss_after:.0f} MB, peak (VmHWM) {proc_status('VmHWM'):.0f} MB")
+          f"after scoring cycles {rss_after:.0f} MB, peak (VmHWM) {proc_status_mb('VmHWM'):.0f} MB")
     shutil.rmtree(store_dir, ignore_errors=True)
     return 0
 

@@ -29,9 +29,11 @@ import numpy as np
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
+from benchlib import shared_root  # noqa: E402
+
 from detector.models import OnsetFilter, RobustZ, make_model  # noqa: E402
 
-SHARED = os.environ.get("RIGWATCH_SHARED", os.path.join(ROOT, "..", "shared"))
+SHARED = str(shared_root())
 NAB_DIR = os.path.join(SHARED, "datasets", "nab")
 # rigwatch flags score > 1; NAB's scorer detects at score >= threshold
 RIGWATCH_THRESHOLD = float(np.nextafter(1.0, 2.0))

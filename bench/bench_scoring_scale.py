@@ -21,13 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+from benchlib import add_series_mix_args, proc_status_mb  # noqa: E402
 
 
 def state_bytes(model) -> int:
@@ -37,11 +31,7 @@ def state_bytes(model) -> int:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seasonal", type=int, default=1700)
-    ap.add_argument("--robust", type=int, default=260)
-    ap.add_argument("--thermal", type=int, default=30)
-    ap.add_argument("--iforest", type=int, default=10)
-    ap.add_argument("--days", type=float, default=7.0)
+    add_series_mix_args(ap)
     ap.add_argument("--cycles", type=int, default=10)
     a = ap.parse_args(argv)
 
@@ -50,7 +40,7 @@ def main(argv=None):
 
     from detector.models import make_model  # noqa: F401  (import cost counted in the baseline)
 
-    rss_imports = rss_mb()
+    rss_imports = proc_status_mb()
     step = 60.0
     n = int(a.days * 1440)
     t = 1.7e9 + step * np.arange(n)
@@ -76,7 +66,7 @@ def main(argv=None):
     fit_total = time.perf_counter() - t0
     del y
     gc.collect()
-    rss_fitted = rss_mb()
+    rss_fitted = proc_status_mb()
     per_kind = {}
     for kind, m in models:
         per_kind.setdefault(kind, []).append(state_bytes(m))
@@ -97,7 +87,7 @@ def main(argv=None):
                 m.score(tn, yn)
         cycle_times.append(time.perf_counter() - c0)
     gc.collect()
-    rss_after = rss_mb()
+    rss_after = proc_status_mb()
 
     print(f"series: {len(models)} (seasonal_esd {a.seasonal}, robust_z {a.robust}, thermal {a.thermal}, "
           f"iforest {a.iforest}); history {a.days:g} days x 1 min = {n} points each")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -27,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchlib import shared_root  # noqa: E402
 
 from detector.logs.miner import MinerConfig, TemplateMiner  # noqa: E402
 
@@ -48,10 +49,6 @@ SYSTEMS = [
     "Windows",
     "Zookeeper",
 ]
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("RIGWATCH_SHARED", REPO.parent / "shared"))
 
 
 def read_structured(path: Path) -> tuple[list[str], list[str]]:
@@ -116,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--show-errors", type=int, default=0, help="print N wrongly grouped templates per system")
     args = ap.parse_args(argv)
 
-    root = shared_dir() / "datasets"
+    root = shared_root() / "datasets"
     original = root / "loghub-2k"
     corrected = root / "loghub-2.0-2k-corrected"
     if not original.is_dir():
