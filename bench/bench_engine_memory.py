@@ -78,17 +78,20 @@ def main(argv=None) -> int:
 
     from detector.api import create_app
     from detector.config import load_config
-    from detector.engine import SeriesData
+    from detector.fetch import SeriesData
+    from detector.metric_plugin import MetricPlugin
     from detector.metrics import DetectorCollector
+    from detector.plugins import build_service
     from detector.promclient import PromClient
-    from detector.service import DetectorService
     from detector.store import FilePersistence, ModelStore
 
     rss_imports = proc_status_mb("VmRSS")
     cfg = load_config(text=CONFIG)
     store_dir = tempfile.mkdtemp(prefix="rigwatch-bench-store-")
-    svc = DetectorService(cfg, client=PromClient(cfg.prometheus.url, retries=0),
-                          store=ModelStore(FilePersistence(store_dir)))
+    store = ModelStore(FilePersistence(store_dir))
+    now = [time.time()]
+    svc = build_service(cfg, client=PromClient(cfg.prometheus.url, retries=0), store=store, clock=lambda: now[0])
+    (metric_side,) = [p for p in svc.plugins if isinstance(p, MetricPlugin)]
     create_app(svc)  # the Flask app holds the service, as in serve
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DetectorCollector(lambda: svc.snapshot, svc.extra_families))
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
     counts = {"seasonal": a.seasonal, "robust": a.robust, "thermal": a.thermal, "joint": a.iforest}
     t0 = time.perf_counter()
     for name, count in counts.items():
-        det = svc.detectors[name]
+        det = metric_side.detectors[name]
         names = list(det.cfg.features)
         for c0 in range(0, count, a.chunk):
             data = {}
@@ -112,18 +115,18 @@ def main(argv=None) -> int:
             det.fit(data, end)
             meta = det.fit_metadata(data, end - a.days * 86400, end)
             del data
-        mv = svc.store.save(name, det.get_state(), meta)  # serve saves every fit: same memory path
+        mv = store.save(name, det.get_state(), meta)  # serve saves every fit: same memory path
         det.version = mv.version
     fit_s = time.perf_counter() - t0
     gc.collect()
     rss_fitted = proc_status_mb("VmRSS")
 
-    svc.clock = lambda: end + step * (a.cycles + 1)  # the published snapshot keeps fresh points only
+    now[0] = end + step * (a.cycles + 1)  # the published snapshot keeps fresh points only
     cycle_s = []
     for c in range(a.cycles):
         tn = np.array([end + step * (c + 1)])
         c0 = time.perf_counter()
-        for name, det in svc.detectors.items():
+        for name, det in metric_side.detectors.items():
             names = list(det.cfg.features)
             data = {}
             for sid, sm in det.series.items():
@@ -135,7 +138,7 @@ def main(argv=None) -> int:
         cycle_s.append(time.perf_counter() - c0)
     gc.collect()
     rss_after = proc_status_mb("VmRSS")
-    total = sum(len(d.series) for d in svc.detectors.values())
+    total = metric_side.series_tracked()
     print(f"series: {total} (seasonal_esd {a.seasonal}, robust_z {a.robust}, thermal {a.thermal}, "
           f"iforest {a.iforest}); history {a.days:g} days x 1 min = {n} points each")
     print(f"fit + save through the engine: {fit_s:.1f} s; /metrics body {len(body) / 1024:.0f} KiB, "

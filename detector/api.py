@@ -96,10 +96,9 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
         if not math.isfinite(min_score) or min_score < 0:
             return error(400, f"min_score: must be a finite number >= 0, got {args.get('min_score')}")
         detector = args.get("detector")
-        with service._lock:
-            items = service.tracker.recent(include_open=True)
-        # metric detectors from the config, plus whatever other detectors (the log side) reported
-        if detector is not None and detector not in service.detectors and \
+        items = service.incidents()
+        # every plugin's detectors, plus those of incidents kept from before a reload
+        if detector is not None and detector not in service.detector_names() and \
                 detector not in {i.detector for i in items}:
             return error(404, f"detector: unknown detector {detector!r}")
         out = []
@@ -111,7 +110,7 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
             if inc.peak_score < min_score:
                 continue
             d = inc.to_dict(iso)
-            d["open"] = any(o is inc for o in service.tracker.open.values())
+            d["open"] = inc.is_open
             out.append(d)
             if len(out) >= limit:
                 break
@@ -119,15 +118,7 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
 
     @app.get("/api/v1/models")
     def models():
-        out = []
-        for name, det in service.detectors.items():
-            kinds: dict[str, int] = {}
-            for sm in det.series.values():
-                kinds[sm.kind] = kinds.get(sm.kind, 0) + 1
-            out.append({"detector": name, "model": det.cfg.kind, "query": det.cfg.query, "version": det.version,
-                        "last_fit": iso(det.last_fit) if det.last_fit else None, "series": len(det.series),
-                        "series_by_model": kinds, "fit_metrics": det.fit_metrics})
-        return jsonify({"models": out})
+        return jsonify({"models": service.models()})
 
     @app.post("/api/v1/retrain")
     def retrain():
@@ -155,10 +146,11 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
         if names is not None:
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 return error(400, "detectors: expected a list of detector names")
-            missing = [n for n in names if n not in service.detectors]
+            known = set(service.detector_names())
+            missing = [n for n in names if n not in known]
             if missing:
                 return error(404, f"detectors: unknown detector(s) {', '.join(missing)}")
         service.retrain(names)
-        return jsonify({"status": "accepted", "detectors": names or sorted(service.detectors)}), 202
+        return jsonify({"status": "accepted", "detectors": names or sorted(service.detector_names())}), 202
 
     return app

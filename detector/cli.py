@@ -6,7 +6,6 @@ unreachable during a backtest), 2 usage or config errors (the message names the 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import signal
@@ -14,6 +13,7 @@ import sys
 import threading
 
 from detector.config import ConfigError, apply_overrides, load_config
+from detector.logs import templates_cli
 
 log = logging.getLogger("rigwatch.detector")
 
@@ -52,19 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     b.set_defaults(func=cmd_backtest)
 
-    _add_plugin_commands(sub)
+    templates_cli.add_parser(sub)
     return p
-
-
-def _add_plugin_commands(sub) -> None:
-    """Subcommands other parts provide: `templates` from the log side, when it is installed."""
-    try:
-        mod = importlib.import_module("detector.logs.templates_cli")
-    except ImportError:
-        return
-    add = getattr(mod, "add_parser", None)
-    if add is not None:
-        add(sub)
 
 
 def _usage_error(msg: str) -> int:
@@ -74,7 +63,8 @@ def _usage_error(msg: str) -> int:
 
 def cmd_backtest(args) -> int:
     from detector.backtest import parse_rfc3339, run_backtest, write_report
-    from detector.promclient import PromClient, PromError
+    from detector.plugins import backtest_plugins, prometheus_client
+    from detector.promclient import PromError
 
     try:
         cfg = load_config(args.config)
@@ -96,13 +86,12 @@ def cmd_backtest(args) -> int:
         return _usage_error("--threshold: must be > 0")
     if args.journal_file and not os.path.isfile(args.journal_file):
         return _usage_error(f"--journal-file: no such file: {args.journal_file}")
-    cfg.prometheus.url = args.prometheus_url  # the log side maps PCI ids to GPUs through it too
-    p = cfg.prometheus
-    client = PromClient(args.prometheus_url, timeout=p.timeout, retries=p.retries, headers=p.headers)
+    client = prometheus_client(cfg, url=args.prometheus_url)
+    plugins = backtest_plugins(cfg, client=client, journal_file=args.journal_file)
     try:
-        report = run_backtest(cfg, client, start, end, threshold=args.threshold,
+        report = run_backtest(cfg, plugins, start, end, threshold=args.threshold,
                               show_progress=not args.no_progress, plot_dir=args.plot,
-                              journal_file=args.journal_file, prometheus_url=args.prometheus_url)
+                              source={"prometheus_url": args.prometheus_url, "journal_file": args.journal_file})
     except PromError as e:
         print(f"rigwatch-detector: backtest failed: prometheus: {e}", file=sys.stderr)
         return 1
@@ -117,7 +106,7 @@ def cmd_serve(args) -> int:
     from waitress import create_server
 
     from detector.api import create_app
-    from detector.service import DetectorService
+    from detector.plugins import build_service
 
     try:
         cfg = load_config(args.config)
@@ -132,14 +121,13 @@ def cmd_serve(args) -> int:
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         return _usage_error(f"--listen: expected HOST:PORT (got {listen!r})")
-    service = DetectorService(cfg, config_path=args.config)
-    _attach_log_side(service)
+    service = build_service(cfg, config_path=args.config)
     app = create_app(service)
     # one process, several threads: a second worker process would run a second scheduler
     server = create_server(app, host=host.strip("[]"), port=int(port), threads=4)
     service.start()
     log.info("rigwatch-detector serving on http://%s:%s (prometheus %s, %d detectors, store %s)", host,
-             server.effective_port, cfg.prometheus.url, len(service.detectors), cfg.store_path)
+             server.effective_port, cfg.prometheus.url, len(service.detector_names()), cfg.store_path)
     if not cfg.token():
         log.info("POST /api/v1/retrain disabled: set RIGWATCH_API_TOKEN (or api_token) to enable it")
     stop = threading.Event()
@@ -162,17 +150,6 @@ def cmd_serve(args) -> int:
         except Exception:  # already closing: nothing left to release
             pass
     return 0
-
-
-def _attach_log_side(service) -> None:
-    """If the log side provides `detector.logs.service.attach(service)`, let it register its tasks."""
-    try:
-        mod = importlib.import_module("detector.logs.service")
-    except ImportError:
-        return
-    attach = getattr(mod, "attach", None)
-    if attach is not None:
-        attach(service)
 
 
 def main(argv: list[str] | None = None) -> int:

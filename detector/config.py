@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-MODEL_KINDS = ("seasonal_esd", "robust_z", "thermal", "iforest")
-MULTIVARIATE_KINDS = ("thermal", "iforest")
-RULE_KINDS = ("counter_increase", "held_active", "series_vanished", "steady_increase")
+from detector.models import FALLBACKS, FEATURE_KINDS, MODELS, RULES, make_model, model_class
+
 DIRECTIONS = ("up", "down", "both")
 _NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _DUR_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
@@ -70,8 +69,8 @@ class ScheduleConfig:
 class DetectorConfig:
     name: str
     query: str
-    model: str | None = None  # one of MODEL_KINDS, or None for a rule
-    rule: str | None = None  # one of RULE_KINDS
+    model: str | None = None  # a kind of detector.models.MODELS, or None for a rule
+    rule: str | None = None  # a kind of detector.models.RULES
     params: dict[str, Any] = field(default_factory=dict)
     sensitivity: float | None = None  # passed to the model (its band half-width); None = model default
     direction: str | None = None  # None = the model's default (thermal: up, others: both)
@@ -102,6 +101,13 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     detectors: list[DetectorConfig] = field(default_factory=list)
     source: str = "<default preset>"
+
+    def reloaded_over(self, running: Config) -> Config:
+        """This (reloaded) config as a running service takes it: the listener, the sources' clients
+        and the store were built at start-up (from the file plus command-line overrides) and keep
+        their running values; detectors, schedule and the rest reload."""
+        return replace(self, listen=running.listen, prometheus=running.prometheus, loki=running.loki,
+                       store_path=running.store_path)
 
     def token(self, environ=os.environ) -> str | None:
         """The API bearer token: RIGWATCH_API_TOKEN wins over the file; empty means none."""
@@ -169,12 +175,12 @@ def _detector(raw: Any, key: str, defaults: dict) -> DetectorConfig:
     if model is not None and rule is not None:
         raise ConfigError(f"{key}.rule", "set either model or rule, not both")
     if model is None and rule is None:
-        raise ConfigError(f"{key}.model", f"missing: set model ({', '.join(MODEL_KINDS)}) or rule "
-                                          f"({', '.join(RULE_KINDS)})")
-    if model is not None and model not in MODEL_KINDS:
-        raise ConfigError(f"{key}.model", f"unknown model {model!r} (choose from {', '.join(MODEL_KINDS)})")
-    if rule is not None and rule not in RULE_KINDS:
-        raise ConfigError(f"{key}.rule", f"unknown rule {rule!r} (choose from {', '.join(RULE_KINDS)})")
+        raise ConfigError(f"{key}.model", f"missing: set model ({', '.join(MODELS)}) or rule "
+                                          f"({', '.join(RULES)})")
+    if model is not None and model not in MODELS:
+        raise ConfigError(f"{key}.model", f"unknown model {model!r} (choose from {', '.join(MODELS)})")
+    if rule is not None and rule not in RULES:
+        raise ConfigError(f"{key}.rule", f"unknown rule {rule!r} (choose from {', '.join(RULES)})")
     direction = merged.get("direction")
     if direction is not None and direction not in DIRECTIONS:
         raise ConfigError(f"{key}.direction", f"must be one of {', '.join(DIRECTIONS)} (got {direction!r})")
@@ -186,10 +192,10 @@ def _detector(raw: Any, key: str, defaults: dict) -> DetectorConfig:
         if not isinstance(fname, str) or not _NAME_RE.match(fname):
             raise ConfigError(f"{key}.features", f"feature names must be identifiers (got {fname!r})")
         _str(fq, f"{key}.features.{fname}")
-    if model in MULTIVARIATE_KINDS and not features:
+    if model in FEATURE_KINDS and not features:
         raise ConfigError(f"{key}.features", f"model {model} needs at least one feature query")
-    if model not in MULTIVARIATE_KINDS and features:
-        raise ConfigError(f"{key}.features", f"only used by {', '.join(MULTIVARIATE_KINDS)} models")
+    if model not in FEATURE_KINDS and features:
+        raise ConfigError(f"{key}.features", f"only used by {', '.join(FEATURE_KINDS)} models")
     out = DetectorConfig(
         name=name, query=query, model=model, rule=rule, params=dict(params),
         sensitivity=(None if merged.get("sensitivity") is None else
@@ -208,8 +214,8 @@ def _detector(raw: Any, key: str, defaults: dict) -> DetectorConfig:
         min_fit_r2=(None if merged.get("min_fit_r2") is None else
                     _number(merged["min_fit_r2"], f"{key}.min_fit_r2")),
     )
-    if out.fallback not in ("robust_z", "none"):
-        raise ConfigError(f"{key}.fallback", f"must be robust_z or none (got {out.fallback!r})")
+    if out.fallback not in FALLBACKS:
+        raise ConfigError(f"{key}.fallback", f"must be {' or '.join(FALLBACKS)} (got {out.fallback!r})")
     if not isinstance(merged.get("enabled", True), bool):
         raise ConfigError(f"{key}.enabled", "expected true or false")
     if model is not None:
@@ -219,8 +225,6 @@ def _detector(raw: Any, key: str, defaults: dict) -> DetectorConfig:
 
 def _check_model_params(det: DetectorConfig, key: str) -> None:
     """Build the model once so a bad parameter fails at load time, naming the key."""
-    from detector.models import make_model, model_class
-
     params = dict(det.params)
     valid = set(model_class(det.model)._param_names())
     for k in ("direction", "min_deviation", "sensitivity"):
@@ -237,26 +241,20 @@ def _check_model_params(det: DetectorConfig, key: str) -> None:
         raise ConfigError(key, str(e)) from None
 
 
-_RULE_PARAMS = {
-    "counter_increase": {"window": 60.0, "min_increase": 1.0},
-    "held_active": {"hold": 300.0, "threshold": 0.5},
-    "series_vanished": {"max_age": 150.0},
-    "steady_increase": {"window": 1800.0, "min_increase": 1.0, "min_fraction": 0.75},
-}
-
-
 def _rule_params(rule: str, params: dict, key: str) -> dict:
-    allowed = _RULE_PARAMS[rule]
-    _check_keys(params, set(allowed), key)
-    out = dict(allowed)
+    """A rule's parameters checked against the spec its class declares (`PARAMS`)."""
+    spec = RULES[rule].PARAMS
+    _check_keys(params, set(spec), key)
+    out = {k: default for k, (_check, default) in spec.items()}
     for k, v in params.items():
-        if k in ("window", "hold", "max_age"):
+        check = spec[k][0]
+        if check == "duration":
             out[k] = parse_duration(v, f"{key}.{k}")
-        else:
-            out[k] = _number(v, f"{key}.{k}", minimum=None if k == "threshold" else 0,
-                             strict=(k == "min_increase"))
-            if k == "min_fraction" and not 0 < out[k] <= 1:
-                raise ConfigError(f"{key}.{k}", f"must be in (0, 1] (got {v!r})")
+            continue
+        out[k] = _number(v, f"{key}.{k}", minimum=None if check == "number" else 0,
+                         strict=(check == "positive"))
+        if check == "fraction" and not 0 < out[k] <= 1:
+            raise ConfigError(f"{key}.{k}", f"must be in (0, 1] (got {v!r})")
     return out
 
 

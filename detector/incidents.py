@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from detector.engine import ScoreBatch, incident_labels, series_id, summarize
+from detector.models import RULES
+from detector.scores import ScoreBatch, incident_labels, series_id
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Incident:
     step: float = 60.0
     explanation: list[str] | None = None
     peak: dict[str, float | None] = field(default_factory=dict)  # value, expected, lower, upper at the peak
+    is_open: bool = True  # still being extended by new anomalous points
 
     def duration(self) -> float:
         return self.end - self.start + self.step
@@ -58,31 +60,61 @@ def _finite(v) -> float | None:
     return round(v, 6)
 
 
-class IncidentTracker:
-    """Feed ScoreBatches in time order per series; finished incidents land in `closed`."""
+def summarize(detector: str, model: str, labels: dict[str, str], y: float, expected: float,
+              lower: float, upper: float, score: float, explanation: list[str] | None = None) -> str:
+    """One line a person reads: where, what happened against what was expected, and why."""
+    who = ", ".join(f"{k}={v}" for k, v in sorted(incident_labels(labels).items()))
+    where = f" ({who})" if who else ""
+    if model in RULES:
+        s = f"{detector}{where}: {RULES[model].describe(y, expected)} (score {score:.2f})"
+    elif np.isfinite(expected):
+        side = "above" if y > expected else "below"
+        s = (f"{detector}{where}: {y:.4g} {side} expected {expected:.4g} "
+             f"(band {lower:.4g}..{upper:.4g}, score {score:.2f}, model {model})")
+    elif not np.isfinite(y) and explanation:
+        # no value to show (a log anomaly is an event): its own explanation says what happened
+        return f"{detector}{where}: {explanation[0]} (score {score:.2f})"
+    else:
+        s = f"{detector}{where}: value {y:.4g}, score {score:.2f} (model {model})"
+    if explanation:
+        s += "; drivers: " + "; ".join(explanation[:3])
+    return s
 
-    def __init__(self, *, threshold: float = 1.0, min_duration: dict[str, float] | float = 60.0,
-                 merge_gap: dict[str, float] | float = 300.0, step: float = 60.0, keep: int | None = 1000):
+
+@dataclass(frozen=True)
+class IncidentPolicy:
+    """How the tracker merges one detector's anomalous scores into incidents."""
+
+    min_duration: float = 60.0  # shorter merged runs are dropped as blips (0: an event is an incident)
+    merge_gap: float = 60.0  # anomalous runs closer than this are one incident
+
+
+class IncidentTracker:
+    """Feed ScoreBatches in time order per series; finished incidents land in `closed`.
+
+    `policy` says per detector how runs merge (each plugin gives its detectors'); a detector not in
+    it gets `default`."""
+
+    def __init__(self, *, threshold: float = 1.0, policy: dict[str, IncidentPolicy] | None = None,
+                 default: IncidentPolicy = IncidentPolicy(), step: float = 60.0, keep: int | None = 1000):
         self.threshold = threshold
-        self._min_duration = min_duration
-        self._merge_gap = merge_gap
+        self.policy = dict(policy or {})
+        self.default = default
         self.step = step
         self.open: dict[tuple[str, str], Incident] = {}
         self.closed: deque[Incident] | list[Incident] = deque(maxlen=keep) if keep else []
-        # detectors whose anomalies are events (a log line, a log window): one scored point is the
-        # whole incident, so no minimum duration applies (the log side adds its names here)
-        self.events: set[str] = set()
 
-    def _get(self, table, detector: str) -> float:
-        return table.get(detector, 60.0) if isinstance(table, dict) else float(table)
+    def set_policy(self, policy: dict[str, IncidentPolicy]) -> None:
+        """A reloaded config's policies (open incidents keep going under the new ones)."""
+        self.policy = dict(policy)
 
-    def _min_duration_of(self, detector: str) -> float:
-        return 0.0 if detector in self.events else self._get(self._min_duration, detector)
+    def _policy(self, detector: str) -> IncidentPolicy:
+        return self.policy.get(detector, self.default)
 
     def update(self, batch: ScoreBatch) -> None:
         sid = series_id(batch.labels)
         key = (batch.detector, sid)
-        gap = self._get(self._merge_gap, batch.detector)
+        gap = self._policy(batch.detector).merge_gap
         score = np.nan_to_num(batch.score, nan=0.0)
         for i in np.nonzero(score > self.threshold)[0]:
             t = float(batch.t[i])
@@ -114,7 +146,8 @@ class IncidentTracker:
 
     def _close(self, key) -> None:
         inc = self.open.pop(key)
-        if inc.duration() >= self._min_duration_of(inc.detector):
+        inc.is_open = False
+        if inc.duration() >= self._policy(inc.detector).min_duration:
             self.closed.append(inc)
 
     def flush(self) -> None:
@@ -125,5 +158,5 @@ class IncidentTracker:
         items = list(self.closed)
         if include_open:
             items += [i for i in self.open.values()
-                      if i.duration() >= self._min_duration_of(i.detector)]
+                      if i.duration() >= self._policy(i.detector).min_duration]
         return sorted(items, key=lambda i: i.start)

@@ -10,10 +10,12 @@ from prometheus_client import CollectorRegistry
 
 from detector.api import create_app
 from detector.config import load_config
-from detector.engine import ScoreBatch
+from detector.health import SourceHealth
+from detector.metric_plugin import MetricPlugin
 from detector.metrics import DetectorCollector
+from detector.plugins import build_service
 from detector.promclient import PromClient
-from detector.service import DetectorService
+from detector.scores import ScoreBatch
 from detector.store import MemoryPersistence, ModelStore
 
 PROM = "http://prom.test:9090"
@@ -50,13 +52,30 @@ def temps(query, ts):
 
 
 @pytest.fixture
-def service():
-    clock = [NOW - 1800]
-    cfg = load_config(text=CFG)
-    svc = DetectorService(cfg, client=PromClient(PROM, retries=1, sleep=lambda s: None),
-                          store=ModelStore(MemoryPersistence()), clock=lambda: clock[0])
-    svc.test_clock = clock
-    return svc
+def clock():
+    return [NOW - 1800]
+
+
+@pytest.fixture
+def store():
+    return ModelStore(MemoryPersistence())
+
+
+def service_for(cfg, store, clock, retries=0, **kwargs):
+    """The serve-time service over a client whose failed attempts are counted, as serve's is."""
+    health = SourceHealth()
+    client = PromClient(PROM, retries=retries, sleep=lambda s: None, on_error=health.counter("prometheus"))
+    return build_service(cfg, client=client, health=health, store=store, clock=clock, **kwargs)
+
+
+@pytest.fixture
+def service(clock, store):
+    return service_for(load_config(text=CFG), store, lambda: clock[0], retries=1)
+
+
+def metric_side(svc):
+    (plugin,) = [p for p in svc.plugins if isinstance(p, MetricPlugin)]
+    return plugin
 
 
 def registry_for(svc):
@@ -66,10 +85,10 @@ def registry_for(svc):
 
 
 @responses.activate
-def test_fit_score_publish_and_self_metrics(service):
+def test_fit_score_publish_and_self_metrics(service, clock, store):
     responses.add_callback(responses.GET, PROM + "/api/v1/query_range", callback=matrix_handler(temps))
     assert service.fit()
-    service.test_clock[0] = NOW + 30
+    clock[0] = NOW + 30
     assert service.score()
     reg = registry_for(service)
     labels = {**GPU, "detector": "gpu_temperature", "model": "robust_z"}
@@ -86,18 +105,18 @@ def test_fit_score_publish_and_self_metrics(service):
     assert reg.get_sample_value("rigwatch_detector_model_info",
                                 {"detector": "gpu_temperature", "model": "robust_z", "version": "1"}) == 1
     # the model store got version 1 with its metadata
-    meta = service.store.load_latest("gpu_temperature").metadata
+    meta = store.load_latest("gpu_temperature").metadata
     assert meta["training_window"]["end"] <= NOW - 1800 and meta["data_fingerprint"]
 
 
 @responses.activate
-def test_prometheus_down_is_reported_and_survived(service):
+def test_prometheus_down_is_reported_and_survived(service, clock, store):
     import requests
 
     responses.add_callback(responses.GET, PROM + "/api/v1/query_range", callback=matrix_handler(temps))
     service.fit()
     responses.replace(responses.GET, PROM + "/api/v1/query_range", body=requests.ConnectionError("refused"))
-    service.test_clock[0] = NOW
+    clock[0] = NOW
     assert service.score() is False
     reg = registry_for(service)
     assert reg.get_sample_value("rigwatch_detector_source_up", {"source": "prometheus"}) == 0
@@ -174,14 +193,13 @@ def test_retrain_auth_and_body_validation(service, monkeypatch):
 
 
 @responses.activate
-def test_restart_loads_last_good_models_without_refit(service):
+def test_restart_loads_last_good_models_without_refit(service, clock, store):
     responses.add_callback(responses.GET, PROM + "/api/v1/query_range", callback=matrix_handler(temps))
     service.fit()
-    fresh = DetectorService(service.config, client=PromClient(PROM, retries=0), store=service.store,
-                            clock=service.clock)
+    fresh = service_for(service.config, store, service.clock)
     assert fresh.load_models() == 2
     assert fresh.readiness()[1]["models_missing"] == []
-    assert fresh.detectors["gpu_temperature"].version == 1
+    assert metric_side(fresh).detectors["gpu_temperature"].version == 1
 
 
 @responses.activate
@@ -204,19 +222,18 @@ def test_hot_reload_adds_detector_and_keeps_config_on_bad_edit(tmp_path):
     responses.add_callback(responses.GET, PROM + "/api/v1/query_range", callback=matrix_handler(temps))
     path = tmp_path / "detector.yml"
     path.write_text(CFG)
-    svc = DetectorService(load_config(path), client=PromClient(PROM, retries=0),
-                          store=ModelStore(MemoryPersistence()), clock=lambda: NOW, config_path=str(path))
+    svc = service_for(load_config(path), ModelStore(MemoryPersistence()), lambda: NOW, config_path=str(path))
     svc.fit()
     path.write_text(CFG + "  - {name: gpu_temp_2, query: gpu_temperature_celsius, model: robust_z}\n")
     os.utime(path, ns=(int(NOW) * 10**9, int(NOW) * 10**9 + 10**9))
     svc.score()
-    assert set(svc.detectors) == {"gpu_temperature", "gpu_xid", "gpu_temp_2"}
-    assert svc.detectors["gpu_temp_2"].last_fit is not None  # fitted straight away
-    assert svc.detectors["gpu_temperature"].version == 1  # unchanged detectors keep their models
+    assert set(metric_side(svc).detectors) == {"gpu_temperature", "gpu_xid", "gpu_temp_2"}
+    assert metric_side(svc).detectors["gpu_temp_2"].last_fit is not None  # fitted straight away
+    assert metric_side(svc).detectors["gpu_temperature"].version == 1  # unchanged detectors keep their models
     path.write_text("detectors: [{name: x, query: up, model: nonsense}]")
     os.utime(path, ns=(int(NOW) * 10**9, int(NOW) * 10**9 + 2 * 10**9))
     svc.score()
-    assert "gpu_temp_2" in svc.detectors and "detectors[0].model" in svc.watcher.last_error
+    assert "gpu_temp_2" in metric_side(svc).detectors and "detectors[0].model" in svc.watcher.last_error
 
 
 @responses.activate
@@ -230,13 +247,12 @@ def test_hot_reload_keeps_command_line_overrides(tmp_path):
     path.write_text(CFG)
     cfg = apply_overrides(load_config(path), prometheus_url=PROM, loki_url="http://loki.test:3100",
                           store=str(tmp_path / "models"))
-    svc = DetectorService(cfg, client=PromClient(PROM, retries=0),
-                          store=ModelStore(MemoryPersistence()), clock=lambda: NOW, config_path=str(path))
+    svc = service_for(cfg, ModelStore(MemoryPersistence()), lambda: NOW, config_path=str(path))
     svc.fit()
     path.write_text(CFG + "  - {name: gpu_temp_2, query: gpu_temperature_celsius, model: robust_z}\n")
     os.utime(path, ns=(int(NOW) * 10**9, int(NOW) * 10**9 + 10**9))
     svc.score()
-    assert "gpu_temp_2" in svc.detectors  # the file's change took effect...
+    assert "gpu_temp_2" in metric_side(svc).detectors  # the file's change took effect...
     assert svc.config.prometheus.url == PROM  # ...and the flags given at start-up still hold
     assert svc.config.loki == {"url": "http://loki.test:3100"}
     assert svc.config.store_path == str(tmp_path / "models")

@@ -94,7 +94,7 @@ def test_loki_url_creates_the_loki_section_on_the_preset():
     assert cfg.loki is None  # the built-in preset has no log side ...
     apply_overrides(cfg, loki_url="http://loki:3100")
     assert cfg.loki == {"url": "http://loki:3100"}  # ... until --loki-url turns it on
-    # what the log side's attach() builds its client from
+    # what the log plugin builds its client from (detector.plugins.serve_plugins)
     assert LokiClient.from_config(cfg.loki).url == "http://loki:3100"
     assert cfg.prometheus.url == "http://127.0.0.1:9090"  # untouched
 

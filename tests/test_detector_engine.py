@@ -4,10 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from detector.config import load_config
-from detector.engine import MetricDetector, SeriesData, fetch_series, incident_labels, series_id
-from detector.incidents import IncidentTracker
+from detector.fetch import SeriesData, fetch_series
+from detector.incidents import IncidentPolicy, IncidentTracker
+from detector.metric_detector import MetricDetector
+from detector.models.rules import CounterIncreaseRule, HeldActiveRule, SeriesVanishedRule
 from detector.promclient import Series
-from detector.rules import CounterIncreaseRule, HeldActiveRule, SeriesVanishedRule
+from detector.scores import incident_labels, series_id
 
 
 def det(yaml_detector: str, step=60):
@@ -122,12 +124,12 @@ def test_series_identity_is_uuid_and_incident_labels_drop_location():
 
 
 def test_incidents_bracket_anomaly_tightly_and_merge_close_runs():
-    from detector.engine import ScoreBatch
+    from detector.scores import ScoreBatch
 
     t = np.arange(0, 60 * 100, 60.0)
     score = np.zeros(len(t))
     score[[10, 11, 12, 15, 16, 60]] = 3
-    tr = IncidentTracker(min_duration=120, merge_gap=300, step=60)
+    tr = IncidentTracker(default=IncidentPolicy(min_duration=120, merge_gap=300), step=60)
     nan = np.full(len(t), np.nan)
     tr.update(ScoreBatch("d", "m", GPU, t, t, score, nan, nan, nan))
     tr.flush()

@@ -9,6 +9,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 import pytest
+import responses
 
 from detector.logs.detector import LogDetector, incidents_from_journal
 from detector.logs.loki import LokiClient
@@ -326,19 +327,47 @@ def test_backtest_incidents_from_journal_file(tmp_path):
     assert any(lab.get("container") == "ollama" for lab in labels)
 
 
-def test_run_journal_backtest_hook_gives_iso_incidents(tmp_path):
-    from types import SimpleNamespace
-
+def test_run_journal_backtest_gives_iso_incidents(tmp_path):
     from detector.logs.backtest import run_journal_backtest
+    from detector.logs.detector import LogDetectorConfig
 
     path = tmp_path / "journal.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in build_journal(seed=7)) + "\n")
-    config = SimpleNamespace(logs={"window_s": 300}, schedule=SimpleNamespace(warmup=8 * H), prometheus=None)
-    report = run_journal_backtest(path, config=config, start=T0, end=END, gpu_by_pci=gpu_index_by_pci(GPU_INFO))
+    config = LogDetectorConfig.from_dict({"window_s": 300})
+    report = run_journal_backtest(path, logs_config=config, start=T0, end=END, warmup=8 * H,
+                                  gpu_by_pci=gpu_index_by_pci(GPU_INFO))
     assert report["trained_until"] == "2026-11-20T08:00:00Z"
     xid = [i for i in report["incidents"] if i["labels"].get("pattern") == "nvidia_xid"]
     assert len(xid) == 1 and xid[0]["labels"]["gpu"] == "1" and xid[0]["start"] == "2026-11-20T10:00:00Z"
     # a range with no history before it still runs: everything is novel, nothing crashes
-    empty = run_journal_backtest(path, config=SimpleNamespace(logs=None), start=T0 + 11.9 * H, end=END,
+    empty = run_journal_backtest(path, logs_config=LogDetectorConfig(), start=T0 + 11.9 * H, end=END,
                                  gpu_by_pci={})
     assert isinstance(empty["incidents"], list)
+
+
+@responses.activate
+def test_xid_lines_are_mapped_to_gpus_through_the_configured_prometheus_client(tmp_path):
+    """Behind an authenticating proxy the gpu_info lookup must send the configured headers (it used
+    to call requests.get on the bare URL, so every Xid incident lost its gpu label)."""
+    from detector.backtest import run_backtest
+    from detector.config import parse_config
+    from detector.plugins import backtest_plugins, prometheus_client
+
+    prom = "http://prom.test:9090"
+
+    def series(request):
+        if request.headers.get("Authorization") != "Bearer s3cret":
+            return 401, {}, json.dumps({"status": "error", "errorType": "unauthorized", "error": "no token"})
+        return 200, {}, json.dumps({"status": "success", "data": [{"__name__": "gpu_info", **g} for g in GPU_INFO]})
+
+    responses.add_callback(responses.GET, prom + "/api/v1/series", callback=series)
+    path = tmp_path / "journal.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in build_journal(seed=7)) + "\n")
+    config = parse_config({"prometheus": {"url": prom, "retries": 0, "headers": {"Authorization": "Bearer s3cret"}},
+                           "logs": {"window_s": 300}, "schedule": {"warmup": "8h"}, "detectors": []})
+    plugins = backtest_plugins(config, client=prometheus_client(config), journal_file=str(path))
+    report = run_backtest(config, plugins, T0, END, show_progress=False,
+                          source={"prometheus_url": prom, "journal_file": str(path)})
+    xid = [i for i in report["incidents"] if i["labels"].get("pattern") == "nvidia_xid"]
+    assert xid and xid[0]["labels"].get("gpu") == "1", xid
+    assert report["logs"]["journal_file"] == str(path) and report["source"]["prometheus_url"] == prom

@@ -120,6 +120,27 @@ class BaseModel:
     kind: str = "base"
     version: int = 1
     _state_attrs: tuple[str, ...] = ()
+    # What the metric detector and config validation need to know about a kind, said by the
+    # class itself (the same attributes on the rules), so neither names a model kind:
+    family = "model"  # fitted on history ("rule": model-free, see rules.py)
+    multivariate = False  # fit(t, X, y) / score(t, X, y) instead of fit(t, y) / score(t, y)
+    takes_features = False  # the detector's `features:` queries build X (required then)
+    heartbeat = False  # X is the detector's `heartbeat` query (rules only)
+    guards_extrapolation = False  # a regression: no opinion where it expects below all it trained on
+
+    @classmethod
+    def input_names(cls, features: list[str]) -> list[str]:
+        """Column names of the model's X given the detector's feature names."""
+        return list(features)
+
+    @classmethod
+    def design_matrix(cls, y: np.ndarray, X: np.ndarray | None) -> np.ndarray | None:
+        """The model's X from the watched value and the detector's feature matrix."""
+        return X
+
+    def explain_batch(self, X: np.ndarray | None, score: np.ndarray) -> list[str] | None:
+        """Why the strongest point of a scored batch is anomalous (None: nothing to say)."""
+        return None
 
     # -- parameters -------------------------------------------------------------------------
     @classmethod
@@ -223,3 +244,33 @@ class UnivariateModel(BaseModel):
     def _next_times(self, n: int) -> np.ndarray:
         self._require_fitted()
         return self.last_t_ + self.step_ * np.arange(1, n + 1)
+
+
+class NoOpinion:
+    """Stand-in model for a detector's `fallback: none`: scores NaN (no data is not normal data)."""
+
+    kind = "none"
+    family = "fallback"
+    multivariate = False
+    guards_extrapolation = False
+
+    def fit(self, t, *args):
+        return self
+
+    def score(self, t, *args) -> ScoreFrame:
+        return ScoreFrame.empty(len(t))
+
+    def min_history(self, step_seconds=60.0):
+        return 0
+
+    def explain_batch(self, X, score):
+        return None
+
+    def get_state(self):
+        return {"kind": "none"}
+
+    @classmethod
+    def from_state(cls, d: dict) -> NoOpinion:
+        if d.get("kind") != cls.kind:
+            raise ValueError(f"state is for {d.get('kind')!r}, not {cls.kind!r}")
+        return cls()

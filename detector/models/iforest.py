@@ -39,6 +39,8 @@ class IsolationForestModel(BaseModel):
     """Multivariate: fit(t, X, y=None) / score(t, X, y=None) -> ScoreFrame (no band: NaN)."""
 
     kind = "iforest"
+    multivariate = True
+    takes_features = True
     version = 1
     _state_attrs = ("feature_", "threshold_", "left_", "right_", "size_", "depth_", "psi_",
                     "fill_", "median_", "quantile_", "baseline_", "n_features_")
@@ -214,3 +216,25 @@ class IsolationForestModel(BaseModel):
             order = np.argsort(-row)[: top or len(row)]
             out.append({names[i]: float(row[i]) for i in order})
         return out
+
+    # -- what the metric detector asks of a model kind ----------------------------------------
+    @classmethod
+    def input_names(cls, features: list[str]) -> list[str]:
+        # the watched value itself is a column beside the features (the thermal model, by
+        # contrast, explains the value *from* the features)
+        return ["value", *features]
+
+    @classmethod
+    def design_matrix(cls, y: np.ndarray, X: np.ndarray | None) -> np.ndarray:
+        return np.column_stack([y, X]) if X is not None else np.asarray(y, float)[:, None]
+
+    def explain_batch(self, X: np.ndarray | None, score: np.ndarray) -> list[str] | None:
+        """The features that drove the strongest point of the batch, largest share first."""
+        s = np.nan_to_num(score)
+        if X is None or not (s > 1).any():
+            return None
+        try:
+            (shares,) = self.explain(X[[int(np.argmax(s))]])
+        except (ValueError, IndexError):
+            return None
+        return [f"{name} {share:.0%}" for name, share in list(shares.items())[:3]]

@@ -59,6 +59,9 @@ class ThermalModel(BaseModel):
     """
 
     kind = "thermal"
+    multivariate = True
+    takes_features = True
+    guards_extrapolation = True
     version = 2  # 2: non-negative power terms, seen input range (lo_/hi_) in the state
     _state_attrs = ("coef_", "mean_", "std_", "scale_", "ewma_", "last_raw_", "last_t_", "n_fit_",
                     "r2_", "lo_", "hi_")

@@ -1,4 +1,4 @@
-"""Model-free detections, shaped like the univariate models so the engine treats them alike.
+"""Model-free detections (rules), shaped like the models so the metric detector treats them alike.
 
 Each rule has fit(t, y) (takes the history's last state), score(t, y) -> ScoreFrame (causal,
 stateful: call it once per new point, in order), get_state()/from_state(), min_history().
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.models.base import ScoreFrame
+from .base import ScoreFrame
 
 
 def _frame(score: np.ndarray, expected=None, lower=None, upper=None) -> ScoreFrame:
@@ -30,12 +30,38 @@ def _frame(score: np.ndarray, expected=None, lower=None, upper=None) -> ScoreFra
 
 
 class _Rule:
+    """What every rule shares; the class attributes are read by config validation and the metric
+    detector (the same attributes as on BaseModel), so neither names a rule kind."""
+
     kind = "rule"
+    family = "rule"
     version = 1
-    multivariate = False
+    multivariate = False  # fit/score take X beside y
+    takes_features = False  # no `features:` queries: a rule reads its own query only
+    heartbeat = False  # reads the detector's `heartbeat` query as X, on the full step grid
+    guards_extrapolation = False
+    #: parameter -> (check, default): "duration", "positive" (> 0), "nonneg" (>= 0), "number", "fraction" (0, 1]
+    PARAMS: dict[str, tuple[str, float]] = {}
+
+    @classmethod
+    def create(cls, params: dict, *, appeared: bool = False):
+        """A rule for one series; `appeared` says the series was first seen while scoring."""
+        return cls(**params)
 
     def min_history(self, step_seconds: float = 60.0) -> int:
         return 0
+
+    @classmethod
+    def design_matrix(cls, y, X):
+        return X
+
+    def explain_batch(self, X, score) -> list[str] | None:
+        return None
+
+    @classmethod
+    def describe(cls, value: float, expected: float) -> str:
+        """What an incident of this rule says happened (its summary, without the score)."""
+        raise NotImplementedError
 
     def get_state(self) -> dict:
         return {"kind": self.kind, "version": self.version, "params": self.params(), "state": self._state()}
@@ -51,6 +77,15 @@ class _Rule:
 
 class CounterIncreaseRule(_Rule):
     kind = "counter_increase"
+    PARAMS = {"window": ("duration", 60.0), "min_increase": ("positive", 1.0)}
+
+    @classmethod
+    def create(cls, params: dict, *, appeared: bool = False):
+        return cls(**params, appeared=appeared)
+
+    @classmethod
+    def describe(cls, value, expected):
+        return "counter increased"
 
     def __init__(self, window: float = 60.0, min_increase: float = 1.0, appeared: bool = False):
         self.window = float(window)
@@ -105,6 +140,11 @@ class CounterIncreaseRule(_Rule):
 
 class HeldActiveRule(_Rule):
     kind = "held_active"
+    PARAMS = {"hold": ("duration", 300.0), "threshold": ("number", 0.5)}
+
+    @classmethod
+    def describe(cls, value, expected):
+        return "held active beyond its hold time"
 
     def __init__(self, hold: float = 300.0, threshold: float = 0.5):
         self.hold = float(hold)
@@ -155,6 +195,12 @@ class HeldActiveRule(_Rule):
 class SeriesVanishedRule(_Rule):
     kind = "series_vanished"
     multivariate = True  # X holds the heartbeat's sample timestamps
+    heartbeat = True
+    PARAMS = {"max_age": ("duration", 150.0)}
+
+    @classmethod
+    def describe(cls, value, expected):
+        return "series stopped reporting while its exporter is alive"
 
     def __init__(self, max_age: float = 150.0):
         self.max_age = float(max_age)
@@ -200,6 +246,12 @@ class SteadyIncreaseRule(_Rule):
     two big steps, then flat: it fails the fraction test however large it is."""
 
     kind = "steady_increase"
+    PARAMS = {"window": ("duration", 1800.0), "min_increase": ("positive", 1.0),
+              "min_fraction": ("fraction", 0.75)}
+
+    @classmethod
+    def describe(cls, value, expected):
+        return f"keeps growing (now {value:.4g}, {value - expected:+.4g} over the window)"
 
     def __init__(self, window: float = 1800.0, min_increase: float = 1.0, min_fraction: float = 0.75):
         self.window = float(window)
@@ -246,7 +298,3 @@ class SteadyIncreaseRule(_Rule):
 
 
 RULES = {r.kind: r for r in (CounterIncreaseRule, HeldActiveRule, SeriesVanishedRule, SteadyIncreaseRule)}
-
-
-def make_rule(kind: str, **params):
-    return RULES[kind](**params)

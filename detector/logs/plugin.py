@@ -1,13 +1,14 @@
-"""The log side inside `rigwatch-detector serve`: `attach(service)` (called by detector/cli.py) adds
-two scheduled tasks — `log_fit` (templates + baselines over the lookback, saved to the model store)
-and `log_score` (new Loki lines each step) — and the log metric families:
+"""The log side as a detector plugin (detector/plugin.py): `log_fit` (templates + baselines over the
+lookback, saved to the model store), `log_score` (new Loki lines each step) and the log metric
+families:
 
   rigwatch_log_anomaly_score{detector, <stream or pattern labels>}   latest score per detector/labels
   rigwatch_log_template_rate{template_id}                            lines/s of the top training templates
   rigwatch_log_novel_templates_total                                 templates first seen after training
 
-Anomalies above 1 go into the service's incident tracker (GET /api/v1/anomalies) with the template
-and example lines as the explanation. Enabled when detector.yml has a `loki:` section.
+Anomalies above 1 go to the service's incident tracker (GET /api/v1/anomalies) with the template
+and example lines as the explanation, never to rigwatch_anomaly_score. `serve` runs it when
+detector.yml has a `loki:` section; `backtest --journal-file` replays a journal through it.
 """
 from __future__ import annotations
 
@@ -19,14 +20,24 @@ from typing import Any
 
 import numpy as np
 
-from detector.logs.backtest import gpu_map_from_prometheus
+from detector.config import Config
+from detector.health import SourceHealth
+from detector.incidents import IncidentPolicy
+from detector.logs.backtest import gpu_map_from_prometheus, run_journal_backtest
 from detector.logs.detector import INCIDENT_LABELS, LogDetector, LogDetectorConfig
 from detector.logs.loki import LokiClient, LokiError
 from detector.logs.miner import StatePersistence
+from detector.plugin import BacktestPart, DetectorPlugin, ScorePass
+from detector.promclient import PromClient
+from detector.scores import ScoreBatch
+from detector.store import ModelStore
 
 log = logging.getLogger(__name__)
 STORE_NAME = "logs"
+SOURCE = "loki"
 DETECTOR_NAMES = ("log_pattern", "log_template", "log_rate", "log_sequence")
+# a log anomaly is an event (a line, a window): an incident at its first pass, whatever the step
+EVENT_POLICY = IncidentPolicy(min_duration=0.0, merge_gap=60.0)
 
 
 class StoreTemplatePersistence(StatePersistence):
@@ -53,26 +64,40 @@ def _line_key(entry) -> tuple[float, str, str]:
     return entry.ts, json.dumps(entry.stream_key, separators=(",", ":")), entry.message
 
 
-class LogService:
-    """Fits and scores the log side on the service's scheduler. Where scoring stands (the last time
-    scored and the detector's runtime state) is saved to the store after every pass, so a restart
-    reads back the lines that reached Loki while the detector was down (at most `catch_up_s` of
-    them) and keeps half-counted restart loops and repeats."""
+class LogPlugin(DetectorPlugin):
+    """Fits and scores the log side. Where scoring stands (the last time scored and the detector's
+    runtime state) is saved to the store after every pass, so a restart reads back the lines that
+    reached Loki while the detector was down (at most `catch_up_s` of them) and keeps half-counted
+    restart loops and repeats."""
 
-    def __init__(self, service, loki: LokiClient, query: str, config: LogDetectorConfig,
-                 lookback_s: float, step_s: float, fit_every_s: float = 6 * 3600.0,
-                 catch_up_s: float = 6 * 3600.0):
-        self.service = service
+    fit_task = "log_fit"
+    score_task = "log_score"
+    sources = (SOURCE,)
+    required_sources = ()  # logs are an addition: the detector is ready without Loki
+    publishes_scores = False  # rigwatch_log_anomaly_score (families()), never rigwatch_anomaly_score
+    report_section = "logs"
+
+    def __init__(self, config: Config, *, loki: LokiClient | None = None, prometheus: PromClient | None = None,
+                 store: ModelStore | None = None, health: SourceHealth | None = None,
+                 journal_file: str | None = None):
+        """`loki` (serve) and `store` for the live side; `journal_file` for a backtest; `prometheus`
+        maps Xid lines' PCI ids to the exporter's gpu index (through the configured client)."""
+        self.config = LogDetectorConfig.from_dict(config.logs or {})
         self.loki = loki
-        self.query = query
-        self.config = config
-        self.lookback_s = lookback_s
-        self.step_s = step_s
-        self.fit_every_s = fit_every_s
-        self.catch_up_s = catch_up_s
+        self.query = LokiClient.query_from_config(config.loki)
+        self.prometheus = prometheus
+        self.store = store
+        self.health = health or SourceHealth()
+        self.journal_file = journal_file
+        schedule = config.schedule
+        self.schedule = schedule
+        self.lookback_s = float(schedule.lookback)
+        self.step_s = float(schedule.step)
+        self.fit_every_s = float(schedule.fit_every)
+        self.catch_up_s = self.config.catch_up_s
         self.catch_up_chunk_s = 900.0  # a backlog is read from Loki this much at a time
         self.fitted_at: float | None = None
-        self.templates = StoreTemplatePersistence(service.store.p)
+        self.templates = StoreTemplatePersistence(store.p) if store is not None else None
         self.detector: LogDetector | None = None
         self.last_scored: float | None = None
         self.latest: dict[tuple, tuple[float, Any]] = {}  # (detector, labels) -> (t, LogAnomaly)
@@ -81,26 +106,42 @@ class LogService:
         self.ingest_slack_s = 30.0
         self._seen: set[tuple] = set()
         self._lock = threading.Lock()
+        self._pending: list[ScoreBatch] = []
+
+    # -- what the service asks --------------------------------------------------------------------
+    def detector_names(self) -> list[str]:
+        return list(DETECTOR_NAMES)
+
+    def incident_policy(self) -> dict[str, IncidentPolicy]:
+        return dict.fromkeys(DETECTOR_NAMES, EVENT_POLICY)
+
+    def needs_fit(self, now: float) -> bool:
+        return not self._fresh(now)
+
+    def _fresh(self, now: float) -> bool:
+        """A stored model recent enough: a restart needs no refit."""
+        return self.detector is not None and self.fitted_at is not None and \
+            now - self.fitted_at < 0.9 * self.fit_every_s
 
     # -- persistence ------------------------------------------------------------------------------
-    def load(self) -> bool:
-        stored = self.service.store.load_latest(STORE_NAME)
+    def load(self) -> int:
+        stored = self.store.load_latest(STORE_NAME) if self.store is not None else None
         if stored is None:
-            return False
+            return 0
         try:
             self.detector = LogDetector.from_state(stored.state["log_detector"].encode("utf-8"), self.templates)
             self.fitted_at = float(stored.metadata.get("training_window", {}).get("end") or 0) or None
         except (KeyError, ValueError, AttributeError) as e:
             log.warning("stored log model v%s not usable (%s): will refit", stored.version, e)
-            return False
+            return 0
         self._refresh_gpu_map(self.detector)
         self._load_cursor()
-        return True
+        return 1
 
     def _load_cursor(self) -> None:
         """Resume from the saved cursor when it belongs to the loaded fit (template ids are the fit's);
         a cursor of another fit still says where scoring stopped, but its runtime state is dropped."""
-        raw = self.service.store.p.load_state(CURSOR_NAME)
+        raw = self.store.p.load_state(CURSOR_NAME)
         if raw is None:
             return
         try:
@@ -119,10 +160,12 @@ class LogService:
         log.info("log scoring resumes from %s", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last_scored)))
 
     def _save_cursor(self) -> None:
+        if self.store is None:
+            return
         cursor = {"version": CURSOR_VERSION, "fitted_at": self.fitted_at, "last_scored": self.last_scored,
                   "runtime": self.detector.get_runtime_state(), "seen": sorted(self._seen)}
         try:
-            self.service.store.p.save_state(CURSOR_NAME, json.dumps(cursor).encode("utf-8"))
+            self.store.p.save_state(CURSOR_NAME, json.dumps(cursor).encode("utf-8"))
         except OSError as e:  # a full disk must not stop scoring; the next pass tries again
             log.error("saving the log scoring cursor failed: %s", e)
 
@@ -130,36 +173,39 @@ class LogService:
         """Xid lines name the GPU by PCI id: map it to the exporter's gpu index from gpu_info, so a log
         anomaly carries the same gpu label as the metrics. Indices can shift at boot: asked again at
         every fit; an unreachable Prometheus keeps the previous map."""
-        url = getattr(getattr(self.service, "client", None), "base_url", None)
-        mapping = gpu_map_from_prometheus(url) if url else {}
+        mapping = gpu_map_from_prometheus(self.prometheus)
         if mapping:
             detector.gpu_by_pci = mapping
             detector.patterns_.gpu_by_pci = dict(mapping)
 
-    # -- tasks ------------------------------------------------------------------------------------
+    # -- passes -----------------------------------------------------------------------------------
     def _read(self, start: float, end: float):
         try:
             entries = self.loki.query_range(self.query, start, end)
         except LokiError as e:
-            self.service.set_source_up("loki", False)
+            self.health.set_up(SOURCE, False)
             log.warning("Loki read failed: %s", e)
             return None
-        self.service.set_source_up("loki", True)
+        self.health.set_up(SOURCE, True)
         return entries
 
-    def fit(self, now: float) -> None:
-        if self.detector is not None and self.fitted_at is not None and now - self.fitted_at < 0.9 * self.fit_every_s:
-            return  # a stored model recent enough: a restart needs no refit
+    def fit(self, now: float, only: set[str] | None = None) -> bool:
+        if only is None and self._fresh(now):
+            return True  # a stored model recent enough: a restart needs no refit
         if self.detector is not None and self.last_scored is not None and now - self.last_scored > self.step_s:
-            self.score(now)  # lines since the last pass (a restart's backlog) are scored, not trained on
+            # lines since the last pass (a restart's backlog) are scored, not trained on
+            backlog = self.score(now).batches
+            with self._lock:
+                self._pending += backlog
         entries = self._read(now - self.lookback_s, now)
         if entries is None:
-            raise LokiError("log fit skipped: Loki unreachable")
+            log.warning("log fit skipped: Loki unreachable (retried at the next fit)")
+            return False
         detector = LogDetector(self.config, persistence=self.templates).fit(entries)
         self._refresh_gpu_map(detector)
         metadata = {"training_window": {"start": now - self.lookback_s, "end": now}, "lines": len(entries),
                     "templates": len(detector.miner_.templates()), "params": self.config.__dict__}
-        self.service.store.save(STORE_NAME, {"log_detector": detector.get_state().decode("utf-8")}, metadata)
+        self.store.save(STORE_NAME, {"log_detector": detector.get_state().decode("utf-8")}, metadata)
         with self._lock:
             self.detector = detector
             self.fitted_at = now
@@ -167,10 +213,14 @@ class LogService:
             # the training lines the next pass re-reads (see ingest_slack_s) are no news
             self._seen = {_line_key(e) for e in entries if e.ts >= now - self.ingest_slack_s}
             self._save_cursor()
+        return True
 
-    def score(self, now: float) -> None:
+    def score(self, now: float) -> ScorePass:
+        with self._lock:
+            out = ScorePass(self._pending)
+            self._pending = []
         if self.detector is None:
-            return  # nothing fitted yet: the fit task runs first
+            return out  # nothing fitted yet: the fit task runs first
         last = self.last_scored if self.last_scored is not None else now - self.step_s
         if last < now - self.catch_up_s:
             log.warning("log scoring was %.0f s behind: lines older than %.0f s are not read back "
@@ -181,15 +231,18 @@ class LogService:
         try:
             while last < now:
                 end = min(now, last + max(self.catch_up_chunk_s, self.step_s))
-                self._score_range(last, end)
+                if not self._score_range(last, end, out.batches):
+                    out.ok = False  # Loki unreachable: the window is retried next step
+                    break
                 last = end
         finally:
             self._save_cursor()
+        return out
 
-    def _score_range(self, last: float, end: float) -> None:
+    def _score_range(self, last: float, end: float, batches: list[ScoreBatch]) -> bool:
         entries = self._read(last - self.ingest_slack_s, end)
         if entries is None:
-            raise LokiError("log scoring skipped: Loki unreachable")  # the window is retried next step
+            return False
         keys = [_line_key(e) for e in entries]
         fresh = [e for e, k in zip(entries, keys, strict=True) if k not in self._seen]
         horizon_seen = end - self.ingest_slack_s
@@ -213,18 +266,28 @@ class LogService:
                 horizon = t - max(10 * self.step_s, self.config.window_s)
                 for key in [k for k, (seen, _a) in self.latest.items() if seen < horizon]:
                     del self.latest[key]
-            self.service.record([self._batch(a, t) for a in results if a.score > 1], publish=False)
+            batches.extend(self._batch(a, t) for a in results if a.score > 1)
+        return True
 
     @staticmethod
-    def _batch(anomaly, now: float):
-        from detector.engine import ScoreBatch
-
+    def _batch(anomaly, now: float) -> ScoreBatch:
         labels = {k: v for k, v in anomaly.labels.items() if k in INCIDENT_LABELS}
         explanation = [anomaly.summary] + ([f"template: {anomaly.template}"] if anomaly.template else []) + [
             f"example: {line}" for line in anomaly.examples]
         nan = np.array([np.nan])
         return ScoreBatch(anomaly.detector, "logs", labels, np.array([now]), nan, np.array([anomaly.score]),
                           nan, nan, nan, explanation)
+
+    # -- backtest ---------------------------------------------------------------------------------
+    def backtest(self, start: float, end: float, *, threshold: float, plot_dir: str | None = None,
+                 progress=None) -> BacktestPart:
+        """The journal file replayed: trained on its part before start + warmup (the metric side's
+        training part), then scored step by step."""
+        section = run_journal_backtest(self.journal_file, logs_config=self.config, start=start, end=end,
+                                       warmup=self.schedule.warmup, threshold=threshold,
+                                       gpu_by_pci=gpu_map_from_prometheus(self.prometheus))
+        incidents = section.pop("incidents")
+        return BacktestPart(incidents=incidents, section=section)
 
     # -- metrics ----------------------------------------------------------------------------------
     def families(self):
@@ -247,26 +310,3 @@ class LogService:
                     rate.add_metric([template_id], value)
                 novel.add_metric([], float(self.detector.novel_templates_total_))
         return [score, rate, novel]
-
-
-def attach(service) -> LogService | None:
-    config = service.config
-    if getattr(config, "loki", None) is None:
-        return None  # the log side is opt-in: a `loki:` section in detector.yml turns it on
-    logs_config = LogDetectorConfig.from_dict(getattr(config, "logs", None) or {})
-    loki_section = dict(config.loki)
-    loki = LokiClient.from_config({k: v for k, v in loki_section.items() if k != "query"},
-                                  on_error=lambda _e: service.count_source_error("loki"))
-    schedule = config.schedule
-    logs = LogService(service, loki, LokiClient.query_from_config(loki_section), logs_config,
-                      lookback_s=float(schedule.lookback), step_s=float(schedule.step),
-                      fit_every_s=float(schedule.fit_every), catch_up_s=logs_config.catch_up_s)
-    logs.load()
-    service.set_source_up("loki", False)
-    service.add_families(logs.families)
-    service.register_task("log_fit", float(schedule.fit_every), logs.fit)
-    service.register_task("log_score", float(schedule.step), logs.score)
-    service.extra_detector_names = tuple(getattr(service, "extra_detector_names", ())) + DETECTOR_NAMES
-    service.tracker.events.update(DETECTOR_NAMES)  # a log anomaly is an event: confirmed at its first pass
-    service.log_side = logs
-    return logs

@@ -1,0 +1,113 @@
+"""The metric side's data: a detector's PromQL queries fetched over a range and joined per series.
+
+    fetch_series()  PromQL -> {series id: SeriesData} on the step grid; feature queries (multivariate
+                    models, a rule's heartbeat) averaged per join key and aligned on the target's steps
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from detector.config import DetectorConfig
+from detector.models import kind_class
+from detector.promclient import PromClient, Series
+from detector.scores import series_id
+
+
+@dataclass
+class SeriesData:
+    labels: dict[str, str]
+    t: np.ndarray
+    y: np.ndarray
+    X: np.ndarray | None = None  # (n, n_features) for multivariate models, aligned to t
+    feature_names: list[str] = field(default_factory=list)
+
+    def slice(self, mask: np.ndarray) -> SeriesData:
+        return SeriesData(self.labels, self.t[mask], self.y[mask],
+                          None if self.X is None else self.X[mask], self.feature_names)
+
+
+def feature_queries(det: DetectorConfig) -> dict[str, str | None]:
+    """The queries that build X: the detector's features, or its heartbeat for a kind that reads one
+    (None when unset: the column stays empty)."""
+    if kind_class(det.kind).heartbeat:
+        return {"heartbeat": det.heartbeat}
+    return dict(det.features)
+
+
+def _align(target_t: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    out = np.full(len(target_t), np.nan)
+    if len(t) == 0 or len(target_t) == 0:
+        return out
+    idx = np.searchsorted(t, target_t)
+    idx_c = np.minimum(idx, len(t) - 1)
+    hit = t[idx_c] == target_t
+    out[hit] = y[idx_c[hit]]
+    return out
+
+
+def _join_key(labels: dict[str, str], join_on: list[str]) -> tuple:
+    return tuple(labels.get(k) for k in join_on)
+
+
+def fetch_series(client: PromClient, det: DetectorConfig, start: float, end: float, step: float,
+                 *, grid: bool | None = None) -> dict[str, SeriesData]:
+    """Run a detector's queries over [start, end] and return its series on the step grid.
+
+    Feature queries (multivariate models, the vanish rule's heartbeat) are averaged per join key
+    (e.g. several fans of one GPU) and aligned on the target's timestamps. `grid=True` reindexes each
+    series onto the full step grid with NaN where Prometheus had nothing (the vanish rule needs to see
+    the steps where a series is gone); None does what the detector's kind needs (a heartbeat rule)."""
+    heartbeat = kind_class(det.kind).heartbeat
+    if grid is None:
+        grid = heartbeat
+    main = client.query_range(det.query, start, end, step)
+    queries = feature_queries(det)
+    names = list(queries)
+    feats: dict[str, list[Series]] = {fname: client.query_range(fq, start, end, step) if fq else []
+                                      for fname, fq in queries.items()}
+    by_key: dict[str, dict[tuple, list[Series]]] = {}
+    for fname, sers in feats.items():
+        d: dict[tuple, list[Series]] = {}
+        for s in sers:
+            d.setdefault(_join_key(s.labels, det.join_on), []).append(s)
+        by_key[fname] = d
+    full_grid = None
+    if grid:
+        g0 = np.floor(start / step) * step
+        full_grid = np.arange(g0, np.floor(end / step) * step + step / 2, step)
+    out: dict[str, SeriesData] = {}
+    for s in main:
+        t, y = s.t, s.y
+        if full_grid is not None and len(t):
+            y = _align(full_grid, t, y)
+            t = full_grid
+        X = None
+        if names:
+            X = np.full((len(t), len(names)), np.nan)
+            key = _join_key(s.labels, det.join_on)
+            for j, fname in enumerate(names):
+                cols = [_align(t, f.t, f.y) for f in by_key.get(fname, {}).get(key, [])]
+                if cols:
+                    with np.errstate(all="ignore"), warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps stay NaN
+                        X[:, j] = np.nanmean(np.vstack(cols), axis=0)
+        sid = series_id(s.labels)
+        if sid in out:  # two series collapsing to one identity (e.g. a label we ignore): keep the longer
+            if len(out[sid].t) >= len(t):
+                continue
+        out[sid] = SeriesData(dict(s.labels), t, y, X, names)
+    if heartbeat and full_grid is not None:
+        # a series gone for longer than Prometheus's lookback is absent from the answer altogether;
+        # its heartbeat (same GPU, same labels) still stands for it, with no sample of its own
+        have = {_join_key(sd.labels, det.join_on) for sd in out.values()}
+        for key, hbs in by_key.get("heartbeat", {}).items():
+            if key in have or not hbs:
+                continue
+            hb = hbs[0]
+            X = _align(full_grid, hb.t, hb.y)[:, None]
+            out.setdefault(series_id(hb.labels), SeriesData(dict(hb.labels), full_grid,
+                                                            np.full(len(full_grid), np.nan), X, names))
+    return out

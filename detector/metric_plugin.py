@@ -1,0 +1,257 @@
+"""The metric side as a detector plugin: one `MetricDetector` per configured PromQL query.
+
+    fit     every schedule.fit_every: each detector fitted on its lookback window, saved to the store
+    score   every schedule.step: only what no model has seen yet; a detector never fitted (Prometheus
+            down at start-up) or with series still on their fallback is refitted first
+    backtest  each detector's data for the whole range fetched once, then replayed: the first fit at
+            start + schedule.warmup, a refit every fit_every over the lookback window, every point
+            scored once, in order, by the model fitted before it (causal)
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.config import Config, DetectorConfig
+from detector.fetch import SeriesData, fetch_series
+from detector.health import SourceHealth
+from detector.incident_plots import SeriesTrace, plot_incidents
+from detector.incidents import Incident, IncidentTracker
+from detector.metric_detector import MetricDetector
+from detector.plugin import BacktestPart, DetectorPlugin, IncidentPolicy, ScorePass
+from detector.promclient import PromClient, PromError
+from detector.scores import series_id
+from detector.store import ModelStore
+from detector.timefmt import iso
+
+log = logging.getLogger(__name__)
+SOURCE = "prometheus"
+
+
+class MetricPlugin(DetectorPlugin):
+    fit_task = "fit"
+    score_task = "score"
+    sources = (SOURCE,)
+    required_sources = (SOURCE,)
+    publishes_scores = True
+
+    def __init__(self, config: Config, client: PromClient, *, store: ModelStore | None = None,
+                 health: SourceHealth | None = None):
+        """`store` None (a backtest): models stay in memory."""
+        self.config = config
+        self.client = client
+        self.store = store
+        self.health = health or SourceHealth()
+        self.detectors: dict[str, MetricDetector] = {}
+        self._lock = threading.RLock()
+        self._build(config)
+
+    def _build(self, config: Config) -> None:
+        dets = {}
+        for d in config.detectors:
+            if not d.enabled:
+                continue
+            old = self.detectors.get(d.name)
+            if old is not None and _same_model(old.cfg, d):
+                old.cfg = d
+                dets[d.name] = old
+            else:
+                dets[d.name] = MetricDetector(d, config.schedule.step)
+        self.detectors = dets
+
+    # -- what the service asks ----------------------------------------------------------------
+    def detector_names(self) -> list[str]:
+        return list(self.detectors)
+
+    def incident_policy(self) -> dict[str, IncidentPolicy]:
+        return {d.name: IncidentPolicy(d.min_duration, d.merge_gap) for d in self.config.detectors}
+
+    def needs_fit(self, now: float) -> bool:
+        return any(d.last_fit is None for d in self.detectors.values())
+
+    def models_missing(self) -> list[str]:
+        return [n for n, d in self.detectors.items() if d.last_fit is None and not d.series]
+
+    def reconfigure(self, config: Config) -> list[str]:
+        with self._lock:
+            old_names = set(self.detectors)
+            self.config = config
+            self._build(config)
+        return [n for n in self.detectors if n not in old_names or self.detectors[n].last_fit is None]
+
+    def models(self) -> list[dict[str, Any]]:
+        out = []
+        with self._lock:
+            for name, det in self.detectors.items():
+                kinds: dict[str, int] = {}
+                for sm in det.series.values():
+                    kinds[sm.kind] = kinds.get(sm.kind, 0) + 1
+                out.append({"detector": name, "model": det.cfg.kind, "query": det.cfg.query,
+                            "version": det.version, "last_fit": iso(det.last_fit) if det.last_fit else None,
+                            "series": len(det.series), "series_by_model": kinds,
+                            "fit_metrics": det.fit_metrics})
+        return out
+
+    def model_info(self) -> list[tuple[str, str, str]]:
+        return [(name, d.cfg.kind, str(d.version or 0)) for name, d in self.detectors.items()]
+
+    def series_tracked(self) -> int:
+        return sum(len(d.series) for d in self.detectors.values())
+
+    def families(self) -> Iterable:
+        return ()
+
+    # -- stored models ------------------------------------------------------------------------
+    def load(self) -> int:
+        if self.store is None:
+            return 0
+        n = 0
+        for name, det in self.detectors.items():
+            mv = self.store.load_latest(name)
+            if mv is None:
+                continue
+            try:
+                det.set_state(mv.state)
+            except Exception as e:
+                log.warning("stored model for %s v%d not usable (%s): will refit", name, mv.version, e)
+                continue
+            det.version = mv.version
+            n += 1
+            log.info("loaded %s v%d (%d series)", name, mv.version, len(det.series))
+        return n
+
+    # -- live passes --------------------------------------------------------------------------
+    def _grid_end(self, now: float) -> float:
+        step = self.config.schedule.step
+        # the newest step may still be waiting for its scrape: stay half a step behind
+        return float(np.floor((now - step / 2) / step) * step)
+
+    def _fetch(self, task: str, det: MetricDetector, start: float, end: float) -> dict[str, SeriesData] | None:
+        """The detector's series over [start, end], or None while Prometheus is unavailable (the
+        outage is logged and shows in source_up; the caller ends this pass and the next one retries)."""
+        try:
+            data = fetch_series(self.client, det.cfg, start, end, self.config.schedule.step)
+        except PromError as e:
+            log.warning("%s %s: prometheus unavailable: %s", task, det.cfg.name, e)
+            self.health.set_up(SOURCE, False)
+            return None
+        self.health.set_up(SOURCE, True)
+        return data
+
+    def fit(self, now: float, only: set[str] | None = None) -> bool:
+        end = self._grid_end(now)
+        start = end - self.config.schedule.lookback
+        ok = True
+        for name in [n for n in self.detectors if only is None or n in only]:
+            det = self.detectors.get(name)
+            if det is None:
+                continue
+            data = self._fetch("fit", det, start, end)
+            if data is None:
+                return False
+            with self._lock:
+                det.fit(data, end)
+                meta = det.fit_metadata(data, start, end)
+            if self.store is None:
+                continue
+            try:
+                mv = self.store.save(name, det.get_state(), meta)
+                det.version = mv.version
+            except OSError as e:
+                log.error("saving model %s failed: %s (the previous version stays current)", name, e)
+                ok = False
+        return ok
+
+    def score(self, now: float) -> ScorePass:
+        sched = self.config.schedule
+        # never fitted (Prometheus was down at start-up) or a series still on its fallback model:
+        # fit now rather than at the next regular fit hours away
+        early = {n for n, d in self.detectors.items()
+                 if (d.last_fit is None and not d.series)
+                 or (d.last_fit is not None and d.needs_early_refit() and now - d.last_fit >= sched.fallback_refit)}
+        if early:
+            self.fit(now, only=early)
+        end = self._grid_end(now)
+        out = ScorePass()
+        for det in list(self.detectors.values()):
+            if det.last_fit is None and not det.series:
+                continue  # never fitted: the fit job (or a retrain) comes first
+            # only what no model has seen yet (within `context`): a pass every step fetches ~1 point
+            start = end - sched.context
+            if det.series:
+                start = max(start, min(sm.last_t for sm in det.series.values()) - sched.step)
+            data = self._fetch("score", det, start, end)
+            if data is None:
+                out.ok = False
+                break
+            with self._lock:
+                out.batches.extend(det.score(data))
+        return out
+
+    # -- backtest -----------------------------------------------------------------------------
+    def backtest_hours(self, start: float, end: float) -> float:
+        first_fit = min(start + self.config.schedule.warmup, end)
+        return round((end - first_fit) * len(self.detectors) / 3600, 1)
+
+    def backtest(self, start: float, end: float, *, threshold: float, plot_dir: str | None = None,
+                 progress=None) -> BacktestPart:
+        config = self.config
+        tracker = IncidentTracker(threshold=threshold, policy=self.incident_policy(),
+                                  step=config.schedule.step, keep=None)
+        traces: dict | None = {} if plot_dir else None
+        part = BacktestPart()
+        for det in self.detectors.values():
+            if progress is not None:
+                progress.set_postfix_str(det.cfg.name)
+            t0 = time.perf_counter()
+            data = fetch_series(self.client, det.cfg, start, end, config.schedule.step)
+            info = replay_detector(det, data, start, end, config, tracker, traces, progress)
+            info.update({"detector": det.cfg.name, "kind": det.cfg.kind,
+                         "seconds": round(time.perf_counter() - t0, 3)})
+            part.detectors.append(info)
+        tracker.flush()
+        incidents: list[Incident] = sorted(tracker.closed, key=lambda i: (i.start, i.detector))
+        part.incidents = [i.to_dict(iso) for i in incidents]
+        if plot_dir and traces is not None:
+            part.plots = plot_incidents(incidents, traces, Path(plot_dir), threshold)
+        return part
+
+
+def replay_detector(det: MetricDetector, data: dict[str, SeriesData], start: float, end: float, config: Config,
+                    tracker: IncidentTracker, traces: dict | None = None, progress=None) -> dict[str, Any]:
+    """One detector over [start, end] with the live cadence: fits at warmup, every fit_every (sooner
+    while a series lacks its real model), each point scored once by the model fitted before it."""
+    sched = config.schedule
+    fit_t = min(start + sched.warmup, end)
+    fits = 0
+    while fit_t < end or fits == 0:
+        window = {sid: sd.slice((sd.t > fit_t - sched.lookback) & (sd.t <= fit_t)) for sid, sd in data.items()}
+        det.fit({k: v for k, v in window.items() if len(v.t)}, fit_t)
+        fits += 1
+        seg_end = min(end, fit_t + (sched.fallback_refit if det.needs_early_refit() else sched.fit_every))
+        segment = {sid: sd.slice((sd.t > fit_t) & (sd.t <= seg_end)) for sid, sd in data.items()}
+        batches = det.score({k: v for k, v in segment.items() if len(v.t)})
+        for b in batches:
+            tracker.update(b)
+            if traces is not None:
+                key = (b.detector, series_id(b.labels))
+                traces.setdefault(key, SeriesTrace(b.labels)).add(b)
+        if progress is not None:
+            progress.update((seg_end - fit_t) / 3600)
+        if seg_end >= end:
+            break
+        fit_t = seg_end
+    return {"fits": fits, "series": len(data),
+            "models": sorted({sm.kind for sm in det.series.values()})}
+
+
+def _same_model(a: DetectorConfig, b: DetectorConfig) -> bool:
+    return (a.query, a.model, a.rule, a.params, a.features, a.join_on, a.heartbeat, a.direction,
+            a.min_deviation, a.sensitivity) == (b.query, b.model, b.rule, b.params, b.features, b.join_on,
+                                                b.heartbeat, b.direction, b.min_deviation, b.sensitivity)

@@ -1,0 +1,60 @@
+"""Which detector plugins run, and the service built from them: the one place that knows the
+families and what turns each on (the composition root; service, API and backtest only see the
+DetectorPlugin protocol).
+
+    metric side  always: the config's `detectors:`, read from Prometheus
+    log side     serve: when detector.yml has a `loki:` section (or `serve --loki-url`);
+                 backtest: when `--journal-file` is given
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from detector.config import Config
+from detector.health import SourceHealth
+from detector.logs.loki import LokiClient
+from detector.logs.plugin import LogPlugin
+from detector.metric_plugin import MetricPlugin
+from detector.plugin import DetectorPlugin
+from detector.promclient import PromClient
+from detector.service import DetectorService
+from detector.store import FilePersistence, ModelStore
+
+
+def prometheus_client(config: Config, health: SourceHealth | None = None, url: str | None = None) -> PromClient:
+    """The one Prometheus client of a process, with the configured URL, headers, timeout and retries;
+    every failed attempt is counted in `health`."""
+    p = config.prometheus
+    return PromClient(url or p.url, timeout=p.timeout, retries=p.retries, headers=p.headers,
+                      on_error=health.counter("prometheus") if health is not None else None)
+
+
+def serve_plugins(config: Config, *, client: PromClient, store: ModelStore,
+                  health: SourceHealth) -> list[DetectorPlugin]:
+    plugins: list[DetectorPlugin] = [MetricPlugin(config, client, store=store, health=health)]
+    if config.loki is not None:
+        loki_section = {k: v for k, v in config.loki.items() if k != "query"}
+        loki = LokiClient.from_config(loki_section, on_error=health.counter("loki"))
+        plugins.append(LogPlugin(config, loki=loki, prometheus=client, store=store, health=health))
+    return plugins
+
+
+def backtest_plugins(config: Config, *, client: PromClient, journal_file: str | None = None) -> list[DetectorPlugin]:
+    plugins: list[DetectorPlugin] = [MetricPlugin(config, client)]
+    if journal_file:
+        plugins.append(LogPlugin(config, prometheus=client, journal_file=journal_file))
+    return plugins
+
+
+def build_service(config: Config, *, client: PromClient | None = None, store: ModelStore | None = None,
+                  health: SourceHealth | None = None, clock: Callable[[], float] = time.time,
+                  config_path: str | None = None) -> DetectorService:
+    """`rigwatch-detector serve`'s service: the plugins the config turns on, sharing one store, one
+    Prometheus client and one source-health record. `client`/`store`/`health` replace the configured
+    ones (a given client counts its errors wherever it was built to)."""
+    health = health or SourceHealth()
+    client = client or prometheus_client(config, health)
+    store = store or ModelStore(FilePersistence(config.store_path))
+    return DetectorService(config, serve_plugins(config, client=client, store=store, health=health),
+                           health=health, clock=clock, config_path=config_path)
