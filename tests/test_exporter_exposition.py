@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.collector import RigCollector
 from exporter.containers import ContainerState
 from exporter.exposition import CachedTextEncoder, format_value
-from exporter.fake_nvml import FakeGPU, FakeNVML, FakeProcess
+from exporter.sim.fake_nvml import FakeGPU, FakeNVML, FakeProcess
 from tests.support.binaries import require_binary
 
 

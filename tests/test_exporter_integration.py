@@ -6,8 +6,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.collector import RigCollector
-from exporter.fake_nvml import FakeGPU, FakeNVML
 from exporter.server import MetricsServer
+from exporter.sim.fake_nvml import FakeGPU, FakeNVML
 from tests.support.binaries import PrometheusServer
 
 pytestmark = pytest.mark.integration

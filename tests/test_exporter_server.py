@@ -8,8 +8,8 @@ import requests
 from prometheus_client import CollectorRegistry
 
 from exporter.collector import RigCollector
-from exporter.fake_nvml import FakeGPU, FakeNVML
 from exporter.server import MetricsServer, parse_listen
+from exporter.sim.fake_nvml import FakeGPU, FakeNVML
 from tests.support.binaries import free_port, wait_http_ok
 
 

@@ -5,8 +5,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.collector import RigCollector
-from exporter.fake_nvml import FakeGPU
 from exporter.sim.box import SimBox
+from exporter.sim.fake_nvml import FakeGPU
 from exporter.sim.incidents import parse_schedule
 from exporter.sim.model import RTX_3090, Faults, GPUPhysics, Load, make_fake_gpu
 
