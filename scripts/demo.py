@@ -43,7 +43,7 @@ from pathlib import Path
 import yaml
 
 from exporter.sim.containers import NAMES as CONTAINER_NAMES
-from exporter.sim.incidents import ScheduleError, parse_schedule
+from exporter.sim.schedule import ScheduleError, parse_schedule
 from scripts.launcher import EXPORTER_JOB, Pipeline, PipelineOptions, PrometheusAPI
 
 # Offsets from the exporter's start, in sim time (= wall time at the default --speed 1): GPU 0's fan

@@ -81,7 +81,7 @@ def test_bad_schedule_exits_nonzero_naming_the_key(tmp_path, capsys):
 
 
 def test_check_schedule_lists_default(capsys):
-    from exporter.sim.incidents import default_schedule_path
+    from exporter.sim.schedule import default_schedule_path
     assert sim_main(["check-schedule", str(default_schedule_path())]) == 0
     assert "gpu_lost" in capsys.readouterr().out
 
