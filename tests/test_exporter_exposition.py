@@ -10,7 +10,7 @@ from exporter.collector import RigCollector
 from exporter.containers import ContainerState
 from exporter.exposition import CachedTextEncoder, format_value
 from exporter.sim.fake_nvml import FakeGPU, FakeNVML, FakeProcess
-from tests.support.binaries import require_binary
+from harness.processes import require_binary
 
 
 class Odd:

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from exporter.collector import RigCollector
 from exporter.server import MetricsServer
 from exporter.sim.fake_nvml import FakeGPU, FakeNVML
-from tests.support.binaries import PrometheusServer
+from harness.servers import PrometheusServer
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from exporter.collector import RigCollector
 from exporter.server import MetricsServer, parse_listen
 from exporter.sim.fake_nvml import FakeGPU, FakeNVML
-from tests.support.binaries import free_port, wait_http_ok
+from harness.processes import free_port, wait_http_ok
 
 
 @pytest.fixture

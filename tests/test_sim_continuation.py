@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from exporter.collector import RigCollector
 from exporter.sim.history import box_with_history
 from exporter.sim.schedule import Incident
-from tests.support.binaries import free_port, wait_http_ok
+from harness.processes import free_port, wait_http_ok
 
 T = 1_790_000_000.0
 
