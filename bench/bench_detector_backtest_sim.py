@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detector.evaluation import evaluate  # noqa: E402
-from tests.support.binaries import PrometheusServer, backfill_openmetrics  # noqa: E402
+from harness.processes import backfill_openmetrics  # noqa: E402
+from harness.servers import PrometheusServer  # noqa: E402
 
 
 def main() -> int:

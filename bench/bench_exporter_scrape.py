@@ -31,9 +31,9 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 
 from exporter.collector import RigCollector  # noqa: E402
 from exporter.docker_source import DockerContainerSource  # noqa: E402
-from exporter.fake_nvml import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
 from exporter.server import MetricsServer  # noqa: E402
-from tests.fixtures.fake_docker_api import FakeDockerAPI, inspect_doc  # noqa: E402
+from exporter.sim.fake_nvml import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
+from harness.fake_docker_api import FakeDockerAPI, inspect_doc  # noqa: E402
 
 MS, US = 1e-3, 1e-6
 # Per-call costs on a real H100 (seconds). Measured figures from the issue: PCIe throughput ~21 ms

@@ -15,11 +15,10 @@ from typing import Any
 import yaml
 
 from detector.models import FALLBACKS, FEATURE_KINDS, MODELS, RULES, make_model, model_class
+from rigwatch import durations
 
 DIRECTIONS = ("up", "down", "both")
 _NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_DUR_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class ConfigError(ValueError):
@@ -32,16 +31,11 @@ class ConfigError(ValueError):
 
 
 def parse_duration(value: Any, key: str) -> float:
-    """'90s', '5m', '6h', '7d', '1w' or a number of seconds -> seconds (float, > 0)."""
-    if isinstance(value, bool):
-        raise ConfigError(key, f"expected a duration like 60s, 5m, 6h or 7d (got {value!r})")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and _DUR_RE.match(value.strip()):
-        num, unit = _DUR_RE.match(value.strip()).groups()
-        seconds = float(num) * _UNITS[unit]
-    else:
-        raise ConfigError(key, f"expected a duration like 60s, 5m, 6h or 7d (got {value!r})")
+    """'90s', '5m', '1h30m', '7d', '1w' or a number of seconds (rigwatch.durations) -> seconds (float, > 0)."""
+    try:
+        seconds = durations.parse_duration(value)
+    except ValueError as e:
+        raise ConfigError(key, str(e)) from None
     if seconds <= 0:
         raise ConfigError(key, f"must be > 0 (got {value!r})")
     return seconds

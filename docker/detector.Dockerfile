@@ -4,6 +4,7 @@
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY rigwatch ./rigwatch
 COPY exporter ./exporter
 COPY detector ./detector
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[detector]"

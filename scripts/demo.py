@@ -12,7 +12,7 @@
    the history's journal is pushed into it for training and the live sim's journal is shipped into it
    as it is written. Loki itself is not installable on the machines this was built on, so unless
    --loki-url names a real one, the demo starts the repository's API-faithful Loki stand-in
-   (tests/support/loki_server.py: push + query_range, in memory) - a stand-in, not Loki;
+   (harness/loki_standin.py: push + query_range, in memory) - a stand-in, not Loki;
 3. prints where to look, then streams what happens: anomaly scores crossing 1 (from Prometheus),
    incidents the detector confirms (GET /api/v1/anomalies), notifications Alertmanager delivers, and
    a line of live GPU readings every --interval seconds;
@@ -43,8 +43,10 @@ from pathlib import Path
 import yaml
 
 from exporter.sim.containers import NAMES as CONTAINER_NAMES
-from exporter.sim.incidents import ScheduleError, parse_schedule
-from scripts.launcher import EXPORTER_JOB, Pipeline, PipelineOptions, PrometheusAPI
+from exporter.sim.schedule import ScheduleError, parse_schedule
+from harness.loki_standin import LokiTestServer
+from harness.pipeline import EXPORTER_JOB, Pipeline, PipelineOptions
+from harness.prometheus_api import PrometheusAPI
 
 # Offsets from the exporter's start, in sim time (= wall time at the default --speed 1): GPU 0's fan
 # fails 30 s in and stays broken long enough for the thermal model's score, its 3-minute incident and
@@ -200,9 +202,7 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="rigwatch-demo-") if own_workdir else args.workdir).resolve()
     loki = None
     if not args.no_logs and args.loki_url is None:
-        from tests.support.loki_server import LokiTestServer  # the in-repo stand-in (see the docstring)
-
-        loki = LokiTestServer().start()
+        loki = LokiTestServer().start()  # the in-repo stand-in (see the docstring)
     loki_url = None if args.no_logs else (args.loki_url or loki.url)
     opts = PipelineOptions(schedule=schedule, speed=args.speed, seed=args.seed, history_hours=args.history_hours,
                            loki_url=loki_url)

@@ -66,7 +66,7 @@ EXPORTER_METRICS = ("gpu_exporter_up", "gpu_exporter_collect_duration_seconds", 
 
 def fake_nvml():
     """A GeForce board that refuses what GeForce boards refuse, and a fanless H100."""
-    from exporter.fake_nvml import FakeGPU, FakeNVML, FakeProcess
+    from exporter.sim.fake_nvml import FakeGPU, FakeNVML, FakeProcess
 
     geforce = FakeGPU(name="NVIDIA GeForce RTX 3090", uuid="GPU-5f4c2a9e-0000-0000-0000-000000000001",
                       unsupported={"nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetRemappedRows"},

@@ -15,7 +15,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from scripts.launcher import PrometheusAPI
+from harness.prometheus_api import PrometheusAPI
 
 SOURCE = {"gpu_thermal": "gpu_temperature_celsius"}  # detector -> the series it watches
 

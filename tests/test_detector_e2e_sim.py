@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from detector.evaluation import evaluate
-from tests.support.binaries import PrometheusServer, backfill_openmetrics, free_port, wait_http_ok
+from harness.processes import backfill_openmetrics, free_port, wait_http_ok
+from harness.servers import PrometheusServer
 
 pytestmark = pytest.mark.integration
 

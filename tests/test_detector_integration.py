@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import requests
 
-from tests.support.binaries import PrometheusServer, backfill_openmetrics, free_port, wait_http_ok
+from harness.processes import backfill_openmetrics, free_port, wait_http_ok
+from harness.servers import PrometheusServer
 
 pytestmark = pytest.mark.integration
 

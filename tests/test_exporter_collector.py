@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from exporter.collector import RigCollector
 from exporter.containers import ContainerState
 from exporter.docker_source import DockerContainerSource
-from exporter.fake_nvml import FakeGPU, FakeNVML, FakeProcess
+from exporter.sim.fake_nvml import FakeGPU, FakeNVML, FakeProcess
 
 PROC = Path(__file__).parent / "fixtures" / "proc"
 OLLAMA_ID = "9e0c6a49e01e3e519a4f5bb9663075b4299ec2175e6e7f5e0bf0a210cb7faf77"  # pid 1001 (v2 systemd)

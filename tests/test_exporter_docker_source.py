@@ -7,7 +7,7 @@ from exporter.docker_source import (
     container_state,
     parse_docker_time,
 )
-from tests.fixtures.fake_docker_api import FakeDockerAPI, inspect_doc
+from harness.fake_docker_api import FakeDockerAPI, inspect_doc
 
 OLLAMA = "9e0c6a49e01e3e519a4f5bb9663075b4299ec2175e6e7f5e0bf0a210cb7faf77"
 WEBUI = "32612a53e61297b9b47f0a011426a4cf61a16e1874c08cc8b29c0c008926a7b9"

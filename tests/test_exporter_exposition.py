@@ -9,8 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.collector import RigCollector
 from exporter.containers import ContainerState
 from exporter.exposition import CachedTextEncoder, format_value
-from exporter.fake_nvml import FakeGPU, FakeNVML, FakeProcess
-from tests.support.binaries import require_binary
+from exporter.sim.fake_nvml import FakeGPU, FakeNVML, FakeProcess
+from harness.processes import require_binary
 
 
 class Odd:

@@ -2,7 +2,7 @@
 import pynvml
 import pytest
 
-from exporter.fake_nvml import FakeNVML
+from exporter.sim.fake_nvml import FakeNVML
 from scripts import gpu_check
 
 

@@ -6,9 +6,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.collector import RigCollector
-from exporter.fake_nvml import FakeGPU, FakeNVML
 from exporter.server import MetricsServer
-from tests.support.binaries import PrometheusServer
+from exporter.sim.fake_nvml import FakeGPU, FakeNVML
+from harness.servers import PrometheusServer
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ import requests
 from prometheus_client import CollectorRegistry
 
 from exporter.collector import RigCollector
-from exporter.fake_nvml import FakeGPU, FakeNVML
 from exporter.server import MetricsServer, parse_listen
-from tests.support.binaries import free_port, wait_http_ok
+from exporter.sim.fake_nvml import FakeGPU, FakeNVML
+from harness.processes import free_port, wait_http_ok
 
 
 @pytest.fixture

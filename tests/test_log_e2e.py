@@ -15,8 +15,8 @@ from detector.logs.detector import LogDetector, incidents_from_journal
 from detector.logs.loki import LokiClient
 from detector.logs.miner import FilePersistence
 from detector.logs.patterns import gpu_index_by_pci
-from scripts.launcher import loki_push
-from tests.support.loki_server import LokiTestServer
+from harness.log_shipping import loki_push
+from harness.loki_standin import LokiTestServer
 
 T0 = datetime(2026, 11, 20, tzinfo=UTC).timestamp()
 H = 3600.0

@@ -5,7 +5,7 @@ import pytest
 import requests
 
 from detector.logs.loki import LokiClient, LokiQueryError
-from tests.support.loki_server import LokiTestServer
+from harness.loki_standin import LokiTestServer
 
 T = 1_700_000_000 * 10**9  # 2023-11-14T22:13:20Z
 

@@ -13,8 +13,8 @@ from detector.config import parse_config
 from detector.logs.plugin import LogPlugin
 from detector.plugins import build_service
 from detector.store import MemoryPersistence, ModelStore
-from tests.support.binaries import free_port
-from tests.support.loki_server import LokiTestServer
+from harness.loki_standin import LokiTestServer
+from harness.processes import free_port
 
 T0 = 1_790_000_000.0
 

@@ -26,10 +26,11 @@ import pytest
 import yaml
 
 from detector.logs.patterns import normalize_pci_bus_id
-from scripts.launcher import ROOT, JournalShipper, Pipeline, PipelineOptions, free_port
-from tests.support.binaries import require_binary
-from tests.support.loki_server import LokiTestServer
-from tests.support.webhook import WebhookReceiver
+from harness.log_shipping import JournalShipper
+from harness.loki_standin import LokiTestServer
+from harness.pipeline import ROOT, Pipeline, PipelineOptions
+from harness.processes import free_port, require_binary
+from harness.webhook import WebhookReceiver
 from tests.test_stack_helpers import dashboard_queries, metric_names, rules
 
 INCIDENT_AT = 50.0  # seconds after the exporter starts; everything before it is the clean phase

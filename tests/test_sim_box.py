@@ -5,10 +5,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.collector import RigCollector
-from exporter.fake_nvml import FakeGPU
 from exporter.sim.box import SimBox
-from exporter.sim.incidents import parse_schedule
+from exporter.sim.fake_nvml import FakeGPU
 from exporter.sim.model import RTX_3090, Faults, GPUPhysics, Load, make_fake_gpu
+from exporter.sim.schedule import parse_schedule
 
 START = 1_793_520_000.0  # 2026-11-01T08:00:00Z: the box's owner is awake
 G0 = {"gpu": "0", "uuid": RTX_3090.uuid, "name": RTX_3090.name}
@@ -269,7 +269,7 @@ def test_live_mode_advances_at_speed(closing):
 
 
 def test_from_config_validates_and_defaults(tmp_path, closing):
-    from exporter.sim.incidents import KINDS, ScheduleError
+    from exporter.sim.schedule import KINDS, ScheduleError
     bad = tmp_path / "bad.yml"
     bad.write_text("incidents:\n  - {kind: container_restart_loop, at: 1h, container: nginx}\n")
     with pytest.raises(ScheduleError, match=r"incidents\[0\]\.container: unknown container 'nginx'"):

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from exporter.collector import RigCollector
 from exporter.sim.history import box_with_history
-from exporter.sim.incidents import Incident
-from tests.support.binaries import free_port, wait_http_ok
+from exporter.sim.schedule import Incident
+from harness.processes import free_port, wait_http_ok
 
 T = 1_790_000_000.0
 

@@ -6,6 +6,8 @@ import re
 import pytest
 
 from exporter.sim.cli import main as sim_main
+from harness.processes import backfill_openmetrics
+from harness.servers import PrometheusServer
 
 START = "2026-11-01T08:00:00Z"
 T0 = 1_793_520_000
@@ -81,7 +83,7 @@ def test_bad_schedule_exits_nonzero_naming_the_key(tmp_path, capsys):
 
 
 def test_check_schedule_lists_default(capsys):
-    from exporter.sim.incidents import default_schedule_path
+    from exporter.sim.schedule import default_schedule_path
     assert sim_main(["check-schedule", str(default_schedule_path())]) == 0
     assert "gpu_lost" in capsys.readouterr().out
 
@@ -100,7 +102,6 @@ def test_counters_reset_after_reboot(history):
 
 @pytest.mark.integration
 def test_backfilled_into_real_prometheus_and_queried_back(history, tmp_path):
-    from tests.support.binaries import PrometheusServer, backfill_openmetrics
     storage = tmp_path / "tsdb"
     backfill_openmetrics(history / "metrics.om", storage)
     with PrometheusServer(tmp_path / "prom", "global: {scrape_interval: 1m}\nscrape_configs: []\n",

@@ -2,7 +2,7 @@
 import re
 
 from exporter.sim.box import SimBox
-from exporter.sim.incidents import parse_schedule
+from exporter.sim.schedule import parse_schedule
 
 START = 1_793_520_000.0  # 2026-11-01T08:00:00Z
 

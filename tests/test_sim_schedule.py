@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from exporter.sim.containers import NAMES
-from exporter.sim.incidents import KINDS, ScheduleError, load_schedule, parse_duration, parse_schedule
+from exporter.sim.schedule import KINDS, ScheduleError, load_schedule, parse_duration, parse_schedule
 
 
 @pytest.mark.parametrize("text,seconds", [("45m", 2700), ("2d5h", 190800), ("1h30m15s", 5415),

@@ -197,6 +197,8 @@ def test_dockerfiles_slim_non_root_with_healthcheck(part):
     assert last_user not in {"0", "root"}, last_user
     assert re.search(r"^HEALTHCHECK\s", text, re.M)
     assert f'".[{part}]"' in text, f"the {part} image installs only its extra"
+    for package in ("rigwatch", part):  # the wheel is built from these; rigwatch/ is what both share
+        assert re.search(rf"^COPY {package} \./{package}$", text, re.M), f"the {part} image lacks {package}/"
     assert f"rigwatch-{part}" in text
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.binaries import PrometheusServer, backfill_openmetrics
+from harness.processes import backfill_openmetrics
+from harness.servers import PrometheusServer
 from tests.test_stack_helpers import dashboard_queries, metric_names, rules, substitute_grafana_vars
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.binaries import AlertmanagerServer, free_port, require_binary
+from harness.processes import free_port, require_binary
+from harness.servers import AlertmanagerServer
 from tests.test_stack_helpers import ROOT, RULE_FILES, RULE_TEST_FILES, alert_rules, load_yaml, rules
 
 RUNBOOK = ROOT / "RUNBOOK.md"
@@ -271,7 +272,7 @@ def test_alertmanager_routes_to_webhook_and_inhibits_warning_for_same_gpu(tmp_pa
         deadline = time.monotonic() + 40  # critical: group_wait 10s
         while time.monotonic() < deadline and not hook.received:
             time.sleep(0.2)
-        assert hook.received, f"no notification within 40s; alertmanager log:\n{am.log()}"
+        assert hook.received, f"no notification within 40s; alertmanager log:\n{am.tail()}"
         first = hook.received[0]
         assert first["status"] == "firing"
         assert [a["labels"]["alertname"] for a in first["alerts"]] == ["GpuAtSlowdownTemperature"]

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from exporter.fake_nvml import FakeNVML, FakeProcess
-
 from .containers import NAMES as CONTAINER_NAMES  # noqa: F401 (re-exported)
 from .containers import SimContainerSource
-from .incidents import Incident, load_schedule, parse_duration
+from .fake_nvml import FakeNVML, FakeProcess
 from .journal import Background, Journal, iso_ms
 from .model import DEFAULT_SPECS, GIB, MIB, Faults, GPUPhysics, GPUSpec, make_fake_gpu
 from .procfs import FakeProcTree
+from .schedule import Incident, load_schedule, parse_duration
 from .workload import CATALOG, Session, Workload
 
 DRIVER_VERSION = "570.133.07"

@@ -12,7 +12,7 @@ import sys
 import time
 from datetime import datetime
 
-from .incidents import ScheduleError, parse_duration
+from .schedule import ScheduleError, parse_duration
 
 
 def parse_rfc3339(text: str) -> float:

@@ -21,7 +21,7 @@ from pathlib import Path
 from exporter.collector import RigCollector
 
 from .box import SimBox, rfc3339
-from .incidents import Incident
+from .schedule import Incident
 
 DEFAULT_JOB = "rigwatch-exporter"
 DEFAULT_INSTANCE = "aibox:9842"

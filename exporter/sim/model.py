@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pynvml
 
-from exporter.fake_nvml import FakeGPU
+from .fake_nvml import FakeGPU
 
 GIB = 1024**3
 MIB = 1024**2

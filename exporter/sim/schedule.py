@@ -17,15 +17,13 @@ because a typo in a test schedule would otherwise silently play nothing.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+from rigwatch import durations
 
 
 class ScheduleError(ValueError):
@@ -33,25 +31,15 @@ class ScheduleError(ValueError):
 
 
 def parse_duration(text: Any, key: str = "duration") -> float:
-    """'2d5h30m', '45m', '90s', '500ms' or a bare number of seconds -> seconds."""
-    if isinstance(text, bool):
-        raise ScheduleError(f"{key}: expected a duration like 45m or 2d5h, got {text!r}")
-    if isinstance(text, int | float):
-        if text < 0:
-            raise ScheduleError(f"{key}: must not be negative, got {text!r}")
-        return float(text)
-    if not isinstance(text, str) or not text.strip():
-        raise ScheduleError(f"{key}: expected a duration like 45m or 2d5h, got {text!r}")
-    s = text.strip().replace(" ", "")
-    pos, total = 0, 0.0
-    for m in _DURATION_RE.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT_S[m.group(2)]
-        pos = m.end()
-    if pos != len(s) or pos == 0:
-        raise ScheduleError(f"{key}: expected a duration like 45m or 2d5h, got {text!r}")
-    return total
+    """'2d5h30m', '45m', '90s', '500ms', '1w' or a bare number of seconds (rigwatch.durations) -> seconds
+    (not negative: an offset of 0 is the start)."""
+    try:
+        seconds = durations.parse_duration(text)
+    except ValueError as e:
+        raise ScheduleError(f"{key}: {e}") from None
+    if seconds < 0:
+        raise ScheduleError(f"{key}: must not be negative, got {text!r}")
+    return seconds
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""A small Loki stand-in that speaks Loki's HTTP API on 127.0.0.1, for end-to-end tests.
+"""A small Loki stand-in that speaks Loki's HTTP API on 127.0.0.1, for `make demo` and the end-to-end tests.
 
 Loki itself cannot run here, so this server implements the part of the API rigwatch uses, with
 Loki's documented shapes and behaviours:
@@ -21,6 +21,8 @@ import time
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+
+from harness.server_thread import ServerThread
 
 DEFAULT_LIMIT = 100
 MAX_ENTRIES_LIMIT = 5000  # Loki's max_entries_limit_per_query default
@@ -401,28 +403,11 @@ class _Handler(BaseHTTPRequestHandler):
         return {"status": "success", "data": {"resultType": "matrix", "result": result, "stats": {}}}
 
 
-class LokiTestServer:
+class LokiTestServer(ServerThread):
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.store = LokiStore()
         handler = type("Handler", (_Handler,), {"store": self.store})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://{host}:{self.httpd.server_address[1]}"
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> LokiTestServer:
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="loki-test-server", daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        if self.thread is not None:
-            self.thread.join(timeout=5)
-
-    def __enter__(self) -> LokiTestServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        httpd = ThreadingHTTPServer((host, port), handler)
+        httpd.daemon_threads = True
+        self.url = f"http://{host}:{httpd.server_address[1]}"
+        super().__init__(httpd, "loki-test-server")
