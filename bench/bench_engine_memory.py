@@ -80,9 +80,10 @@ def main(argv=None) -> int:
     from detector.config import load_config
     from detector.engine import SeriesData
     from detector.metrics import DetectorCollector
+    from detector.persistence import FilePersistence
     from detector.promclient import PromClient
     from detector.service import DetectorService
-    from detector.store import FilePersistence, ModelStore
+    from detector.store import ModelStore
 
     rss_imports = proc_status_mb("VmRSS")
     cfg = load_config(text=CONFIG)

@@ -21,8 +21,9 @@ import numpy as np
 from detector.config import Config, ConfigWatcher, DetectorConfig
 from detector.engine import MetricDetector, ScoreBatch, fetch_series
 from detector.incidents import IncidentTracker
+from detector.persistence import FilePersistence
 from detector.promclient import PromClient, PromError
-from detector.store import FilePersistence, ModelStore
+from detector.store import ModelStore
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ from detector.api import create_app
 from detector.config import load_config
 from detector.engine import ScoreBatch
 from detector.metrics import DetectorCollector
+from detector.persistence import MemoryPersistence
 from detector.promclient import PromClient
 from detector.service import DetectorService
-from detector.store import MemoryPersistence, ModelStore
+from detector.store import ModelStore
 
 PROM = "http://prom.test:9090"
 CFG = """

@@ -10,8 +10,9 @@ import requests
 from detector.api import create_app
 from detector.config import parse_config
 from detector.logs.service import attach
+from detector.persistence import MemoryPersistence
 from detector.service import DetectorService
-from detector.store import MemoryPersistence, ModelStore
+from detector.store import ModelStore
 from tests.support.binaries import free_port
 from tests.support.loki_server import LokiTestServer
 
@@ -237,7 +238,7 @@ def test_an_unusable_cursor_is_ignored_and_a_long_outage_is_read_back_only_catch
     logs2.score(T0 + 1800)  # 1740 s behind: reads back from T0+1200 only
     units = {a.labels.get("unit") for _t, a in logs2.latest.values() if a.score > 1}
     assert "mdadm.service" in units and "backup.service" not in units, units
-    store.p.save_state("logs/cursor.json", b"{not json")
+    store.write_blob("logs/cursor.json", b"{not json")
     _service3, logs3 = make_service(loki.url, store)
     assert logs3.detector is not None and logs3.last_scored is None  # model kept, cursor dropped
     logs3.score(T0 + 1900)

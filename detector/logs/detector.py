@@ -1,6 +1,6 @@
 """LogDetector: the facade that turns log entries into log anomalies on rigwatch's score convention.
 
-    detector = LogDetector(config, persistence=FilePersistence(".../templates.json"))
+    detector = LogDetector(config, persistence=FilePersistence(state_dir))  # templates in state_dir/templates.json
     detector.fit(training_entries)            # mine templates, learn frequencies, rates, mixes
     results = detector.score(new_entries, now)  # every call gets only entries it has not seen
     anomalies = [r for r in results if r.score > 1]
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from detector.logs.journal import LogEntry, read_log_file
-from detector.logs.miner import MinerConfig, StatePersistence, TemplateMiner
+from detector.logs.miner import MinerConfig, TemplateMiner
 from detector.logs.patterns import PatternConfig, PatternTracker
 from detector.logs.scoring import (
     _KEYWORD_RE,
@@ -39,6 +39,7 @@ from detector.logs.scoring import (
     SequenceModel,
     trouble_keywords,
 )
+from detector.persistence import Persistence
 
 STATE_VERSION = 1
 INCIDENT_LABELS = ("container", "unit", "gpu", "xid", "pattern", "source_ip", "job", "identifier",
@@ -134,10 +135,12 @@ def _who(labels: dict[str, str]) -> str:
 
 class LogDetector:
     def __init__(self, config: LogDetectorConfig | dict | None = None,
-                 persistence: StatePersistence | None = None, gpu_by_pci: dict[str, str] | None = None):
+                 persistence: Persistence | None = None, gpu_by_pci: dict[str, str] | None = None,
+                 state_name: str = "templates.json"):
         self.config = config
-        self.persistence = persistence
+        self.persistence = persistence  # where the miner keeps its templates, under `state_name`
         self.gpu_by_pci = gpu_by_pci
+        self.state_name = state_name
 
     # -- helpers --------------------------------------------------------------------------------
     @property
@@ -166,7 +169,7 @@ class LogDetector:
     def fit(self, entries: Iterable[LogEntry]) -> LogDetector:
         config = self._config
         entries = sorted(entries, key=lambda e: e.ts)
-        self.miner_ = TemplateMiner(MinerConfig(**config.miner), self.persistence)
+        self.miner_ = TemplateMiner(MinerConfig(**config.miner), self.persistence, self.state_name)
         self.patterns_ = PatternTracker(PatternConfig(**config.patterns), self.gpu_by_pci)
         self.stream_labels_ = {}
         ids, events = [], []
@@ -439,17 +442,17 @@ class LogDetector:
         return self
 
     @classmethod
-    def from_state(cls, data: bytes, persistence: StatePersistence | None = None,
-                   gpu_by_pci: dict[str, str] | None = None) -> LogDetector:
+    def from_state(cls, data: bytes, persistence: Persistence | None = None,
+                   gpu_by_pci: dict[str, str] | None = None, state_name: str = "templates.json") -> LogDetector:
         """Restore from get_state(). When `persistence` holds miner state (saved after every scoring
         call), it is newer than the blob and wins."""
         try:
             state = json.loads(data.decode("utf-8"))
             if state.get("version") != STATE_VERSION:
                 raise ValueError(f"unsupported log detector state version {state.get('version')!r}")
-            detector = cls(LogDetectorConfig(**state["config"]), persistence, gpu_by_pci)
+            detector = cls(LogDetectorConfig(**state["config"]), persistence, gpu_by_pci, state_name)
             config = detector._config
-            detector.miner_ = TemplateMiner(MinerConfig(**config.miner), persistence)
+            detector.miner_ = TemplateMiner(MinerConfig(**config.miner), persistence, state_name)
             if persistence is None or not detector.miner_.load():
                 detector.miner_.from_bytes(state["miner"].encode("utf-8"))
             detector.line_ = LineScorer().set_state(state["line"])
