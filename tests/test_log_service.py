@@ -2,13 +2,17 @@
 metric families, incidents behind GET /api/v1/anomalies, model store round trip, Loki outage."""
 from __future__ import annotations
 
+import base64
 import json
+import logging
+import pickle
 
 import pytest
 import requests
 
 from detector.api import create_app
 from detector.config import parse_config
+from detector.logs.detector import LogDetector
 from detector.logs.service import attach
 from detector.persistence import MemoryPersistence
 from detector.service import DetectorService
@@ -269,3 +273,47 @@ def test_a_log_anomaly_is_an_incident_at_its_first_pass_whatever_the_step(loki):
     assert body["anomalies"][0]["summary"] == (
         "log_pattern (pattern=nvidia_xid, xid=79): NVIDIA Xid 79 on GPU at 0000:02:00.0: "
         "GPU has fallen off the bus (score 5.00)"), body  # no Prometheus here: no gpu_info to map the PCI id
+
+
+UNPICKLED: list[str] = []
+
+
+def _record_unpickling():
+    UNPICKLED.append("code ran")
+
+
+class _Tripwire:
+    """What the pickle in an old store could hold: unpickling runs code (here it only records that)."""
+
+    def __reduce__(self):
+        return (_record_unpickling, ())
+
+
+def previous_release_state() -> dict:
+    """The log state the previous release stored: a JSON string with the sequence model pickled."""
+    inner = {"version": 1, "config": {}, "miner": "{}", "line": {}, "rate": {}, "patterns": {},
+             "sequence": base64.b64encode(pickle.dumps(_Tripwire())).decode("ascii")}
+    return {"log_detector": json.dumps(inner)}
+
+
+def test_a_pickled_state_of_the_previous_release_is_refused_unread():
+    with pytest.raises(ValueError, match="previous release"):
+        LogDetector.from_state(previous_release_state())
+    assert UNPICKLED == []
+
+
+def test_a_store_of_the_previous_release_is_never_unpickled_the_log_side_refits_once(loki, caplog):
+    store = ModelStore(MemoryPersistence())
+    store.save("logs", previous_release_state(), {"training_window": {"start": T0 - 7200, "end": T0 - 60}})
+    with caplog.at_level(logging.WARNING, logger="detector.logs.service"):
+        _service, logs = make_service(loki.url, store)
+    assert logs.detector is None
+    assert "stored log model v1 not usable" in caplog.text and "previous release" in caplog.text
+    logs.fit(T0)  # refits, and stores the new format
+    assert store.versions("logs") == [1, 2] and UNPICKLED == []
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detector.logs.service"):
+        _service2, logs2 = make_service(loki.url, store)
+    assert logs2.detector is not None and "not usable" not in caplog.text
+    logs2.fit(T0 + 120)  # the refit model is recent: no second refit
+    assert store.versions("logs") == [1, 2] and UNPICKLED == []

@@ -151,19 +151,19 @@ class TemplateMiner:
 
     # -- persistence ------------------------------------------------------------------------
 
-    def to_bytes(self) -> bytes:
-        state = {
+    def get_state(self) -> dict:
+        """The templates, ids and aliases as a JSON-able document."""
+        return {
             "version": STATE_VERSION,
             "config": asdict(self.config),
             "next_id": self._next_id,
             "clusters": [[c.id, c.tokens, c.size] for c in self._ordered()],
-            "aliases": self._aliases,
+            "aliases": dict(self._aliases),
         }
-        return json.dumps(state, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
-    def from_bytes(self, data: bytes) -> None:
+    def set_state(self, state: dict) -> None:
+        """Restore get_state(); a document of another version or shape is a ValueError."""
         try:
-            state = json.loads(data.decode("utf-8"))
             version = state["version"]
             if version != STATE_VERSION:
                 raise ValueError(f"unsupported miner state version {version!r}")
@@ -172,7 +172,7 @@ class TemplateMiner:
             ]
             aliases = {str(k): str(v) for k, v in state["aliases"].items()}
             next_id = int(state["next_id"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"corrupt miner state: {exc}") from exc
         self._clusters, self._groups, self._by_length, self._cache = {}, {}, {}, {}
         self._families, self._skeletons = {}, {}
@@ -180,6 +180,16 @@ class TemplateMiner:
             self._index(_Cluster(cid, toks, size))
         self._aliases = aliases
         self._next_id = next_id
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.get_state(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def from_bytes(self, data: bytes) -> None:
+        try:
+            state = json.loads(data.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"corrupt miner state: {exc}") from exc
+        self.set_state(state)
 
     def save(self) -> None:
         if self.persistence is None:

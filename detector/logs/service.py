@@ -76,8 +76,7 @@ class LogService:
         if stored is None:
             return False
         try:
-            self.detector = LogDetector.from_state(stored.state["log_detector"].encode("utf-8"), self.templates,
-                                                  state_name=TEMPLATES_NAME)
+            self.detector = LogDetector.from_state(stored.state, self.templates, state_name=TEMPLATES_NAME)
             self.fitted_at = float(stored.metadata.get("training_window", {}).get("end") or 0) or None
         except (KeyError, ValueError, AttributeError) as e:
             log.warning("stored log model v%s not usable (%s): will refit", stored.version, e)
@@ -148,7 +147,7 @@ class LogService:
         self._refresh_gpu_map(detector)
         metadata = {"training_window": {"start": now - self.lookback_s, "end": now}, "lines": len(entries),
                     "templates": len(detector.miner_.templates()), "params": self.config.__dict__}
-        self.service.store.save(STORE_NAME, {"log_detector": detector.get_state().decode("utf-8")}, metadata)
+        self.service.store.save(STORE_NAME, detector.get_state(), metadata)
         with self._lock:
             self.detector = detector
             self.fitted_at = now
