@@ -81,9 +81,10 @@ def main(argv=None) -> int:
     from detector.fetch import SeriesData
     from detector.metric_plugin import MetricPlugin
     from detector.metrics import DetectorCollector
+    from detector.persistence import FilePersistence
     from detector.plugins import build_service
     from detector.promclient import PromClient
-    from detector.store import FilePersistence, ModelStore
+    from detector.store import ModelStore
 
     rss_imports = proc_status_mb("VmRSS")
     cfg = load_config(text=CONFIG)

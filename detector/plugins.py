@@ -16,10 +16,11 @@ from detector.health import SourceHealth
 from detector.logs.loki import LokiClient
 from detector.logs.plugin import LogPlugin
 from detector.metric_plugin import MetricPlugin
+from detector.persistence import FilePersistence
 from detector.plugin import DetectorPlugin
 from detector.promclient import PromClient
 from detector.service import DetectorService
-from detector.store import FilePersistence, ModelStore
+from detector.store import ModelStore
 
 
 def prometheus_client(config: Config, health: SourceHealth | None = None, url: str | None = None) -> PromClient:

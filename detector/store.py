@@ -7,8 +7,10 @@ A version is "good" when its metadata parses, names this store format and the sa
 state version, and the artifact's sha256 matches. Loading walks versions newest first and returns
 the first good one, so a crash mid-save (or a truncated file) falls back to the previous version.
 
-Side effects live behind `Persistence` (save_state/load_state, as Drain3 does), so the store can be
-tested in memory and a crash can be simulated.
+Side state that is no versioned model (the log side's scoring cursor and templates) sits beside the
+versions as plain blobs: `read_blob`/`write_blob`, or `BlobPersistence` for a component that takes a
+Persistence. Every side effect goes through one `detector.persistence.Persistence` (files, or memory
+in tests), so a crash can be simulated.
 """
 from __future__ import annotations
 
@@ -16,92 +18,32 @@ import hashlib
 import io
 import json
 import logging
-import os
 import platform
 import re
-import tempfile
 import time
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from detector.persistence import Persistence
 
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
 _VERSION_RE = re.compile(r"^v(\d{6})\.json$")
+_VERSION_FILE_RE = re.compile(r"^v\d{6}\.(json|npz)$")
 
 
-class Persistence(ABC):
-    """Two side effects: write a named blob atomically, read it back (None when absent)."""
-
-    @abstractmethod
-    def save_state(self, name: str, data: bytes) -> None: ...
-
-    @abstractmethod
-    def load_state(self, name: str) -> bytes | None: ...
-
-    def list_names(self, prefix: str) -> list[str]:  # pragma: no cover - overridden
-        return []
+def _is_version_file(name: str) -> bool:
+    return bool(_VERSION_FILE_RE.match(name.rsplit("/", 1)[-1]))
 
 
-class FilePersistence(Persistence):
-    """Files under a root; each write goes to a temp file in the same directory, is fsynced and
-    then os.replace()d, so a reader sees either the old or the new file, never half of one."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-
-    def _path(self, name: str) -> Path:
-        p = (self.root / name).resolve()
-        if self.root.resolve() not in p.parents:
-            raise ValueError(f"state name escapes the store: {name!r}")
-        return p
-
-    def save_state(self, name: str, data: bytes) -> None:
-        path = self._path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-
-    def load_state(self, name: str) -> bytes | None:
-        try:
-            return self._path(name).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def list_names(self, prefix: str) -> list[str]:
-        d = self._path(prefix)
-        if not d.is_dir():
-            return []
-        return sorted(f"{prefix}/{p.name}" for p in d.iterdir() if p.is_file())
-
-
-class MemoryPersistence(Persistence):
-    def __init__(self):
-        self.blobs: dict[str, bytes] = {}
-
-    def save_state(self, name: str, data: bytes) -> None:
-        self.blobs[name] = bytes(data)
-
-    def load_state(self, name: str) -> bytes | None:
-        return self.blobs.get(name)
-
-    def list_names(self, prefix: str) -> list[str]:
-        return sorted(n for n in self.blobs if not prefix or n.startswith(prefix + "/"))
+def _side_name(name: str) -> str:
+    """`name` when it may hold side state; a model version's file name is refused."""
+    if _is_version_file(name):
+        raise ValueError(f"{name!r} is a model version's name, not side state")
+    return name
 
 
 # -- state (de)serialisation without pickle --------------------------------------------------
@@ -185,15 +127,16 @@ class ModelStore:
     (or another store format) is refused on load rather than half-read."""
 
     def __init__(self, persistence: Persistence, *, state_version: int = 1, keep: int = 5, clock=time.time):
-        self.p = persistence
+        self.persistence = persistence
         self.state_version = state_version
         self.keep = keep
         self.clock = clock
 
     def versions(self, detector: str) -> list[int]:
         out = []
-        for name in self.p.list_names(detector):
-            m = _VERSION_RE.match(name.rsplit("/", 1)[-1])
+        for name in self.persistence.list_names(detector):
+            # the regex is anchored: only the detector's own folder counts, not a sub-folder
+            m = _VERSION_RE.match(name[len(detector) + 1:])
             if m:
                 out.append(int(m.group(1)))
         return sorted(out)
@@ -210,23 +153,24 @@ class ModelStore:
             "library_versions": meta.get("library_versions") or library_versions(),
         })
         # Artifact first, metadata last: the metadata file is the commit marker.
-        self.p.save_state(f"{detector}/v{version:06d}.npz", blob)
-        self.p.save_state(f"{detector}/v{version:06d}.json", json.dumps(meta, indent=1, default=str).encode())
+        self.persistence.save_state(f"{detector}/v{version:06d}.npz", blob)
+        self.persistence.save_state(f"{detector}/v{version:06d}.json",
+                                    json.dumps(meta, indent=1, default=str).encode())
         self._prune(detector)
         return ModelVersion(detector, version, state, meta)
 
     def _prune(self, detector: str) -> None:
-        if not isinstance(self.p, FilePersistence):
-            return
         for v in self.versions(detector)[:-self.keep]:
+            # metadata first: a prune cut short leaves an uncommitted artifact, never a version
+            # whose metadata names a missing artifact
             for ext in ("json", "npz"):
                 try:
-                    os.unlink(self.p._path(f"{detector}/v{v:06d}.{ext}"))
-                except OSError:
-                    pass
+                    self.persistence.delete(f"{detector}/v{v:06d}.{ext}")
+                except OSError as e:  # an old version left behind costs disk, not correctness
+                    log.warning("pruning %s v%d failed: %s", detector, v, e)
 
     def load(self, detector: str, version: int) -> ModelVersion:
-        raw = self.p.load_state(f"{detector}/v{version:06d}.json")
+        raw = self.persistence.load_state(f"{detector}/v{version:06d}.json")
         if raw is None:
             raise IncompatibleVersion(f"{detector} v{version}: no metadata")
         try:
@@ -239,7 +183,7 @@ class ModelStore:
         if meta.get("state_version") != self.state_version:
             raise IncompatibleVersion(f"{detector} v{version}: model state version "
                                       f"{meta.get('state_version')} != {self.state_version}")
-        blob = self.p.load_state(f"{detector}/{meta.get('artifact', f'v{version:06d}.npz')}")
+        blob = self.persistence.load_state(f"{detector}/{meta.get('artifact', f'v{version:06d}.npz')}")
         if blob is None or hashlib.sha256(blob).hexdigest() != meta.get("artifact_sha256"):
             raise IncompatibleVersion(f"{detector} v{version}: artifact missing or checksum mismatch")
         try:
@@ -259,18 +203,43 @@ class ModelStore:
 
     def list_metadata(self) -> list[dict[str, Any]]:
         out = []
-        names = self.p.list_names("") if isinstance(self.p, MemoryPersistence) else None
-        if isinstance(self.p, FilePersistence):
-            root = self.p.root
-            dets = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        else:
-            dets = sorted({n.split("/", 1)[0] for n in (names or [])})
-        for d in dets:
+        detectors = sorted({n.split("/", 1)[0] for n in self.persistence.list_names("") if "/" in n})
+        for d in detectors:
             vs = self.versions(d)
             if vs:
-                raw = self.p.load_state(f"{d}/v{vs[-1]:06d}.json")
+                raw = self.persistence.load_state(f"{d}/v{vs[-1]:06d}.json")
                 try:
                     out.append(json.loads(raw)) if raw else None
                 except ValueError:
                     pass
         return out
+
+    # -- side state: blobs beside the versions, not versioned themselves ------------------------
+    def read_blob(self, name: str) -> bytes | None:
+        """Side state saved under `name` (e.g. `logs/cursor.json`), None when there is none."""
+        return self.persistence.load_state(_side_name(name))
+
+    def write_blob(self, name: str, data: bytes) -> None:
+        """Save side state atomically under `name`; names of model versions are refused."""
+        self.persistence.save_state(_side_name(name), data)
+
+
+class BlobPersistence(Persistence):
+    """A ModelStore's side state as a Persistence, for a component that takes one (the template
+    miner): names beside the versioned models, read and written through read_blob/write_blob, so
+    such a component can never overwrite, delete or list a model version."""
+
+    def __init__(self, store: ModelStore):
+        self.store = store
+
+    def save_state(self, name: str, data: bytes) -> None:
+        self.store.write_blob(name, data)
+
+    def load_state(self, name: str) -> bytes | None:
+        return self.store.read_blob(name)
+
+    def delete(self, name: str) -> None:
+        self.store.persistence.delete(_side_name(name))
+
+    def list_names(self, prefix: str) -> list[str]:
+        return [n for n in self.store.persistence.list_names(prefix) if not _is_version_file(n)]

@@ -13,10 +13,11 @@ from detector.config import load_config
 from detector.health import SourceHealth
 from detector.metric_plugin import MetricPlugin
 from detector.metrics import DetectorCollector
+from detector.persistence import MemoryPersistence
 from detector.plugins import build_service
 from detector.promclient import PromClient
 from detector.scores import ScoreBatch
-from detector.store import MemoryPersistence, ModelStore
+from detector.store import ModelStore
 
 PROM = "http://prom.test:9090"
 CFG = """

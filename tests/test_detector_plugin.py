@@ -12,10 +12,11 @@ from detector.backtest import run_backtest
 from detector.config import parse_config
 from detector.incidents import IncidentTracker
 from detector.metrics import DetectorCollector
+from detector.persistence import MemoryPersistence
 from detector.plugin import BacktestPart, DetectorPlugin, ScorePass
 from detector.scores import ScoreBatch
 from detector.service import DetectorService
-from detector.store import MemoryPersistence, ModelStore
+from detector.store import ModelStore
 from detector.timefmt import iso
 
 T0 = 1_800_000_000.0

@@ -1,13 +1,13 @@
-"""Model store: versions, metadata, atomic writes, crash mid-save, incompatible versions."""
+"""Model store: versions, metadata, crash mid-save, incompatible versions, pruning, side state."""
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 
-from detector.store import FilePersistence, MemoryPersistence, ModelStore, pack_state, unpack_state
+from detector.persistence import FilePersistence, MemoryPersistence
+from detector.store import BlobPersistence, ModelStore, pack_state, unpack_state
 
 
 def test_pack_roundtrip_without_pickle():
@@ -66,20 +66,6 @@ def test_artifact_written_but_metadata_missing_or_corrupt_falls_back(tmp_path):
     assert store.load_latest("d") is None
 
 
-def test_atomic_write_never_leaves_partial_file(tmp_path, monkeypatch):
-    p = FilePersistence(tmp_path)
-    p.save_state("x/blob", b"old")
-
-    def boom(*a):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
-        p.save_state("x/blob", b"new")
-    assert p.load_state("x/blob") == b"old"
-    assert [f.name for f in (tmp_path / "x").iterdir()] == ["blob"]  # temp file cleaned up
-
-
 def test_incompatible_state_version_is_refused():
     mem = MemoryPersistence()
     ModelStore(mem, state_version=1).save("d", {"v": 1})
@@ -87,6 +73,45 @@ def test_incompatible_state_version_is_refused():
     assert ModelStore(mem, state_version=1).load_latest("d").state == {"v": 1}
 
 
-def test_names_cannot_escape_root(tmp_path):
-    with pytest.raises(ValueError):
-        FilePersistence(tmp_path).save_state("../evil", b"x")
+def test_old_versions_are_pruned_through_the_persistence_in_memory_too():
+    mem = MemoryPersistence()
+    store = ModelStore(mem, keep=2)
+    for k in range(4):
+        store.save("d", {"v": k})
+    assert store.versions("d") == [3, 4]
+    assert mem.list_names("d") == ["d/v000003.json", "d/v000003.npz", "d/v000004.json", "d/v000004.npz"]
+
+
+def test_list_metadata_names_each_detector_once_from_any_persistence(tmp_path):
+    for persistence in (MemoryPersistence(), FilePersistence(tmp_path)):
+        store = ModelStore(persistence)
+        store.save("b", {"v": 1})
+        store.save("a", {"v": 1})
+        store.save("a", {"v": 2})
+        store.write_blob("a/cursor.json", b"{}")
+        store.write_blob("notes/readme.txt", b"no versions here")
+        assert [(m["detector"], m["version"]) for m in store.list_metadata()] == [("a", 2), ("b", 1)]
+
+
+def test_side_state_blobs_sit_beside_the_versions():
+    store = ModelStore(MemoryPersistence())
+    store.save("logs", {"v": 1})
+    assert store.read_blob("logs/cursor.json") is None
+    store.write_blob("logs/cursor.json", b'{"last_scored": 1}')
+    assert store.read_blob("logs/cursor.json") == b'{"last_scored": 1}'
+    assert store.versions("logs") == [1] and store.load_latest("logs").state == {"v": 1}
+    with pytest.raises(ValueError, match="model version"):
+        store.write_blob("logs/v000001.npz", b"clobber")
+
+
+def test_blob_persistence_gives_a_component_the_side_state_only():
+    store = ModelStore(MemoryPersistence())
+    store.save("logs", {"v": 1})
+    blobs = BlobPersistence(store)
+    blobs.save_state("logs/templates.json", b"{}")
+    assert store.read_blob("logs/templates.json") == b"{}"
+    assert blobs.list_names("logs") == ["logs/templates.json"]
+    with pytest.raises(ValueError, match="model version"):
+        blobs.delete("logs/v000001.json")
+    blobs.delete("logs/templates.json")
+    assert blobs.load_state("logs/templates.json") is None and store.versions("logs") == [1]

@@ -13,8 +13,8 @@ import responses
 
 from detector.logs.detector import LogDetector, incidents_from_journal
 from detector.logs.loki import LokiClient
-from detector.logs.miner import FilePersistence
 from detector.logs.patterns import gpu_index_by_pci
+from detector.persistence import FilePersistence
 from harness.log_shipping import loki_push
 from harness.loki_standin import LokiTestServer
 
@@ -251,7 +251,7 @@ def replay(tmp_path_factory):
         client = LokiClient(loki.url, page_limit=1000)
         query = '{job=~"systemd-journal|docker"}'
         training = client.query_range(query, T0, TRAIN_END)
-        persistence = FilePersistence(tmp / "templates.json")
+        persistence = FilePersistence(tmp)  # the miner saves tmp/templates.json
         detector = LogDetector({"window_s": 300}, persistence=persistence,
                                gpu_by_pci=gpu_index_by_pci(GPU_INFO)).fit(training)
         templates_before = restored_templates = None
@@ -261,7 +261,7 @@ def replay(tmp_path_factory):
             if t <= RESTART_AT < t + 60:
                 state = detector.get_state()
                 templates_before = detector.miner_.templates()
-                detector = LogDetector.from_state(state, persistence=FilePersistence(tmp / "templates.json"),
+                detector = LogDetector.from_state(state, persistence=FilePersistence(tmp),
                                                   gpu_by_pci=gpu_index_by_pci(GPU_INFO))
                 restored_templates = detector.miner_.templates()
             batch = client.query_range(query, t, t + 60)
@@ -306,7 +306,7 @@ def test_restart_keeps_template_state(replay):
     assert replay["templates_before"] and replay["restored_templates"] == replay["templates_before"]
     # the miner's own persistence holds the latest templates: a fresh miner loads them all
     detector = replay["detector"]
-    restored = LogDetector.from_state(detector.get_state(), persistence=FilePersistence(replay["tmp"] / "templates.json"))
+    restored = LogDetector.from_state(detector.get_state(), persistence=FilePersistence(replay["tmp"]))
     assert restored.miner_.templates() == detector.miner_.templates()
     routine_line = "pam_unix(cron:session): session closed for user root"
     assert restored.miner_.match(routine_line) is not None

@@ -4,14 +4,8 @@ import os
 
 import pytest
 
-from detector.logs.miner import (
-    FilePersistence,
-    MatchResult,
-    MemoryPersistence,
-    MinerConfig,
-    StatePersistence,
-    TemplateMiner,
-)
+from detector.logs.miner import MatchResult, MinerConfig, TemplateMiner
+from detector.persistence import FilePersistence, MemoryPersistence
 
 
 def mine(lines, miner=None):
@@ -165,11 +159,11 @@ LINES = [
 
 def test_persistence_round_trip_keeps_ids_and_templates(tmp_path):
     path = tmp_path / "state" / "miner.json"
-    miner, ids = mine(LINES, TemplateMiner(persistence=FilePersistence(path)))
+    miner, ids = mine(LINES, TemplateMiner(persistence=FilePersistence(tmp_path), state_name="state/miner.json"))
     miner.save()
     assert path.is_file()
 
-    restored = TemplateMiner(persistence=FilePersistence(path))
+    restored = TemplateMiner(persistence=FilePersistence(tmp_path / "state"), state_name="miner.json")
     assert restored.load() is True
     assert restored.templates() == miner.templates()
     assert restored.sizes() == miner.sizes()
@@ -205,18 +199,18 @@ def test_save_without_persistence_is_an_error():
 
 def test_corrupt_state_is_a_clear_error():
     store = MemoryPersistence()
-    store.save_state(b"{not json")
+    store.save_state("templates.json", b"{not json")
     with pytest.raises(ValueError, match="corrupt miner state"):
         TemplateMiner(persistence=store).load()
-    store.save_state(b'{"version": 99, "clusters": [], "aliases": {}, "next_id": 1}')
+    store.save_state("templates.json", b'{"version": 99, "clusters": [], "aliases": {}, "next_id": 1}')
     with pytest.raises(ValueError, match="version"):
         TemplateMiner(persistence=store).load()
 
 
 def test_crash_mid_save_keeps_last_good_state(tmp_path, monkeypatch):
     path = tmp_path / "miner.json"
-    persistence = FilePersistence(path)
-    miner, _ = mine(LINES[:2], TemplateMiner(persistence=persistence))
+    persistence = FilePersistence(tmp_path)
+    miner, _ = mine(LINES[:2], TemplateMiner(persistence=persistence, state_name="miner.json"))
     miner.save()
     good = path.read_bytes()
     miner.add("a brand new event")
@@ -230,16 +224,12 @@ def test_crash_mid_save_keeps_last_good_state(tmp_path, monkeypatch):
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["miner.json"]  # no temp file left behind
     monkeypatch.undo()
-    restored = TemplateMiner(persistence=persistence)
+    restored = TemplateMiner(persistence=persistence, state_name="miner.json")
     restored.load()
     assert restored.templates() == {
         "T1": "Started Session <*> of user root.",
         "T2": "Started Session <*> of user alice.",
     }
-
-
-def test_state_persistence_is_a_two_method_abc():
-    assert StatePersistence.__abstractmethods__ == {"save_state", "load_state"}
 
 
 def test_unicode_survives_persistence():
@@ -249,3 +239,12 @@ def test_unicode_survives_persistence():
     other = TemplateMiner(persistence=store)
     other.load()
     assert other.templates() == {"T1": "Überhitzung auf GPU <*> – <*> °C", "T2": "�� bad bytes <*>"}
+
+
+def test_the_state_name_picks_the_blob():
+    store = MemoryPersistence()
+    miner, _ = mine(LINES[:2], TemplateMiner(persistence=store, state_name="logs/templates.json"))
+    miner.save()
+    assert store.list_names("") == ["logs/templates.json"]
+    assert TemplateMiner(persistence=store).load() is False  # the default name holds nothing
+    assert TemplateMiner(persistence=store, state_name="logs/templates.json").load() is True

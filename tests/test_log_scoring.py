@@ -15,6 +15,7 @@ from detector.logs.scoring import (
     level_priority,
     trouble_keywords,
 )
+from detector.store import pack_state, unpack_state
 
 
 def test_keywords_are_whole_words_and_levels_map_to_priorities():
@@ -75,6 +76,17 @@ def test_sequence_model_flags_an_unusual_mix():
     assert usual < 1 < odd
 
 
+def test_sequence_model_state_is_arrays_and_scores_the_same_after_the_store_round_trip():
+    normal = [Counter({"A": 10 + i % 3, "B": 5 + i % 2}) for i in range(60)]
+    model = SequenceModel(vocabulary_size=1, random_state=3).fit(normal)
+    restored = SequenceModel.from_state(unpack_state(pack_state(model.get_state())))
+    assert (restored.vocabulary_size, restored.random_state, restored.vocabulary_) == (1, 3, ["A"])
+    probe = [Counter({"A": 11, "B": 5}), Counter({"C": 40, "D": 30}), Counter({"A": 60}), Counter()]
+    assert restored.score(probe).tolist() == model.score(probe).tolist()
+    few = SequenceModel().fit(normal[:5])  # too few windows for a forest: scores 0, state says so
+    assert SequenceModel.from_state(unpack_state(pack_state(few.get_state()))).score(probe).tolist() == [0] * 4
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match=r"logs\.windw_s: unknown key"):
         LogDetectorConfig.from_dict({"windw_s": 60})
@@ -103,7 +115,23 @@ def test_detector_flags_novel_error_once_and_keeps_state(tmp_path):
     assert restored.miner_.templates() == detector.miner_.templates()
     assert restored.line_.counts_ == detector.line_.counts_
     with pytest.raises(ValueError, match="corrupt log detector state"):
-        LogDetector.from_state(b'{"version": 1}')
+        LogDetector.from_state({"version": 1})
+
+
+def test_detector_state_is_pickle_free_and_scores_the_same_after_the_store_round_trip():
+    backup = {"job": "systemd-journal", "unit": "backup.service", "priority": "6"}
+    training = _entries(0, 200) + _entries(10, 100, "backup of /srv/share{i} done", backup, step=60.0)
+    detector = LogDetector({"window_s": 300}).fit(training)  # the sequence model included
+    assert detector.sequence_.forest_ is not None
+    restored = LogDetector.from_state(unpack_state(pack_state(detector.get_state())))
+    windows = [(_entries(6000, 10), 6300),                                        # cron lines alone
+               (_entries(6300, 60, "backup of /srv/share{i} done", backup, step=5.0), 6600),  # a backup burst
+               ([LogEntry(6700, "fatal: backup volume /mnt/backup is corrupted", dict(backup, priority="3"))],
+                6900)]
+    for entries, now in windows:
+        expected = [(a.detector, a.labels, a.score, a.summary) for a in detector.score(entries, now)]
+        assert [(a.detector, a.labels, a.score, a.summary) for a in restored.score(entries, now)] == expected
+        assert "log_sequence" in {e[0] for e in expected}
 
 
 def test_detector_without_history_still_scores():

@@ -3,16 +3,21 @@ test server, metric families, incidents behind GET /api/v1/anomalies, model stor
 outage."""
 from __future__ import annotations
 
+import base64
 import json
+import logging
+import pickle
 
 import pytest
 import requests
 
 from detector.api import create_app
 from detector.config import parse_config
+from detector.logs.detector import LogDetector
 from detector.logs.plugin import LogPlugin
+from detector.persistence import MemoryPersistence
 from detector.plugins import build_service
-from detector.store import MemoryPersistence, ModelStore
+from detector.store import ModelStore
 from harness.loki_standin import LokiTestServer
 from harness.processes import free_port
 
@@ -23,7 +28,7 @@ def line(t, message, **labels):
     return {"stream": labels, "values": [[str(int(t * 1e9)), message]]}
 
 
-def journal(t, message, unit="cron.rig.service", identifier="CRON", priority="6"):
+def journal(t, message, unit="cron.service", identifier="CRON", priority="6"):
     return line(t, message, job="systemd-journal", unit=unit, identifier=identifier, priority=priority,
                 transport="syslog")
 
@@ -34,7 +39,7 @@ def _push(server, *streams):
 
 
 class Rig:
-    """`serve`'s rig.service with the log side on, over a clock the test moves."""
+    """`serve`'s service with the log side on, over a clock the test moves."""
 
     def __init__(self, loki_url, store=None, logs=None, step="60s"):
         config = parse_config({"loki": {"url": loki_url, "retries": 0, "timeout": 2},
@@ -62,7 +67,7 @@ class Rig:
 def loki():
     with LokiTestServer() as server:
         streams = [journal(T0 - 7200 + k * 30, f"(root) CMD (run-parts /etc/cron.d job{k % 3})") for k in range(240)]
-        streams += [journal(T0 + 30, "nvidia-smi: GPU 0000:02:00.0 fatal error: device lost", "gpu-check.rig.service",
+        streams += [journal(T0 + 30, "nvidia-smi: GPU 0000:02:00.0 fatal error: device lost", "gpu-check.service",
                             "gpu-check", "3")]
         streams += [line(T0 + 40, "NVRM: Xid (PCI:0000:02:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen "
                                   "off the bus.", job="systemd-journal", identifier="kernel", priority="4",
@@ -88,7 +93,7 @@ def test_fit_score_publish_and_restart(loki):
     samples = families["rigwatch_log_anomaly_score"].samples
     xid = [s for s in samples if s.labels.get("pattern") == "nvidia_xid"]
     assert xid and xid[0].value > 1 and xid[0].labels["detector"] == "log_pattern"
-    assert any(s.labels.get("unit") == "gpu-check.rig.service" and s.value > 1 for s in samples)
+    assert any(s.labels.get("unit") == "gpu-check.service" and s.value > 1 for s in samples)
     assert families["rigwatch_log_novel_templates"].samples[0].value >= 2  # counter: name without _total
     assert {s.labels["template_id"] for s in families["rigwatch_log_template_rate"].samples}
     client = create_app(rig.service).test_client()
@@ -96,7 +101,7 @@ def test_fit_score_publish_and_restart(loki):
     assert any("Xid 79" in a["summary"] for a in body["anomalies"]), body
     assert client.get("/api/v1/anomalies?detector=log_nonsense").status_code == 404
 
-    # restart: a fresh rig.service on the same store loads the model and templates, no refit needed
+    # restart: a fresh service on the same store loads the model and templates, no refit needed
     templates = rig.logs.detector.miner_.templates()
     rig2 = Rig(loki.url, store)
     assert rig2.logs.detector is not None and rig2.logs.detector.miner_.templates() == templates
@@ -145,7 +150,7 @@ def test_anomalies_api_explains_log_anomalies_with_template_and_example_lines(lo
     rig.score(T0 + 60)
     client = create_app(rig.service).test_client()
     body = client.get("/api/v1/anomalies?detector=log_template").get_json()
-    gpu_check = [a for a in body["anomalies"] if a["labels"].get("unit") == "gpu-check.rig.service"]
+    gpu_check = [a for a in body["anomalies"] if a["labels"].get("unit") == "gpu-check.service"]
     assert gpu_check, body
     explanation = gpu_check[0]["explanation"]
     assert "template: nvidia-smi: GPU <*> fatal error: device lost" in explanation, explanation
@@ -174,7 +179,7 @@ def test_template_rate_series_are_capped_by_config_and_novel_templates_counted()
         assert families["rigwatch_log_novel_templates"].samples[0].value == 2
         # the unit's own stream gets a score gauge, also below 1
         scores = families["rigwatch_log_anomaly_score"].samples
-        assert any(s.labels.get("detector") == "log_template" and s.labels.get("unit") == "cron.rig.service"
+        assert any(s.labels.get("detector") == "log_template" and s.labels.get("unit") == "cron.service"
                    for s in scores)
 
 
@@ -211,7 +216,7 @@ def test_restart_reads_back_the_lines_that_reached_loki_while_the_detector_was_d
     rig.fit(T0)
     rig.score(T0 + 60)
     # the detector stops; a disk error reaches Loki at T0+1000; it starts again at T0+1800
-    _push(loki, journal(T0 + 1000, "fatal: backup volume /mnt/backup is corrupted", "backup.rig.service", "backup", "3"))
+    _push(loki, journal(T0 + 1000, "fatal: backup volume /mnt/backup is corrupted", "backup.service", "backup", "3"))
     rig2 = Rig(loki.url, store)
     assert rig2.logs.last_scored == T0 + 60
     reads = []
@@ -222,7 +227,7 @@ def test_restart_reads_back_the_lines_that_reached_loki_while_the_detector_was_d
     # the backlog is read in chunks (bounded memory), each re-reading the ingestion slack
     assert len(reads) == 2 and max(reads) <= 900 + rig2.logs.ingest_slack_s, reads
     body = create_app(rig2.service).test_client().get("/api/v1/anomalies?detector=log_template").get_json()
-    backup = [a for a in body["anomalies"] if a["labels"].get("unit") == "backup.rig.service"]
+    backup = [a for a in body["anomalies"] if a["labels"].get("unit") == "backup.service"]
     assert backup, body
     # played back in steps: the incident keeps the time of the pass that would have seen it
     from detector.timefmt import parse_rfc3339
@@ -234,13 +239,13 @@ def test_restart_keeps_a_half_counted_repeat(loki):
     rig = Rig(loki.url, store)
     rig.fit(T0)
     refused = "worker: connection to database refused"
-    _push(loki, *[journal(T0 + 100 + 20 * k, refused, "worker.rig.service", "worker", "6") for k in range(3)])
+    _push(loki, *[journal(T0 + 100 + 20 * k, refused, "worker.service", "worker", "6") for k in range(3)])
     rig.score(T0 + 180)
     rig2 = Rig(loki.url, store)
-    _push(loki, *[journal(T0 + 200 + 20 * k, refused, "worker.rig.service", "worker", "6") for k in range(2)])
+    _push(loki, *[journal(T0 + 200 + 20 * k, refused, "worker.service", "worker", "6") for k in range(2)])
     rig2.score(T0 + 240)
     repeats = [a for _t, a in rig2.logs.latest.values()
-               if a.detector == "log_rate" and a.labels.get("unit") == "worker.rig.service"]
+               if a.detector == "log_rate" and a.labels.get("unit") == "worker.service"]
     assert repeats and "5 lines" in repeats[0].summary and repeats[0].score > 1, repeats
 
 
@@ -249,13 +254,13 @@ def test_an_unusable_cursor_is_ignored_and_a_long_outage_is_read_back_only_catch
     rig = Rig(loki.url, store, logs={"catch_up_s": 600})
     rig.fit(T0)
     rig.score(T0 + 60)
-    _push(loki, journal(T0 + 200, "fatal: backup volume /mnt/backup is corrupted", "backup.rig.service", "backup", "3"),
-          journal(T0 + 1500, "raid: disk sdb failed, array degraded", "mdadm.rig.service", "mdadm", "2"))
+    _push(loki, journal(T0 + 200, "fatal: backup volume /mnt/backup is corrupted", "backup.service", "backup", "3"),
+          journal(T0 + 1500, "raid: disk sdb failed, array degraded", "mdadm.service", "mdadm", "2"))
     rig2 = Rig(loki.url, store, logs={"catch_up_s": 600})
     rig2.score(T0 + 1800)  # 1740 s behind: reads back from T0+1200 only
     units = {a.labels.get("unit") for _t, a in rig2.logs.latest.values() if a.score > 1}
-    assert "mdadm.rig.service" in units and "backup.rig.service" not in units, units
-    store.p.save_state("logs/cursor.json", b"{not json")
+    assert "mdadm.service" in units and "backup.service" not in units, units
+    store.write_blob("logs/cursor.json", b"{not json")
     rig3 = Rig(loki.url, store)
     assert rig3.logs.detector is not None and rig3.logs.last_scored is None  # model kept, cursor dropped
     rig3.score(T0 + 1900)
@@ -286,3 +291,47 @@ def test_a_log_anomaly_is_an_incident_at_its_first_pass_whatever_the_step(loki):
     assert body["anomalies"][0]["summary"] == (
         "log_pattern (pattern=nvidia_xid, xid=79): NVIDIA Xid 79 on GPU at 0000:02:00.0: "
         "GPU has fallen off the bus (score 5.00)"), body  # no Prometheus here: no gpu_info to map the PCI id
+
+
+UNPICKLED: list[str] = []
+
+
+def _record_unpickling():
+    UNPICKLED.append("code ran")
+
+
+class _Tripwire:
+    """What the pickle in an old store could hold: unpickling runs code (here it only records that)."""
+
+    def __reduce__(self):
+        return (_record_unpickling, ())
+
+
+def previous_release_state() -> dict:
+    """The log state the previous release stored: a JSON string with the sequence model pickled."""
+    inner = {"version": 1, "config": {}, "miner": "{}", "line": {}, "rate": {}, "patterns": {},
+             "sequence": base64.b64encode(pickle.dumps(_Tripwire())).decode("ascii")}
+    return {"log_detector": json.dumps(inner)}
+
+
+def test_a_pickled_state_of_the_previous_release_is_refused_unread():
+    with pytest.raises(ValueError, match="previous release"):
+        LogDetector.from_state(previous_release_state())
+    assert UNPICKLED == []
+
+
+def test_a_store_of_the_previous_release_is_never_unpickled_the_log_side_refits_once(loki, caplog):
+    store = ModelStore(MemoryPersistence())
+    store.save("logs", previous_release_state(), {"training_window": {"start": T0 - 7200, "end": T0 - 60}})
+    with caplog.at_level(logging.WARNING, logger="detector.logs.plugin"):
+        rig = Rig(loki.url, store)
+    assert rig.logs.detector is None and rig.logs.needs_fit(T0)
+    assert "stored log model v1 not usable" in caplog.text and "previous release" in caplog.text
+    rig.fit(T0)  # refits, and stores the new format
+    assert store.versions("logs") == [1, 2] and UNPICKLED == []
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detector.logs.plugin"):
+        rig2 = Rig(loki.url, store)
+    assert rig2.logs.detector is not None and "not usable" not in caplog.text
+    rig2.fit(T0 + 120)  # the refit model is recent: no second refit
+    assert store.versions("logs") == [1, 2] and UNPICKLED == []

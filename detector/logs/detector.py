@@ -1,10 +1,10 @@
 """LogDetector: the facade that turns log entries into log anomalies on rigwatch's score convention.
 
-    detector = LogDetector(config, persistence=FilePersistence(".../templates.json"))
+    detector = LogDetector(config, persistence=FilePersistence(state_dir))  # templates in state_dir/templates.json
     detector.fit(training_entries)            # mine templates, learn frequencies, rates, mixes
     results = detector.score(new_entries, now)  # every call gets only entries it has not seen
     anomalies = [r for r in results if r.score > 1]
-    blob = detector.get_state(); LogDetector.from_state(blob, persistence=...)  # survive restarts
+    state = detector.get_state(); LogDetector.from_state(state, persistence=...)  # survive restarts
 
 Detectors (the `detector` label):
   log_pattern   known critical patterns (Xid, OOM kill, restart loops, brute force...)   patterns.py
@@ -20,16 +20,15 @@ templates, so one Xid line is one anomaly with a readable summary.
 """
 from __future__ import annotations
 
-import base64
+import copy
 import json
-import pickle
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from detector.logs.journal import LogEntry, read_log_file
-from detector.logs.miner import MinerConfig, StatePersistence, TemplateMiner
+from detector.logs.miner import MinerConfig, TemplateMiner
 from detector.logs.patterns import PatternConfig, PatternTracker
 from detector.logs.scoring import (
     _KEYWORD_RE,
@@ -39,8 +38,11 @@ from detector.logs.scoring import (
     SequenceModel,
     trouble_keywords,
 )
+from detector.persistence import Persistence
 
-STATE_VERSION = 1
+# 2: a document of JSON-able values and numpy arrays (the sequence model's forest as arrays); 1 was
+# a JSON string with a pickled scikit-learn forest, never read again
+STATE_VERSION = 2
 INCIDENT_LABELS = ("container", "unit", "gpu", "xid", "pattern", "source_ip", "job", "identifier",
                    "template_id")
 
@@ -134,10 +136,12 @@ def _who(labels: dict[str, str]) -> str:
 
 class LogDetector:
     def __init__(self, config: LogDetectorConfig | dict | None = None,
-                 persistence: StatePersistence | None = None, gpu_by_pci: dict[str, str] | None = None):
+                 persistence: Persistence | None = None, gpu_by_pci: dict[str, str] | None = None,
+                 state_name: str = "templates.json"):
         self.config = config
-        self.persistence = persistence
+        self.persistence = persistence  # where the miner keeps its templates, under `state_name`
         self.gpu_by_pci = gpu_by_pci
+        self.state_name = state_name
 
     # -- helpers --------------------------------------------------------------------------------
     @property
@@ -166,7 +170,7 @@ class LogDetector:
     def fit(self, entries: Iterable[LogEntry]) -> LogDetector:
         config = self._config
         entries = sorted(entries, key=lambda e: e.ts)
-        self.miner_ = TemplateMiner(MinerConfig(**config.miner), self.persistence)
+        self.miner_ = TemplateMiner(MinerConfig(**config.miner), self.persistence, self.state_name)
         self.patterns_ = PatternTracker(PatternConfig(**config.patterns), self.gpu_by_pci)
         self.stream_labels_ = {}
         ids, events = [], []
@@ -382,15 +386,17 @@ class LogDetector:
         return dict(self.template_rates_)
 
     # -- persistence ----------------------------------------------------------------------------
-    def get_state(self) -> bytes:
-        """Everything needed to resume without refitting (templates included), as bytes for the store."""
-        state = {
+    def get_state(self) -> dict:
+        """Everything needed to resume without refitting (templates included): JSON-able values and
+        numpy arrays, which the model store writes as they are (detector.store.pack_state). A copy:
+        the detector goes on learning (stream labels, counts) after the snapshot is taken."""
+        return copy.deepcopy({
             "version": STATE_VERSION,
             "config": asdict(self._config),
-            "miner": self.miner_.to_bytes().decode("utf-8"),
+            "miner": self.miner_.get_state(),
             "line": self.line_.get_state(),
             "rate": self.rate_.get_state(),
-            "sequence": base64.b64encode(pickle.dumps(self.sequence_)).decode("ascii"),
+            "sequence": self.sequence_.get_state() if self.sequence_ is not None else None,
             "patterns": self.patterns_.get_state(),
             "trained_templates": self.trained_templates_,
             "top_templates": self.top_templates_,
@@ -398,8 +404,7 @@ class LogDetector:
             "novel_templates_total": self.novel_templates_total_,
             "fit_range": list(self.fit_range_),
             "lines_trained": self.lines_trained_,
-        }
-        return json.dumps(state, ensure_ascii=False).encode("utf-8")
+        })
 
     def get_runtime_state(self) -> dict:
         """What scoring has learned since the fit (online template counts, the recent window, repeat
@@ -439,23 +444,32 @@ class LogDetector:
         return self
 
     @classmethod
-    def from_state(cls, data: bytes, persistence: StatePersistence | None = None,
-                   gpu_by_pci: dict[str, str] | None = None) -> LogDetector:
-        """Restore from get_state(). When `persistence` holds miner state (saved after every scoring
-        call), it is newer than the blob and wins."""
+    def from_state(cls, state: dict, persistence: Persistence | None = None,
+                   gpu_by_pci: dict[str, str] | None = None, state_name: str = "templates.json") -> LogDetector:
+        """Restore from get_state() (also after the store's pack_state/unpack_state). When
+        `persistence` holds miner state under `state_name` (saved after every scoring call), it is
+        newer than the document and wins.
+
+        The previous release's state, {"log_detector": "<JSON with a base64 pickle>"}, is refused
+        with a ValueError without being decoded: unpickling runs whatever the bytes say, and the
+        service refits instead."""
+        if not isinstance(state, dict):
+            raise ValueError(f"corrupt log detector state: a {type(state).__name__}, not a document")
+        if "log_detector" in state:
+            raise ValueError("log detector state of a previous release (a pickled model) is not loaded")
+        state = copy.deepcopy(state)  # the detector goes on learning in what it restores (stream labels)
         try:
-            state = json.loads(data.decode("utf-8"))
             if state.get("version") != STATE_VERSION:
                 raise ValueError(f"unsupported log detector state version {state.get('version')!r}")
-            detector = cls(LogDetectorConfig(**state["config"]), persistence, gpu_by_pci)
+            detector = cls(LogDetectorConfig(**state["config"]), persistence, gpu_by_pci, state_name)
             config = detector._config
-            detector.miner_ = TemplateMiner(MinerConfig(**config.miner), persistence)
+            detector.miner_ = TemplateMiner(MinerConfig(**config.miner), persistence, state_name)
             if persistence is None or not detector.miner_.load():
-                detector.miner_.from_bytes(state["miner"].encode("utf-8"))
+                detector.miner_.set_state(state["miner"])
             detector.line_ = LineScorer().set_state(state["line"])
             detector.rate_ = RateModel(config.window_s, config.rate_sigmas, config.rate_min_excess,
                                        config.silence_min, peak_factor=config.rate_peak_factor).set_state(state["rate"])
-            detector.sequence_ = pickle.loads(base64.b64decode(state["sequence"]))
+            detector.sequence_ = None if state["sequence"] is None else SequenceModel.from_state(state["sequence"])
             detector.patterns_ = PatternTracker(PatternConfig(**config.patterns), gpu_by_pci)
             detector.patterns_.set_state(state["patterns"])
             detector.trained_templates_ = state["trained_templates"]
@@ -464,7 +478,7 @@ class LogDetector:
             detector.novel_templates_total_ = int(state["novel_templates_total"])
             detector.fit_range_ = tuple(state["fit_range"])
             detector.lines_trained_ = int(state["lines_trained"])
-        except (KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"corrupt log detector state: {e}") from e
         detector._new_runtime()
         return detector

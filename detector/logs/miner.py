@@ -24,14 +24,11 @@ not thread-safe: one owner calls it.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
-from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from detector.logs.masking import PLACEHOLDER, Masker
+from detector.persistence import Persistence
 
 STATE_VERSION = 1
 
@@ -76,62 +73,15 @@ class _Cluster:
     template: str = field(default="", repr=False)
 
 
-class StatePersistence(ABC):
-    """Where the miner state lives (a file, the model store, memory)."""
-
-    @abstractmethod
-    def save_state(self, state: bytes) -> None: ...
-
-    @abstractmethod
-    def load_state(self) -> bytes | None: ...
-
-
-class MemoryPersistence(StatePersistence):
-    def __init__(self) -> None:
-        self.state: bytes | None = None
-
-    def save_state(self, state: bytes) -> None:
-        self.state = state
-
-    def load_state(self) -> bytes | None:
-        return self.state
-
-
-class FilePersistence(StatePersistence):
-    """A file written atomically (temp file + ``os.replace``): a crash mid-save keeps the old one."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-
-    def save_state(self, state: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(state)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-
-    def load_state(self) -> bytes | None:
-        try:
-            return self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-
-
 class TemplateMiner:
-    """Facade: ``add`` learns, ``match`` only looks up, ``save``/``load`` go through persistence."""
+    """Facade: ``add`` learns, ``match`` only looks up, ``save``/``load`` write and read the one blob
+    ``state_name`` of ``persistence``."""
 
-    def __init__(self, config: MinerConfig | None = None, persistence: StatePersistence | None = None):
+    def __init__(self, config: MinerConfig | None = None, persistence: Persistence | None = None,
+                 state_name: str = "templates.json"):
         self.config = config or MinerConfig()
         self.persistence = persistence
+        self.state_name = state_name
         self._masker = Masker(self.config.extra_masks, self.config.mask_kinds)
         self._clusters: dict[str, _Cluster] = {}
         self._groups: dict[tuple, list[_Cluster]] = {}
@@ -201,19 +151,19 @@ class TemplateMiner:
 
     # -- persistence ------------------------------------------------------------------------
 
-    def to_bytes(self) -> bytes:
-        state = {
+    def get_state(self) -> dict:
+        """The templates, ids and aliases as a JSON-able document."""
+        return {
             "version": STATE_VERSION,
             "config": asdict(self.config),
             "next_id": self._next_id,
             "clusters": [[c.id, c.tokens, c.size] for c in self._ordered()],
-            "aliases": self._aliases,
+            "aliases": dict(self._aliases),
         }
-        return json.dumps(state, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
-    def from_bytes(self, data: bytes) -> None:
+    def set_state(self, state: dict) -> None:
+        """Restore get_state(); a document of another version or shape is a ValueError."""
         try:
-            state = json.loads(data.decode("utf-8"))
             version = state["version"]
             if version != STATE_VERSION:
                 raise ValueError(f"unsupported miner state version {version!r}")
@@ -222,7 +172,7 @@ class TemplateMiner:
             ]
             aliases = {str(k): str(v) for k, v in state["aliases"].items()}
             next_id = int(state["next_id"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"corrupt miner state: {exc}") from exc
         self._clusters, self._groups, self._by_length, self._cache = {}, {}, {}, {}
         self._families, self._skeletons = {}, {}
@@ -231,16 +181,26 @@ class TemplateMiner:
         self._aliases = aliases
         self._next_id = next_id
 
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.get_state(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def from_bytes(self, data: bytes) -> None:
+        try:
+            state = json.loads(data.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"corrupt miner state: {exc}") from exc
+        self.set_state(state)
+
     def save(self) -> None:
         if self.persistence is None:
             raise RuntimeError("TemplateMiner has no persistence to save to")
-        self.persistence.save_state(self.to_bytes())
+        self.persistence.save_state(self.state_name, self.to_bytes())
 
     def load(self) -> bool:
         """Restore the saved state; False (and an empty miner) when nothing was saved yet."""
         if self.persistence is None:
             raise RuntimeError("TemplateMiner has no persistence to load from")
-        data = self.persistence.load_state()
+        data = self.persistence.load_state(self.state_name)
         if data is None:
             return False
         self.from_bytes(data)

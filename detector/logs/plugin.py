@@ -26,11 +26,10 @@ from detector.incidents import IncidentPolicy
 from detector.logs.backtest import gpu_map_from_prometheus, run_journal_backtest
 from detector.logs.detector import INCIDENT_LABELS, LogDetector, LogDetectorConfig
 from detector.logs.loki import LokiClient, LokiError
-from detector.logs.miner import StatePersistence
 from detector.plugin import BacktestPart, DetectorPlugin, ScorePass
 from detector.promclient import PromClient
 from detector.scores import ScoreBatch
-from detector.store import ModelStore
+from detector.store import BlobPersistence, ModelStore
 
 log = logging.getLogger(__name__)
 STORE_NAME = "logs"
@@ -40,21 +39,9 @@ DETECTOR_NAMES = ("log_pattern", "log_template", "log_rate", "log_sequence")
 EVENT_POLICY = IncidentPolicy(min_duration=0.0, merge_gap=60.0)
 
 
-class StoreTemplatePersistence(StatePersistence):
-    """The miner's template state as one atomic file in the model store, saved after every scoring
-    step so a restart keeps templates learned since the last fit."""
-
-    def __init__(self, persistence, name: str = f"{STORE_NAME}/templates.json"):
-        self.persistence = persistence
-        self.name = name
-
-    def save_state(self, state: bytes) -> None:
-        self.persistence.save_state(self.name, state)
-
-    def load_state(self) -> bytes | None:
-        return self.persistence.load_state(self.name)
-
-
+# The miner's templates: one atomic blob in the model store, saved after every scoring step so a
+# restart keeps templates learned since the last fit.
+TEMPLATES_NAME = f"{STORE_NAME}/templates.json"
 CURSOR_NAME = f"{STORE_NAME}/cursor.json"
 CURSOR_VERSION = 1
 
@@ -97,7 +84,7 @@ class LogPlugin(DetectorPlugin):
         self.catch_up_s = self.config.catch_up_s
         self.catch_up_chunk_s = 900.0  # a backlog is read from Loki this much at a time
         self.fitted_at: float | None = None
-        self.templates = StoreTemplatePersistence(store.p) if store is not None else None
+        self.templates = BlobPersistence(store) if store is not None else None
         self.detector: LogDetector | None = None
         self.last_scored: float | None = None
         self.latest: dict[tuple, tuple[float, Any]] = {}  # (detector, labels) -> (t, LogAnomaly)
@@ -129,7 +116,7 @@ class LogPlugin(DetectorPlugin):
         if stored is None:
             return 0
         try:
-            self.detector = LogDetector.from_state(stored.state["log_detector"].encode("utf-8"), self.templates)
+            self.detector = LogDetector.from_state(stored.state, self.templates, state_name=TEMPLATES_NAME)
             self.fitted_at = float(stored.metadata.get("training_window", {}).get("end") or 0) or None
         except (KeyError, ValueError, AttributeError) as e:
             log.warning("stored log model v%s not usable (%s): will refit", stored.version, e)
@@ -141,7 +128,7 @@ class LogPlugin(DetectorPlugin):
     def _load_cursor(self) -> None:
         """Resume from the saved cursor when it belongs to the loaded fit (template ids are the fit's);
         a cursor of another fit still says where scoring stopped, but its runtime state is dropped."""
-        raw = self.store.p.load_state(CURSOR_NAME)
+        raw = self.store.read_blob(CURSOR_NAME)
         if raw is None:
             return
         try:
@@ -165,7 +152,7 @@ class LogPlugin(DetectorPlugin):
         cursor = {"version": CURSOR_VERSION, "fitted_at": self.fitted_at, "last_scored": self.last_scored,
                   "runtime": self.detector.get_runtime_state(), "seen": sorted(self._seen)}
         try:
-            self.store.p.save_state(CURSOR_NAME, json.dumps(cursor).encode("utf-8"))
+            self.store.write_blob(CURSOR_NAME, json.dumps(cursor).encode("utf-8"))
         except OSError as e:  # a full disk must not stop scoring; the next pass tries again
             log.error("saving the log scoring cursor failed: %s", e)
 
@@ -201,11 +188,11 @@ class LogPlugin(DetectorPlugin):
         if entries is None:
             log.warning("log fit skipped: Loki unreachable (retried at the next fit)")
             return False
-        detector = LogDetector(self.config, persistence=self.templates).fit(entries)
+        detector = LogDetector(self.config, persistence=self.templates, state_name=TEMPLATES_NAME).fit(entries)
         self._refresh_gpu_map(detector)
         metadata = {"training_window": {"start": now - self.lookback_s, "end": now}, "lines": len(entries),
                     "templates": len(detector.miner_.templates()), "params": self.config.__dict__}
-        self.store.save(STORE_NAME, {"log_detector": detector.get_state().decode("utf-8")}, metadata)
+        self.store.save(STORE_NAME, detector.get_state(), metadata)
         with self._lock:
             self.detector = detector
             self.fitted_at = now

@@ -7,8 +7,8 @@ Three models, each usable on its own (scikit-learn style: __init__ stores parame
   where that severity is news for the template (training did not show the template at that level).
 - RateModel: lines per window per key (a stream or a template) against a robust baseline, with an
   hour-of-day profile once training covers two days: bursts, and silence of a chatty key.
-- SequenceModel: an Isolation Forest over windows of template counts, for unusual mixes of
-  otherwise ordinary lines.
+- SequenceModel: an Isolation Forest (detector.models.iforest's, so its state is plain arrays) over
+  windows of template counts, for unusual mixes of otherwise ordinary lines.
 The keyword and level lists below were fixed from general knowledge of system logs before any
 labelled data was looked at; they are not tuned on a benchmark.
 """
@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from detector.logs.windows import SlidingWindows
+from detector.models.iforest import IsolationForestModel
 
 # Words of trouble in system and application logs (whole words, case-insensitive).
 TROUBLE_KEYWORDS = (
@@ -238,7 +239,9 @@ class SequenceModel:
     at five times its usual count, or a usual one gone) isolates no faster than the training's own
     extremes. A range check covers that: per column, the distance outside the training [min, max] in
     sqrt-count space (where Poisson noise has sd 1/2), in units of `range_sigmas` * 1/2. The `other`
-    column is left out of the range check: lines of new templates are the line scorer's to judge."""
+    column is left out of the range check: lines of new templates are the line scorer's to judge.
+
+    The forest is detector.models.iforest's: its state is numpy arrays, so get_state() needs no pickle."""
 
     def __init__(self, vocabulary_size: int = 100, n_estimators: int = 100,
                  calibration_quantile: float = 1.0, calibration_margin: float = 1.25,
@@ -259,8 +262,6 @@ class SequenceModel:
         return np.log1p(matrix)
 
     def fit(self, windows: Sequence[Counter]) -> SequenceModel:
-        from sklearn.ensemble import IsolationForest  # heavy import, only when a model is fitted
-
         total = Counter()
         for counts in windows:
             total.update(counts)
@@ -272,7 +273,10 @@ class SequenceModel:
         matrix = self._matrix(windows)
         roots = np.sqrt(np.expm1(matrix))
         self.low_, self.high_ = roots.min(axis=0), roots.max(axis=0)
-        self.forest_ = IsolationForest(n_estimators=self.n_estimators, random_state=self.random_state)
+        # max_samples=256 subsamples min(256, windows) per tree: scikit-learn's default, which the
+        # sequence calibration was chosen with
+        self.forest_ = IsolationForestModel(n_estimators=self.n_estimators, max_samples=256,
+                                            random_state=self.random_state)
         self.forest_.fit(matrix)
         raw = -self.forest_.score_samples(matrix)
         self.center_ = float(np.median(raw))
@@ -290,6 +294,30 @@ class SequenceModel:
         outside = np.maximum(roots - self.high_, self.low_ - roots).clip(min=0.0)
         outside[:, -1] = 0.0  # templates new to the vocabulary are the line scorer's to judge
         return np.maximum(forest, outside.max(axis=1) / (self.range_sigmas * 0.5))
+
+    def get_state(self) -> dict:
+        """Parameters and fitted state: JSON-able values and numpy arrays (the model store's npz)."""
+        state = {"params": {"vocabulary_size": self.vocabulary_size, "n_estimators": self.n_estimators,
+                            "calibration_quantile": self.calibration_quantile,
+                            "calibration_margin": self.calibration_margin, "range_sigmas": self.range_sigmas,
+                            "random_state": self.random_state},
+                 "vocabulary": list(self.vocabulary_), "forest": None}
+        if self.forest_ is not None:
+            state.update(forest=self.forest_.get_state(), low=self.low_, high=self.high_, center=self.center_,
+                         spread=self.spread_)
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict) -> SequenceModel:
+        model = cls(**state["params"])
+        model.vocabulary_ = [str(t) for t in state["vocabulary"]]
+        model.index_ = {t: i for i, t in enumerate(model.vocabulary_)}
+        model.forest_ = None
+        if state["forest"] is not None:
+            model.forest_ = IsolationForestModel.from_state(state["forest"])
+            model.low_, model.high_ = np.asarray(state["low"], float), np.asarray(state["high"], float)
+            model.center_, model.spread_ = float(state["center"]), float(state["spread"])
+        return model
 
 
 class RepeatTracker:

@@ -14,7 +14,8 @@ import csv
 import sys
 from pathlib import Path
 
-from detector.logs.miner import FilePersistence, TemplateMiner
+from detector.logs.miner import TemplateMiner
+from detector.persistence import FilePersistence
 
 HEADER = ("line", "template_id", "template")
 
@@ -39,8 +40,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    persistence = FilePersistence(args.state) if args.state else None
-    miner = TemplateMiner(persistence=persistence)
+    persistence, state_name = None, "templates.json"
+    if args.state:  # the state file is one blob, named by its file name, in its directory
+        persistence, state_name = FilePersistence(Path(args.state).parent), Path(args.state).name
+    miner = TemplateMiner(persistence=persistence, state_name=state_name)
     if persistence is not None:
         try:
             miner.load()

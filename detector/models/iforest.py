@@ -1,4 +1,5 @@
-"""Isolation Forest over joint per-GPU features, with explanations and a calibrated score.
+"""Isolation Forest over joint per-GPU features, with explanations and a calibrated score; also the
+forest of the log side's SequenceModel (windows of template counts), through fit(X)/score_samples(X).
 
 Written in numpy rather than wrapping scikit-learn's IsolationForest for two reasons: the model
 store wants state as plain arrays (a forest here is five (trees, nodes) arrays), and explanations
