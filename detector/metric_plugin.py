@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +102,6 @@ class MetricPlugin(DetectorPlugin):
 
     def series_tracked(self) -> int:
         return sum(len(d.series) for d in self.detectors.values())
-
-    def families(self) -> Iterable:
-        return ()
 
     # -- stored models ------------------------------------------------------------------------
     def load(self) -> int:
