@@ -168,9 +168,9 @@ class MetricPlugin(DetectorPlugin):
         sched = self.config.schedule
         # never fitted (Prometheus was down at start-up) or a series still on its fallback model:
         # fit now rather than at the next regular fit hours away
-        early = {n for n, d in self.detectors.items()
-                 if (d.last_fit is None and not d.series)
-                 or (d.last_fit is not None and d.needs_early_refit() and now - d.last_fit >= sched.fallback_refit)}
+        early = set(self.models_missing()) | {
+            n for n, d in self.detectors.items()
+            if d.last_fit is not None and d.needs_early_refit() and now - d.last_fit >= sched.fallback_refit}
         if early:
             self.fit(now, only=early)
         end = self._grid_end(now)

@@ -83,7 +83,8 @@ class DetectorPlugin(ABC):
     def backtest(self, start: float, end: float, *, threshold: float, plot_dir: str | None = None,
                  progress=None) -> BacktestPart:
         """Replay [start, end] as the service would: fit on what came before, score causally.
-        `progress.update(hours)` is called as replayed hours go by (see `backtest_hours`)."""
+        `progress` (a tqdm bar, or None) gets `update(hours)` as replayed hours go by (see
+        `backtest_hours`) and may get `set_postfix_str(detector)`."""
 
     def incident_policy(self) -> dict[str, IncidentPolicy]:
         """Per detector, how its anomalous scores merge into incidents (default: IncidentPolicy())."""

@@ -10,19 +10,19 @@ def _fail(binary: str):
     pytest.fail(f"{binary} not found: run `make deps` (Debian package) before the integration tests", pytrace=False)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item):  # fixtures that start Prometheus or backfill with promtool
+def _fail_on_missing_binary():
     try:
         return (yield)
     except MissingBinary as e:
         missing = e.name
     _fail(missing)  # outside the except: the failure is the message alone
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):  # fixtures that start Prometheus or backfill with promtool
+    return (yield from _fail_on_missing_binary())
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
-    try:
-        return (yield)
-    except MissingBinary as e:
-        missing = e.name
-    _fail(missing)  # outside the except: the failure is the message alone
+    return (yield from _fail_on_missing_binary())

@@ -77,7 +77,7 @@ class LogPlugin(DetectorPlugin):
         self.health = health or SourceHealth()
         self.journal_file = journal_file
         schedule = config.schedule
-        self.schedule = schedule
+        self.warmup_s = float(schedule.warmup)  # a backtest trains on this much before its start
         self.lookback_s = float(schedule.lookback)
         self.step_s = float(schedule.step)
         self.fit_every_s = float(schedule.fit_every)
@@ -271,7 +271,7 @@ class LogPlugin(DetectorPlugin):
         """The journal file replayed: trained on its part before start + warmup (the metric side's
         training part), then scored step by step."""
         section = run_journal_backtest(self.journal_file, logs_config=self.config, start=start, end=end,
-                                       warmup=self.schedule.warmup, threshold=threshold,
+                                       warmup=self.warmup_s, threshold=threshold,
                                        gpu_by_pci=gpu_map_from_prometheus(self.prometheus))
         incidents = section.pop("incidents")
         return BacktestPart(incidents=incidents, section=section)
