@@ -106,7 +106,7 @@ def cmd_serve(args) -> int:
     from waitress import create_server
 
     from detector.api import create_app
-    from detector.plugins import build_service
+    from detector.plugins import build_service, query_checker
 
     try:
         cfg = load_config(args.config)
@@ -121,6 +121,11 @@ def cmd_serve(args) -> int:
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         return _usage_error(f"--listen: expected HOST:PORT (got {listen!r})")
+    try:
+        # a query Prometheus refuses is a config error like any other; an unreachable one is not
+        query_checker(cfg).check(cfg)
+    except ConfigError as e:
+        return _usage_error(f"config {args.config or '<default preset>'}: {e}")
     service = build_service(cfg, config_path=args.config)
     app = create_app(service)
     # one process, several threads: a second worker process would run a second scheduler

@@ -5,8 +5,11 @@ ConfigError("detectors[3].direction: must be one of up, down, both (got 'upward'
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -17,6 +20,7 @@ import yaml
 from detector.models import FALLBACKS, FEATURE_KINDS, MODELS, RULES, make_model, model_class
 from rigwatch import durations
 
+log = logging.getLogger(__name__)
 DIRECTIONS = ("up", "down", "both")
 _NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -357,11 +361,21 @@ def apply_overrides(cfg: Config, *, prometheus_url: str | None = None, loki_url:
 
 class ConfigWatcher:
     """Hot reload: `poll()` returns a new Config when the file changed and is valid, else None.
-    An invalid edit keeps the running config (the error is returned in `last_error`)."""
 
-    def __init__(self, path: str | os.PathLike | None):
+    A change is taken only if start-up would take it: the loader's checks, then `check(config)`
+    (e.g. the queries against Prometheus; it raises ConfigError). A refused edit keeps the running
+    config; the error is logged once, kept in `last_error`, and `successful` /
+    `last_success_time` (rigwatch_detector_config_last_reload_successful / _success_timestamp_seconds,
+    Prometheus's own names) tell it. The start-up load counts as the first successful one."""
+
+    def __init__(self, path: str | os.PathLike | None, *, check: Callable[[Config], object] | None = None,
+                 clock: Callable[[], float] = time.time):
         self.path = Path(path) if path else None
+        self.check = check
+        self.clock = clock
         self.last_error: str | None = None
+        self.successful = True
+        self.last_success_time = clock()
         self._mtime = self._stat()
 
     def _stat(self) -> float | None:
@@ -376,9 +390,27 @@ class ConfigWatcher:
             return None
         self._mtime = m
         try:
-            cfg = load_config(self.path)
+            cfg = self._load()
         except ConfigError as e:
             self.last_error = str(e)
+            self.successful = False
+            log.error("config reload refused, keeping the running config: %s: %s", self.path, e)
             return None
         self.last_error = None
+        self.successful = True
+        self.last_success_time = self.clock()
+        return cfg
+
+    def _load(self) -> Config:
+        # an editor that truncates before writing leaves an empty file for a moment: never a
+        # config to run (it would drop every detector)
+        try:
+            empty = not Path(self.path).read_text().strip()
+        except OSError as e:
+            raise ConfigError(str(self.path), f"cannot read config file: {e.strerror or e}") from None
+        if empty:
+            raise ConfigError("<top>", "the file is empty (no detectors)")
+        cfg = load_config(self.path)
+        if self.check is not None:
+            self.check(cfg)
         return cfg

@@ -2,6 +2,8 @@
 
     fetch_series()  PromQL -> {series id: SeriesData} on the step grid; feature queries (multivariate
                     models, a rule's heartbeat) averaged per join key and aligned on the target's steps
+    detector_queries()  every PromQL a detector runs, by its key in the detector's config section
+    DetectorQueryError  one of them refused by Prometheus, naming which
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 
 from detector.config import DetectorConfig
 from detector.models import kind_class
-from detector.promclient import PromClient, Series
+from detector.promclient import PromClient, PromError, PromQueryError, Series
 from detector.scores import series_id
 
 
@@ -37,6 +39,38 @@ def feature_queries(det: DetectorConfig) -> dict[str, str | None]:
     return dict(det.features)
 
 
+def _feature_key(det: DetectorConfig, fname: str) -> str:
+    """A feature query's key in the detector's config section."""
+    return "heartbeat" if kind_class(det.kind).heartbeat else f"features.{fname}"
+
+
+def detector_queries(det: DetectorConfig) -> dict[str, str]:
+    """Every query the detector runs, keyed as in its config section: `query`, `features.NAME`,
+    `heartbeat`."""
+    extra = {_feature_key(det, fname): q for fname, q in feature_queries(det).items() if q}
+    return {"query": det.query, **extra}
+
+
+class DetectorQueryError(PromError):
+    """Prometheus refused one of a detector's queries: the detector's fault, not the source's.
+    A PromError still, so a caller that only knows PromError (a backtest) reports it as before."""
+
+    def __init__(self, detector: str, key: str, error: PromQueryError):
+        super().__init__(f"{detector}: {key} refused by prometheus ({error.error_type}): {error.reason}",
+                         status=error.status, error_type=error.error_type, reason=error.reason)
+        self.detector = detector
+        self.key = key  # `query`, `features.NAME` or `heartbeat` within the detector's section
+        self.error = error
+
+
+def _query_range(client: PromClient, det: DetectorConfig, key: str, promql: str, start: float, end: float,
+                 step: float) -> list[Series]:
+    try:
+        return client.query_range(promql, start, end, step)
+    except PromQueryError as e:
+        raise DetectorQueryError(det.name, key, e) from None
+
+
 def _align(target_t: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
     out = np.full(len(target_t), np.nan)
     if len(t) == 0 or len(target_t) == 0:
@@ -59,15 +93,17 @@ def fetch_series(client: PromClient, det: DetectorConfig, start: float, end: flo
     Feature queries (multivariate models, the vanish rule's heartbeat) are averaged per join key
     (e.g. several fans of one GPU) and aligned on the target's timestamps. `grid=True` reindexes each
     series onto the full step grid with NaN where Prometheus had nothing (the vanish rule needs to see
-    the steps where a series is gone); None does what the detector's kind needs (a heartbeat rule)."""
+    the steps where a series is gone); None does what the detector's kind needs (a heartbeat rule).
+    A query Prometheus refuses raises DetectorQueryError naming it; an unavailable source, PromError."""
     heartbeat = kind_class(det.kind).heartbeat
     if grid is None:
         grid = heartbeat
-    main = client.query_range(det.query, start, end, step)
+    main = _query_range(client, det, "query", det.query, start, end, step)
     queries = feature_queries(det)
     names = list(queries)
-    feats: dict[str, list[Series]] = {fname: client.query_range(fq, start, end, step) if fq else []
-                                      for fname, fq in queries.items()}
+    feats: dict[str, list[Series]] = {
+        fname: _query_range(client, det, _feature_key(det, fname), fq, start, end, step) if fq else []
+        for fname, fq in queries.items()}
     by_key: dict[str, dict[tuple, list[Series]]] = {}
     for fname, sers in feats.items():
         d: dict[tuple, list[Series]] = {}

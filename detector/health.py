@@ -44,3 +44,33 @@ class SourceHealth:
     def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
         with self._lock:
             return dict(self._up), dict(self._errors)
+
+
+class QueryHealth:
+    """Per detector: is Prometheus accepting its queries, and how many it refused.
+
+    A refused query (a typo such as `rate(x[5m`, a feature query gone wrong) pauses only its own
+    detector; the source stays up. The plugin publishes this as rigwatch_detector_query_ok /
+    rigwatch_detector_query_errors_total{detector}."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._failing: dict[str, str] = {}  # detector -> the key of its refused query
+        self._errors: dict[str, int] = {}
+
+    def refused(self, detector: str, key: str) -> None:
+        with self._lock:
+            self._failing[detector] = key
+            self._errors[detector] = self._errors.get(detector, 0) + 1
+
+    def answered(self, detector: str) -> None:
+        with self._lock:
+            self._failing.pop(detector, None)
+
+    def failing(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._failing)
+
+    def errors(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._errors)

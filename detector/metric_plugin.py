@@ -3,6 +3,10 @@
     fit     every schedule.fit_every: each detector fitted on its lookback window, saved to the store
     score   every schedule.step: only what no model has seen yet; a detector never fitted (Prometheus
             down at start-up) or with series still on their fallback is refitted first
+    a query Prometheus refuses pauses only its own detector (rigwatch_detector_query_ok 0, its
+            errors counted, a log line naming `detectors[N].<key>`); the others go on, the source
+            stays up, and the paused one is retried every pass: fixing its data brings it back.
+            Only an unavailable source (transport errors, 5xx) ends a pass.
     backtest  each detector's data for the whole range fetched once, then replayed: the first fit at
             start + schedule.warmup, a refit every fit_every over the lookback window, every point
             scored once, in order, by the model fitted before it (causal)
@@ -12,14 +16,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from detector.config import Config, DetectorConfig
-from detector.fetch import SeriesData, fetch_series
-from detector.health import SourceHealth
+from detector.fetch import DetectorQueryError, SeriesData, fetch_series
+from detector.health import QueryHealth, SourceHealth
 from detector.incident_plots import SeriesTrace, plot_incidents
 from detector.incidents import Incident, IncidentTracker
 from detector.metric_detector import MetricDetector
@@ -47,6 +53,7 @@ class MetricPlugin(DetectorPlugin):
         self.client = client
         self.store = store
         self.health = health or SourceHealth()
+        self.queries = QueryHealth()
         self.detectors: dict[str, MetricDetector] = {}
         self._lock = threading.RLock()
         self._build(config)
@@ -74,8 +81,25 @@ class MetricPlugin(DetectorPlugin):
     def needs_fit(self, now: float) -> bool:
         return any(d.last_fit is None for d in self.detectors.values())
 
-    def models_missing(self) -> list[str]:
+    def _never_fitted(self) -> list[str]:
         return [n for n, d in self.detectors.items() if d.last_fit is None and not d.series]
+
+    def models_missing(self) -> list[str]:
+        # a detector whose query Prometheus refuses is paused, not missing: it must not hold every
+        # other detector's readiness hostage (its own gauge and alert tell of it)
+        failing = self.queries.failing()
+        return [n for n in self._never_fitted() if n not in failing]
+
+    def families(self) -> Iterable[Metric]:
+        failing, errors = self.queries.failing(), self.queries.errors()
+        ok = GaugeMetricFamily("rigwatch_detector_query_ok", "1 if Prometheus accepted the detector's queries "
+                               "last time, 0 while it refuses one (the detector is paused)", labels=["detector"])
+        refused = CounterMetricFamily("rigwatch_detector_query_errors", "Queries of the detector that "
+                                      "Prometheus refused (bad_data, execution errors)", labels=["detector"])
+        for name in self.detector_names():
+            ok.add_metric([name], 0 if name in failing else 1)
+            refused.add_metric([name], errors.get(name, 0))
+        return (ok, refused)
 
     def reconfigure(self, config: Config) -> list[str]:
         with self._lock:
@@ -129,16 +153,32 @@ class MetricPlugin(DetectorPlugin):
         return float(np.floor((now - step / 2) / step) * step)
 
     def _fetch(self, task: str, det: MetricDetector, start: float, end: float) -> dict[str, SeriesData] | None:
-        """The detector's series over [start, end], or None while Prometheus is unavailable (the
-        outage is logged and shows in source_up; the caller ends this pass and the next one retries)."""
+        """The detector's series over [start, end]; None when Prometheus refused one of its queries
+        (recorded against this detector alone; the pass goes on). Raises PromError while Prometheus
+        is unavailable (the outage is logged and shows in source_up; the caller ends this pass and
+        the next one retries)."""
         try:
             data = fetch_series(self.client, det.cfg, start, end, self.config.schedule.step)
+        except DetectorQueryError as e:
+            self.health.set_up(SOURCE, True)  # it answered: the query is wrong, not the source
+            self.queries.refused(det.cfg.name, e.key)
+            log.error("%s %s: prometheus refuses %s (%s): %s; detector paused, retried every pass", task,
+                      det.cfg.name, self._config_key(det.cfg.name, e.key), e.error_type, e.reason)
+            return None
         except PromError as e:
             log.warning("%s %s: prometheus unavailable: %s", task, det.cfg.name, e)
             self.health.set_up(SOURCE, False)
-            return None
+            raise
         self.health.set_up(SOURCE, True)
+        if det.cfg.name in self.queries.failing():
+            log.info("%s %s: prometheus accepts its queries again; detector resumed", task, det.cfg.name)
+            self.queries.answered(det.cfg.name)
         return data
+
+    def _config_key(self, name: str, key: str) -> str:
+        """`detectors[N].<key>` of the detector in the running config."""
+        index = next((i for i, d in enumerate(self.config.detectors) if d.name == name), None)
+        return f"detectors[{index}].{key}" if index is not None else key
 
     def fit(self, now: float, only: set[str] | None = None) -> bool:
         end = self._grid_end(now)
@@ -148,9 +188,12 @@ class MetricPlugin(DetectorPlugin):
             det = self.detectors.get(name)
             if det is None:
                 continue
-            data = self._fetch("fit", det, start, end)
-            if data is None:
+            try:
+                data = self._fetch("fit", det, start, end)
+            except PromError:
                 return False
+            if data is None:
+                continue
             with self._lock:
                 det.fit(data, end)
                 meta = det.fit_metadata(data, start, end)
@@ -168,7 +211,7 @@ class MetricPlugin(DetectorPlugin):
         sched = self.config.schedule
         # never fitted (Prometheus was down at start-up) or a series still on its fallback model:
         # fit now rather than at the next regular fit hours away
-        early = set(self.models_missing()) | {
+        early = set(self._never_fitted()) | {
             n for n, d in self.detectors.items()
             if d.last_fit is not None and d.needs_early_refit() and now - d.last_fit >= sched.fallback_refit}
         if early:
@@ -182,10 +225,13 @@ class MetricPlugin(DetectorPlugin):
             start = end - sched.context
             if det.series:
                 start = max(start, min(sm.last_t for sm in det.series.values()) - sched.step)
-            data = self._fetch("score", det, start, end)
-            if data is None:
+            try:
+                data = self._fetch("score", det, start, end)
+            except PromError:
                 out.ok = False
                 break
+            if data is None:
+                continue
             with self._lock:
                 out.batches.extend(det.score(data))
         return out

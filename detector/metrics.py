@@ -86,5 +86,11 @@ class DetectorCollector:
         for det, model, version in snap.model_info:
             info.add_metric([det, model, version], 1)
         yield info
+        yield GaugeMetricFamily("rigwatch_detector_config_last_reload_successful",
+                                "1 if the last config reload was taken (a refused one keeps the running config)",
+                                value=snap.config_reload_ok)
+        yield GaugeMetricFamily("rigwatch_detector_config_last_reload_success_timestamp_seconds",
+                                "Unix time the running config was loaded (start-up or the last taken reload)",
+                                value=snap.config_reload_success_time)
         if self.extra_families is not None:
             yield from self.extra_families()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from detector.config import Config
+from detector.config import Config, ConfigWatcher
 from detector.health import SourceHealth
 from detector.logs.loki import LokiClient
 from detector.logs.plugin import LogPlugin
@@ -19,16 +19,24 @@ from detector.metric_plugin import MetricPlugin
 from detector.persistence import FilePersistence
 from detector.plugin import DetectorPlugin
 from detector.promclient import PromClient
+from detector.query_check import QueryChecker
 from detector.service import DetectorService
 from detector.store import ModelStore
 
 
-def prometheus_client(config: Config, health: SourceHealth | None = None, url: str | None = None) -> PromClient:
-    """The one Prometheus client of a process, with the configured URL, headers, timeout and retries;
-    every failed attempt is counted in `health`."""
+def prometheus_client(config: Config, health: SourceHealth | None = None, url: str | None = None,
+                      retries: int | None = None) -> PromClient:
+    """The one Prometheus client of a process, with the configured URL, headers, timeout and retries
+    (`retries` overrides them); every failed attempt is counted in `health`."""
     p = config.prometheus
-    return PromClient(url or p.url, timeout=p.timeout, retries=p.retries, headers=p.headers,
-                      on_error=health.counter("prometheus") if health is not None else None)
+    return PromClient(url or p.url, timeout=p.timeout, retries=p.retries if retries is None else retries,
+                      headers=p.headers, on_error=health.counter("prometheus") if health is not None else None)
+
+
+def query_checker(config: Config, client: PromClient | None = None) -> QueryChecker:
+    """The query check of start-up and hot reload; by default over a client that does not retry, so
+    an unreachable Prometheus delays neither."""
+    return QueryChecker(client or prometheus_client(config, retries=0))
 
 
 def serve_plugins(config: Config, *, client: PromClient, store: ModelStore,
@@ -53,9 +61,12 @@ def build_service(config: Config, *, client: PromClient | None = None, store: Mo
                   config_path: str | None = None) -> DetectorService:
     """`rigwatch-detector serve`'s service: the plugins the config turns on, sharing one store, one
     Prometheus client and one source-health record. `client`/`store`/`health` replace the configured
-    ones (a given client counts its errors wherever it was built to)."""
+    ones (a given client counts its errors wherever it was built to, and also checks reloaded
+    queries). `config_path`: hot reload of that file, refusing what start-up would refuse."""
     health = health or SourceHealth()
+    checker = query_checker(config, client)
     client = client or prometheus_client(config, health)
     store = store or ModelStore(FilePersistence(config.store_path))
+    watcher = ConfigWatcher(config_path, check=checker.check, clock=clock) if config_path else None
     return DetectorService(config, serve_plugins(config, client=client, store=store, health=health),
-                           health=health, clock=clock, config_path=config_path)
+                           health=health, clock=clock, watcher=watcher)

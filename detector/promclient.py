@@ -25,11 +25,22 @@ class PromError(Exception):
     """A Prometheus request failed for good (after retries, or a bad query that retrying cannot fix)."""
 
     def __init__(self, message: str, *, status: int | None = None, error_type: str | None = None,
-                 retryable: bool = False):
+                 retryable: bool = False, reason: str | None = None):
         super().__init__(message)
         self.status = status
         self.error_type = error_type
         self.retryable = retryable
+        self.reason = reason  # Prometheus's own "error" text, without the URL
+
+
+class PromQueryError(PromError):
+    """Prometheus answered and refused the query itself (HTTP 400 bad_data, 422 execution): the
+    query's fault, not the source's. Retrying gives the same answer and the source stays up."""
+
+
+# The answers that blame the query (https://prometheus.io/docs/prometheus/latest/querying/api/#format-overview):
+# 400 when parameters are missing or incorrect, 422 when an expression can't be executed.
+_QUERY_FAULTS = {400: "bad_data", 422: "execution"}
 
 
 @dataclass
@@ -55,7 +66,8 @@ class PromClient:
     """Thin client over the documented HTTP API (https://prometheus.io/docs/prometheus/latest/querying/api/).
 
     `session` and `sleep` are injected so tests can use `responses` and skip the backoff waits.
-    `on_error(exc)` is called for every failed attempt (the service counts them in a metric)."""
+    `on_error(exc)` is called for every failed attempt on the source (the service counts them in a
+    metric); a query Prometheus refuses raises PromQueryError at once and is not the source's error."""
 
     def __init__(self, base_url: str, *, timeout: float = 10.0, retries: int = 3, backoff: float = 0.5,
                  max_backoff: float = 8.0, session: requests.Session | None = None, sleep=time.sleep,
@@ -84,6 +96,8 @@ class PromClient:
                 last = self._parse(url, r)
                 if last is None:
                     return r.json()["data"]
+                if isinstance(last, PromQueryError):
+                    raise last
             if self.on_error is not None:
                 self.on_error(last)
             if not last.retryable or attempt == self.retries:
@@ -111,6 +125,8 @@ class PromClient:
         retryable = r.status_code >= 500 or r.status_code == 429 or (r.status_code == 200 and body is None)
         if err_type in ("timeout", "canceled", "unavailable"):
             retryable = True
+        if r.status_code in _QUERY_FAULTS and _QUERY_FAULTS[r.status_code] == err_type:
+            return PromQueryError(msg, status=r.status_code, error_type=err_type, reason=err)
         return PromError(msg, status=r.status_code, error_type=err_type, retryable=retryable)
 
     # -- API -------------------------------------------------------------------------------

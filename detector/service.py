@@ -47,11 +47,14 @@ class Snapshot:
     source_errors: dict[str, int] = field(default_factory=dict)
     series_tracked: int = 0
     model_info: tuple[tuple[str, str, str], ...] = ()
+    config_reload_ok: int = 1  # the last hot reload was taken (or there was none since start-up)
+    config_reload_success_time: float = 0.0  # when the running config was loaded
 
 
 class DetectorService:
     def __init__(self, config: Config, plugins: Sequence[DetectorPlugin], *, health: SourceHealth | None = None,
-                 clock: Callable[[], float] = time.time, config_path: str | None = None):
+                 clock: Callable[[], float] = time.time, watcher: ConfigWatcher | None = None):
+        """`watcher`: hot reload of the config file (None: the config never changes)."""
         self.config = config
         self.plugins = list(plugins)
         self.clock = clock
@@ -61,7 +64,8 @@ class DetectorService:
                 self.health.declare(source)
         self._lock = threading.RLock()
         self._reload_lock = threading.Lock()
-        self.watcher = ConfigWatcher(config_path) if config_path else None
+        self.watcher = watcher
+        self._loaded_at = clock()
         self.tracker = IncidentTracker(policy=self._policy(), step=config.schedule.step)
         self._latest: dict[tuple[str, str], ScoreSample] = {}
         self._last_success: dict[str, float] = {}
@@ -121,7 +125,10 @@ class DetectorService:
             for k in [k for k, v in self._latest.items() if v.t < horizon]:
                 del self._latest[k]
             up, errors = self.health.snapshot()
+            reload_ok, loaded_at = ((self.watcher.successful, self.watcher.last_success_time)
+                                    if self.watcher is not None else (True, self._loaded_at))
             self.snapshot = Snapshot(
+                config_reload_ok=int(reload_ok), config_reload_success_time=loaded_at,
                 scores=tuple(self._latest.values()), last_success=dict(self._last_success),
                 durations=dict(self._durations), source_up=up, source_errors=errors,
                 series_tracked=sum(p.series_tracked() for p in self.plugins),
@@ -182,9 +189,7 @@ class DetectorService:
         if self.watcher is None:
             return
         with self._reload_lock:  # two plugins' score jobs may ask at once
-            cfg = self.watcher.poll()
-            if self.watcher.last_error:
-                log.error("config reload refused, keeping the running config: %s", self.watcher.last_error)
+            cfg = self.watcher.poll()  # a refused edit is logged there, once, and kept out
             if cfg is None:
                 return
             log.info("config changed: reloading %s", cfg.source)
