@@ -4,9 +4,9 @@ Against a real Prometheus holding a few backfilled hours. The service runs in-pr
 injected clock (so "later" is a chosen time, not a sleep), the start-up checks as the real
 `rigwatch-detector serve` process.
 
-Prometheus stopped mid-run and restarted on the same port and data dir (source_up 0, errors
-counted, no crash, recovery on its own) is tests/test_detector_integration.py::
-test_serve_publishes_and_survives_prometheus_outage, which runs the real serve process through it.
+Prometheus stopped mid-run and restarted on the same port and data dir: here in-process, and with
+the real serve process in tests/test_detector_integration.py::
+test_serve_publishes_and_survives_prometheus_outage.
 """
 from __future__ import annotations
 
@@ -73,6 +73,12 @@ detectors:
   - {{name: vanished, query: timestamp(gpu_temperature_celsius), rule: series_vanished,
       heartbeat: "timestamp(gpu_up{{", params: {{max_age: 150s}}}}
 """
+
+
+def _good_config(url: str) -> str:
+    """CONFIG without its bad queries."""
+    return "\n".join(line for line in CONFIG.format(url=url).splitlines()
+                     if "typo" not in line and "vanished" not in line and "heartbeat" not in line)
 
 
 def _service(clock, *, text: str | None = None, path: Path | None = None):
@@ -221,15 +227,14 @@ def _rewrite(path: Path, text: str, tick: int) -> None:
 
 def test_hot_reload_refuses_what_start_up_refuses(prom, tmp_path, caplog):
     server, end = prom
-    now = [end - 40 * 60]
-    good = "\n".join(line for line in CONFIG.format(url=server.url).splitlines()
-                     if "typo" not in line and "vanished" not in line and "heartbeat" not in line)
+    now = [end - 10 * 60]
+    good = _good_config(server.url)
     path = tmp_path / "detector.yml"
     path.write_text(good)
     svc, api = _service(lambda: now[0], path=path)
-    assert svc.fit()
+    assert svc.fit() and not svc.readiness()[1]["models_missing"]
     assert _metric(api, "rigwatch_detector_config_last_reload_successful") == 1
-    assert _metric(api, "rigwatch_detector_config_last_reload_success_timestamp_seconds") == end - 40 * 60
+    assert _metric(api, "rigwatch_detector_config_last_reload_success_timestamp_seconds") == end - 10 * 60
     running = set(svc.detector_names())
     caplog.set_level(logging.ERROR, logger="detector.config")
 
@@ -238,7 +243,7 @@ def test_hot_reload_refuses_what_start_up_refuses(prom, tmp_path, caplog):
     svc.score()
     assert set(svc.detector_names()) == running and api.get("/readyz").status_code == 200
     assert _metric(api, "rigwatch_detector_config_last_reload_successful") == 0
-    assert _metric(api, "rigwatch_detector_config_last_reload_success_timestamp_seconds") == end - 40 * 60
+    assert _metric(api, "rigwatch_detector_config_last_reload_success_timestamp_seconds") == end - 10 * 60
 
     now[0] += STEP
     _rewrite(path, good + "\n  - {name: typo, query: 'rate(gpu_temperature_celsius[5m', model: robust_z}\n", 2)
@@ -254,3 +259,28 @@ def test_hot_reload_refuses_what_start_up_refuses(prom, tmp_path, caplog):
     assert set(svc.detector_names()) == running | {"temp2"}
     assert _metric(api, "rigwatch_detector_config_last_reload_successful") == 1
     assert _metric(api, "rigwatch_detector_config_last_reload_success_timestamp_seconds") == now[0]
+
+
+def test_prometheus_outage_is_the_sources_not_the_detectors(prom):
+    server, end = prom
+    now = [end - 10 * 60]  # the lookback clear of the duplicate power series
+    svc, api = _service(lambda: now[0], text=_good_config(server.url))
+    assert svc.fit()
+    server.stop()  # mid-run
+    try:
+        now[0] += 2 * STEP
+        assert svc.score() is False  # survived: the pass ends, nothing raises
+        assert _metric(api, "rigwatch_detector_source_up", source="prometheus") == 0
+        assert _metric(api, "rigwatch_detector_source_errors_total", source="prometheus") >= 1
+        assert api.get("/readyz").status_code == 503
+        # an outage is no detector's fault: none is paused, none counts a query error
+        for name in ("temp", "per_watt", "power"):
+            assert _metric(api, "rigwatch_detector_query_ok", detector=name) == 1
+            assert _metric(api, "rigwatch_detector_query_errors_total", detector=name) == 0
+    finally:
+        server.start()  # same port, same data dir
+    now[0] += 2 * STEP
+    assert svc.score() is True  # recovered on its own
+    assert _metric(api, "rigwatch_detector_source_up", source="prometheus") == 1
+    assert api.get("/readyz").status_code == 200
+    assert {s.detector for s in svc.snapshot.scores if s.t > now[0] - 3 * STEP} == {"temp", "per_watt", "power"}
