@@ -165,6 +165,11 @@ def write_synthetic_block(path: Path, start: int, end: int, gpus: list[dict], wo
         add("rigwatch_detector_source_errors", "counter", {**det_self, "source": source},
             lambda t: (t - start) // 3600)
     add("rigwatch_detector_series_tracked", "gauge", det_self, lambda t: 42)
+    for det in ("gpu_thermal", "gpu_power"):
+        add("rigwatch_detector_query_ok", "gauge", {**det_self, "detector": det}, lambda t: 1)
+        add("rigwatch_detector_query_errors", "counter", {**det_self, "detector": det}, lambda t: 0)
+    add("rigwatch_detector_config_last_reload_successful", "gauge", det_self, lambda t: 1)
+    add("rigwatch_detector_config_last_reload_success_timestamp_seconds", "gauge", det_self, lambda t: start)
     for det, model in (("gpu_thermal", "thermal"), ("gpu_power", "seasonal_esd")):
         add("rigwatch_detector_model_info", "gauge", {**det_self, "detector": det, "model": model, "version": "3"},
             lambda t: 1)
@@ -261,6 +266,10 @@ def test_synthetic_block_is_limited_to_contract_names(sim_prometheus):
         "rigwatch_detector_series_tracked", "rigwatch_detector_task_duration_seconds",
         "rigwatch_detector_source_errors_total", "rigwatch_detector_model_info",
         "rigwatch_log_anomaly_score", "rigwatch_log_template_rate", "rigwatch_log_novel_templates_total",
+        # added by the hardening issue: a refused query pauses its detector; a refused reload
+        "rigwatch_detector_query_ok", "rigwatch_detector_query_errors_total",
+        "rigwatch_detector_config_last_reload_successful",
+        "rigwatch_detector_config_last_reload_success_timestamp_seconds",
     }
     synthetic = {n for n in sim_prometheus.names if n.startswith("rigwatch_")}
     assert synthetic == contract
