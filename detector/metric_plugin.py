@@ -161,9 +161,11 @@ class MetricPlugin(DetectorPlugin):
             data = fetch_series(self.client, det.cfg, start, end, self.config.schedule.step)
         except DetectorQueryError as e:
             self.health.set_up(SOURCE, True)  # it answered: the query is wrong, not the source
+            # an error when the detector pauses; every pass's retry after that only at debug level
+            level = logging.DEBUG if self.queries.failing().get(det.cfg.name) == e.key else logging.ERROR
             self.queries.refused(det.cfg.name, e.key)
-            log.error("%s %s: prometheus refuses %s (%s): %s; detector paused, retried every pass", task,
-                      det.cfg.name, self._config_key(det.cfg.name, e.key), e.error_type, e.reason)
+            log.log(level, "%s %s: prometheus refuses %s (%s): %s; detector paused, retried every pass", task,
+                    det.cfg.name, self._config_key(det.cfg.name, e.key), e.error_type, e.reason)
             return None
         except PromError as e:
             log.warning("%s %s: prometheus unavailable: %s", task, det.cfg.name, e)

@@ -143,8 +143,9 @@ def test_a_refused_query_pauses_only_its_detector(prom, caplog):
     assert "vanished" in caplog.text and "detectors[4].heartbeat" in caplog.text
     assert "unavailable" not in caplog.text
 
-    svc.score()  # paused, not dropped: retried every pass
+    svc.score()  # paused, not dropped: retried every pass (logged once)
     assert _metric(api, "rigwatch_detector_query_errors_total", detector="typo") > typo_errors
+    assert caplog.text.count("detectors[1].query") == 1
 
     # later the data makes per_watt's query fail (two power series for one GPU): it alone pauses
     now[0] = end - 80 * 60
