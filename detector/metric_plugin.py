@@ -109,17 +109,13 @@ class MetricPlugin(DetectorPlugin):
             return 0
         n = 0
         for name, det in self.detectors.items():
-            mv = self.store.load_latest(name)
-            if mv is None:
-                continue
-            try:
-                det.set_state(mv.state)
-            except Exception as e:
-                log.warning("stored model for %s v%d not usable (%s): will refit", name, mv.version, e)
-                continue
-            det.version = mv.version
+            # set_state assigns only once the whole state is read: a version it refuses changes nothing
+            found = self.store.load_usable(name, lambda mv, det=det: det.set_state(mv.state))
+            if found is None:
+                continue  # nothing stored, or nothing usable: the first fit comes first
+            det.version = found[0].version
             n += 1
-            log.info("loaded %s v%d (%d series)", name, mv.version, len(det.series))
+            log.info("loaded %s v%d (%d series)", name, det.version, len(det.series))
         return n
 
     # -- live passes --------------------------------------------------------------------------

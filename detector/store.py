@@ -3,9 +3,12 @@
 Layout under the store root, one directory per detector:
     <detector>/v000007.npz    every series' model state (numpy arrays + a JSON document; no pickle)
     <detector>/v000007.json   metadata, written last: its presence commits the version
-A version is "good" when its metadata parses, names this store format and the same model
-state version, and the artifact's sha256 matches. Loading walks versions newest first and returns
-the first good one, so a crash mid-save (or a truncated file) falls back to the previous version.
+A version is "good" when its metadata is a JSON object naming this store format, the same model
+state version and its own artifact (never a path elsewhere), and the artifact's sha256 matches; it is
+"usable" when the caller's restore also accepts its state. Loading walks versions newest first and
+returns the first usable one, so a crash mid-save, a truncated or garbled file or a state the code
+cannot use falls back to the previous version (each one skipped is logged with its file): store
+content never stops a start-up. The first touch of a store removes the temp files of saves cut short.
 
 Side state that is no versioned model (the log side's scoring cursor and templates) sits beside the
 versions as plain blobs: `read_blob`/`write_blob`, or `BlobPersistence` for a component that takes a
@@ -20,9 +23,11 @@ import json
 import logging
 import platform
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,8 +36,21 @@ from detector.persistence import Persistence
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
+T = TypeVar("T")
 _VERSION_RE = re.compile(r"^v(\d{6})\.json$")
 _VERSION_FILE_RE = re.compile(r"^v\d{6}\.(json|npz)$")
+
+
+def _artifact_name(version: int) -> str:
+    return f"v{version:06d}.npz"
+
+
+def _artifact_path(detector: str, version: int) -> str:
+    return f"{detector}/{_artifact_name(version)}"
+
+
+def _metadata_path(detector: str, version: int) -> str:
+    return f"{detector}/v{version:06d}.json"
 
 
 def _is_version_file(name: str) -> bool:
@@ -131,8 +149,24 @@ class ModelStore:
         self.state_version = state_version
         self.keep = keep
         self.clock = clock
+        self._opened = False
+        self._open_lock = threading.Lock()
+
+    def open(self) -> list[str]:
+        """Remove the temp files of saves cut short (a kill -9, a power cut); the names removed.
+        The store has one writer process, so at this process's first touch of the store every temp
+        file is an orphan. Runs once per ModelStore, before its first read or write."""
+        with self._open_lock:
+            if self._opened:
+                return []
+            self._opened = True
+            removed = self.persistence.remove_temp_files()
+        for name in removed:
+            log.info("removed the orphaned temp file %s (a save cut short)", self.persistence.describe(name))
+        return removed
 
     def versions(self, detector: str) -> list[int]:
+        self.open()
         out = []
         for name in self.persistence.list_names(detector):
             # the regex is anchored: only the detector's own folder counts, not a sub-folder
@@ -149,12 +183,12 @@ class ModelStore:
         meta.update({
             "detector": detector, "version": version, "store_format": STORE_FORMAT,
             "state_version": self.state_version, "saved_at": self.clock(),
-            "artifact": f"v{version:06d}.npz", "artifact_sha256": hashlib.sha256(blob).hexdigest(),
+            "artifact": _artifact_name(version), "artifact_sha256": hashlib.sha256(blob).hexdigest(),
             "library_versions": meta.get("library_versions") or library_versions(),
         })
         # Artifact first, metadata last: the metadata file is the commit marker.
-        self.persistence.save_state(f"{detector}/v{version:06d}.npz", blob)
-        self.persistence.save_state(f"{detector}/v{version:06d}.json",
+        self.persistence.save_state(_artifact_path(detector, version), blob)
+        self.persistence.save_state(_metadata_path(detector, version),
                                     json.dumps(meta, indent=1, default=str).encode())
         self._prune(detector)
         return ModelVersion(detector, version, state, meta)
@@ -169,58 +203,104 @@ class ModelStore:
                 except OSError as e:  # an old version left behind costs disk, not correctness
                     log.warning("pruning %s v%d failed: %s", detector, v, e)
 
-    def load(self, detector: str, version: int) -> ModelVersion:
-        raw = self.persistence.load_state(f"{detector}/v{version:06d}.json")
+    def _read(self, name: str) -> bytes | None:
+        try:
+            return self.persistence.load_state(name)
+        except (OSError, ValueError) as e:  # a folder, an unreadable file, a symlink out of the store
+            raise IncompatibleVersion(f"{name} unreadable ({e})") from None
+
+    def _metadata(self, detector: str, version: int) -> dict[str, Any]:
+        """The version's metadata, checked field by field before anything is read on its word."""
+        raw = self._read(_metadata_path(detector, version))
         if raw is None:
-            raise IncompatibleVersion(f"{detector} v{version}: no metadata")
+            raise IncompatibleVersion("no metadata")
         try:
             meta = json.loads(raw)
-        except ValueError as e:
-            raise IncompatibleVersion(f"{detector} v{version}: unreadable metadata ({e})") from None
+        except ValueError as e:  # UnicodeDecodeError included
+            raise IncompatibleVersion(f"unreadable metadata ({e})") from None
+        if not isinstance(meta, dict):
+            raise IncompatibleVersion(f"metadata is a JSON {type(meta).__name__}, not an object")
         if meta.get("store_format") != STORE_FORMAT:
-            raise IncompatibleVersion(f"{detector} v{version}: store format {meta.get('store_format')} "
-                                      f"!= {STORE_FORMAT}")
+            raise IncompatibleVersion(f"store format {meta.get('store_format')!r} != {STORE_FORMAT}")
         if meta.get("state_version") != self.state_version:
-            raise IncompatibleVersion(f"{detector} v{version}: model state version "
-                                      f"{meta.get('state_version')} != {self.state_version}")
-        blob = self.persistence.load_state(f"{detector}/{meta.get('artifact', f'v{version:06d}.npz')}")
-        if blob is None or hashlib.sha256(blob).hexdigest() != meta.get("artifact_sha256"):
-            raise IncompatibleVersion(f"{detector} v{version}: artifact missing or checksum mismatch")
+            raise IncompatibleVersion(f"model state version {meta.get('state_version')!r} != {self.state_version}")
+        for key, expected in (("detector", detector), ("version", version)):
+            if key in meta and meta[key] != expected:
+                raise IncompatibleVersion(f"metadata names {key} {meta[key]!r}, not {expected!r}")
+        # a version reads its own artifact only: a name elsewhere (absolute, `..`, another version's)
+        # would make the metadata a pointer to any file
+        if meta.get("artifact", _artifact_name(version)) != _artifact_name(version):
+            raise IncompatibleVersion(f"artifact {meta['artifact']!r} is not this version's {_artifact_name(version)}")
+        if not isinstance(meta.get("artifact_sha256"), str):
+            raise IncompatibleVersion(f"artifact_sha256 {meta.get('artifact_sha256')!r} is no checksum")
+        return meta
+
+    def load(self, detector: str, version: int) -> ModelVersion:
+        """The version, or IncompatibleVersion naming the file that makes it unusable."""
+        name = _metadata_path(detector, version)
         try:
-            state = unpack_state(blob)
-        except Exception as e:  # a corrupt npz raises many kinds of errors
-            raise IncompatibleVersion(f"{detector} v{version}: artifact unreadable ({e})") from None
+            meta = self._metadata(detector, version)
+            blob = self._read(_artifact_path(detector, version))
+            if blob is None or hashlib.sha256(blob).hexdigest() != meta["artifact_sha256"]:
+                name = _artifact_path(detector, version)
+                raise IncompatibleVersion("artifact missing or checksum mismatch")
+            try:
+                state = unpack_state(blob)
+            except Exception as e:  # a corrupt npz raises many kinds of errors
+                name = _artifact_path(detector, version)
+                raise IncompatibleVersion(f"artifact unreadable ({type(e).__name__}: {e})") from None
+        except IncompatibleVersion as e:
+            raise IncompatibleVersion(f"{self.persistence.describe(name)}: {e}") from None
         return ModelVersion(detector, version, state, meta)
 
-    def load_latest(self, detector: str) -> ModelVersion | None:
-        """The newest good version, skipping (and logging) broken or incompatible ones."""
+    def load_usable(self, detector: str, restore: Callable[[ModelVersion], T]) -> tuple[ModelVersion, T] | None:
+        """The newest version that loads and that `restore` accepts, with what `restore` returned.
+        Every version skipped is logged with the file it came from; None when none is usable (the
+        caller refits). `restore` applies the state; any exception it raises marks the version
+        unusable (stored content is untrusted: its errors are as varied as the code reading it), so
+        `restore` must leave its object unchanged when it raises."""
         for v in reversed(self.versions(detector)):
             try:
-                return self.load(detector, v)
+                mv = self.load(detector, v)
             except IncompatibleVersion as e:
-                log.warning("skipping stored model: %s", e)
+                log.warning("skipping stored model %s", e)
+                continue
+            try:
+                return mv, restore(mv)
+            except Exception as e:
+                log.warning("skipping stored model %s (state in %s): not usable (%s: %s)",
+                            self.persistence.describe(_metadata_path(detector, v)), _artifact_name(v),
+                            type(e).__name__, e)
         return None
 
+    def load_latest(self, detector: str) -> ModelVersion | None:
+        """The newest version that loads, skipping (and logging) broken or incompatible ones."""
+        found = self.load_usable(detector, lambda mv: None)
+        return found[0] if found else None
+
     def list_metadata(self) -> list[dict[str, Any]]:
+        """Each detector's newest metadata that is a JSON object (for GET /api/v1/models)."""
+        self.open()
         out = []
         detectors = sorted({n.split("/", 1)[0] for n in self.persistence.list_names("") if "/" in n})
         for d in detectors:
-            vs = self.versions(d)
-            if vs:
-                raw = self.persistence.load_state(f"{d}/v{vs[-1]:06d}.json")
+            for v in reversed(self.versions(d)):
                 try:
-                    out.append(json.loads(raw)) if raw else None
-                except ValueError:
-                    pass
+                    out.append(self._metadata(d, v))
+                    break
+                except IncompatibleVersion:
+                    continue
         return out
 
     # -- side state: blobs beside the versions, not versioned themselves ------------------------
     def read_blob(self, name: str) -> bytes | None:
         """Side state saved under `name` (e.g. `logs/cursor.json`), None when there is none."""
+        self.open()
         return self.persistence.load_state(_side_name(name))
 
     def write_blob(self, name: str, data: bytes) -> None:
         """Save side state atomically under `name`; names of model versions are refused."""
+        self.open()
         self.persistence.save_state(_side_name(name), data)
 
 

@@ -112,18 +112,26 @@ class LogPlugin(DetectorPlugin):
 
     # -- persistence ------------------------------------------------------------------------------
     def load(self) -> int:
-        stored = self.store.load_latest(STORE_NAME) if self.store is not None else None
-        if stored is None:
+        if self.store is None:
             return 0
-        try:
-            self.detector = LogDetector.from_state(stored.state, self.templates, state_name=TEMPLATES_NAME)
-            self.fitted_at = float(stored.metadata.get("training_window", {}).get("end") or 0) or None
-        except (KeyError, ValueError, AttributeError) as e:
-            log.warning("stored log model v%s not usable (%s): will refit", stored.version, e)
+        found = self.store.load_usable(STORE_NAME, self._restore)
+        if found is None:
+            if self.store.versions(STORE_NAME):
+                log.warning("no stored log model is usable: will refit")
             return 0
+        self.detector, self.fitted_at = found[1]
         self._refresh_gpu_map(self.detector)
         self._load_cursor()
         return 1
+
+    def _restore(self, stored) -> tuple[LogDetector, float | None]:
+        """A stored version's detector and fit time; raises when the version is not usable."""
+        try:
+            detector = LogDetector.from_state(stored.state, self.templates, state_name=TEMPLATES_NAME)
+        except ValueError as e:
+            raise ValueError(f"stored log model v{stored.version} not usable ({e})") from None
+        window = stored.metadata.get("training_window") or {}
+        return detector, float(window.get("end") or 0) or None
 
     def _load_cursor(self) -> None:
         """Resume from the saved cursor when it belongs to the loaded fit (template ids are the fit's);
@@ -133,6 +141,8 @@ class LogPlugin(DetectorPlugin):
             return
         try:
             cursor = json.loads(raw.decode("utf-8"))
+            if not isinstance(cursor, dict):
+                raise ValueError(f"a JSON {type(cursor).__name__}, not an object")
             if cursor.get("version") != CURSOR_VERSION:
                 raise ValueError(f"unsupported version {cursor.get('version')!r}")
             last_scored = float(cursor["last_scored"])
