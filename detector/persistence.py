@@ -16,9 +16,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# What FilePersistence.save_state's mkstemp names a write in progress: `.<target>.<random>.tmp`.
-# Left behind only by a process killed mid-write; nothing else in a store is named like this.
-_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]+\.tmp$")
+# What FilePersistence.save_state's mkstemp names a write in progress: `.<target>.<8 random>.tmp`
+# (tempfile's 8 characters of [a-z0-9_]; a test holds save_state to it). Left behind only by a
+# process killed mid-write; the pattern is kept this narrow so nothing else is ever removed.
+_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 def is_temp_name(file_name: str) -> bool:
