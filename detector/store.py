@@ -259,7 +259,13 @@ class ModelStore:
         caller refits). `restore` applies the state; any exception it raises marks the version
         unusable (stored content is untrusted: its errors are as varied as the code reading it), so
         `restore` must leave its object unchanged when it raises."""
-        for v in reversed(self.versions(detector)):
+        try:
+            versions = self.versions(detector)
+        except (OSError, ValueError) as e:  # an unreadable folder, a link out of the store
+            log.warning("skipping stored models of %s: %s unreadable (%s)", detector,
+                        self.persistence.describe(detector), e)
+            return None
+        for v in reversed(versions):
             try:
                 mv = self.load(detector, v)
             except IncompatibleVersion as e:

@@ -176,3 +176,13 @@ def test_the_first_touch_of_the_store_removes_orphaned_temp_files_once(tmp_path,
     assert not orphan.exists()
     assert f"removed the orphaned temp file {orphan}" in caplog.text
     assert store.open() == []  # once per store: later saves' temp files are this process's own
+
+
+def test_a_detector_folder_linked_out_of_the_store_is_skipped_not_raised(tmp_path, caplog):
+    outside = tmp_path / "elsewhere"
+    ModelStore(FilePersistence(outside)).save("d", {"v": 1})
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "d").symlink_to(outside / "d")
+    with caplog.at_level(logging.WARNING, logger="detector.store"):
+        assert ModelStore(FilePersistence(tmp_path / "store")).load_usable("d", lambda mv: None) is None
+    assert str(tmp_path / "store" / "d") in caplog.text

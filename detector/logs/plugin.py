@@ -126,12 +126,20 @@ class LogPlugin(DetectorPlugin):
 
     def _restore(self, stored) -> tuple[LogDetector, float | None]:
         """A stored version's detector and fit time; raises when the version is not usable."""
-        try:
-            detector = LogDetector.from_state(stored.state, self.templates, state_name=TEMPLATES_NAME)
-        except ValueError as e:
-            raise ValueError(f"stored log model v{stored.version} not usable ({e})") from None
         window = stored.metadata.get("training_window") or {}
-        return detector, float(window.get("end") or 0) or None
+        fitted_at = float(window.get("end") or 0) or None
+        try:
+            return LogDetector.from_state(stored.state, self.templates, state_name=TEMPLATES_NAME), fitted_at
+        except ValueError as e:
+            error = e
+        try:  # the version alone, without the templates saved since (one broken blob must not void every version)
+            LogDetector.from_state(stored.state, None, state_name=TEMPLATES_NAME)
+        except ValueError:
+            raise ValueError(f"stored log model v{stored.version} not usable ({error})") from None
+        log.warning("saved log templates %s not usable (%s): v%d's own templates are used",
+                    self.store.persistence.describe(TEMPLATES_NAME), error, stored.version)
+        self.templates.delete(TEMPLATES_NAME)
+        return LogDetector.from_state(stored.state, self.templates, state_name=TEMPLATES_NAME), fitted_at
 
     def _load_cursor(self) -> None:
         """Resume from the saved cursor when it belongs to the loaded fit (template ids are the fit's);

@@ -256,3 +256,16 @@ def test_serve_on_a_store_with_garbage_becomes_ready_on_the_previous_version(tmp
     assert "v000002.json" in text and "v000003.json" in text and f"loaded {NAME} v1" in text, text
     assert "removed the orphaned temp file" in text and "Traceback" not in text, text
     assert not (store_dir / NAME / ".v000004.npz.k3j2ab_9.tmp").exists()
+
+
+def test_broken_saved_templates_fall_back_to_the_versions_own(tmp_path, caplog):
+    store = ModelStore(FilePersistence(tmp_path))
+    good = LogDetector(LogDetectorConfig.from_dict({})).fit([])
+    store.save(LOG_STORE_NAME, good.get_state(), {"training_window": {"start": 0.0, "end": 1_790_000_000.0}})
+    store.write_blob(f"{LOG_STORE_NAME}/templates.json", b"[1, 2")  # a blob garbled on disk
+    logs = LogPlugin(parse_config(CONFIG), loki=LokiClient("http://127.0.0.1:9", retries=0),
+                     store=ModelStore(FilePersistence(tmp_path)))
+    with caplog.at_level(logging.WARNING):
+        assert logs.load() == 1
+    assert str(tmp_path / LOG_STORE_NAME / "templates.json") in caplog.text
+    assert store.read_blob(f"{LOG_STORE_NAME}/templates.json") is None  # saved afresh after the next pass
