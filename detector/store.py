@@ -203,54 +203,54 @@ class ModelStore:
                 except OSError as e:  # an old version left behind costs disk, not correctness
                     log.warning("pruning %s v%d failed: %s", detector, v, e)
 
+    def _unusable(self, name: str, why: str) -> IncompatibleVersion:
+        return IncompatibleVersion(f"{self.persistence.describe(name)}: {why}")
+
     def _read(self, name: str) -> bytes | None:
         try:
             return self.persistence.load_state(name)
         except (OSError, ValueError) as e:  # a folder, an unreadable file, a symlink out of the store
-            raise IncompatibleVersion(f"{name} unreadable ({e})") from None
+            raise self._unusable(name, f"unreadable ({e})") from None
 
     def _metadata(self, detector: str, version: int) -> dict[str, Any]:
         """The version's metadata, checked field by field before anything is read on its word."""
-        raw = self._read(_metadata_path(detector, version))
+        name = _metadata_path(detector, version)
+        raw = self._read(name)
         if raw is None:
-            raise IncompatibleVersion("no metadata")
+            raise self._unusable(name, "no metadata")
         try:
             meta = json.loads(raw)
         except ValueError as e:  # UnicodeDecodeError included
-            raise IncompatibleVersion(f"unreadable metadata ({e})") from None
+            raise self._unusable(name, f"unreadable metadata ({e})") from None
         if not isinstance(meta, dict):
-            raise IncompatibleVersion(f"metadata is a JSON {type(meta).__name__}, not an object")
+            raise self._unusable(name, f"metadata is a JSON {type(meta).__name__}, not an object")
         if meta.get("store_format") != STORE_FORMAT:
-            raise IncompatibleVersion(f"store format {meta.get('store_format')!r} != {STORE_FORMAT}")
+            raise self._unusable(name, f"store format {meta.get('store_format')!r} != {STORE_FORMAT}")
         if meta.get("state_version") != self.state_version:
-            raise IncompatibleVersion(f"model state version {meta.get('state_version')!r} != {self.state_version}")
+            raise self._unusable(name, f"model state version {meta.get('state_version')!r} != {self.state_version}")
         for key, expected in (("detector", detector), ("version", version)):
             if key in meta and meta[key] != expected:
-                raise IncompatibleVersion(f"metadata names {key} {meta[key]!r}, not {expected!r}")
+                raise self._unusable(name, f"metadata names {key} {meta[key]!r}, not {expected!r}")
         # a version reads its own artifact only: a name elsewhere (absolute, `..`, another version's)
         # would make the metadata a pointer to any file
         if meta.get("artifact", _artifact_name(version)) != _artifact_name(version):
-            raise IncompatibleVersion(f"artifact {meta['artifact']!r} is not this version's {_artifact_name(version)}")
+            raise self._unusable(name, f"artifact {meta['artifact']!r} is not this version's "
+                                       f"{_artifact_name(version)}")
         if not isinstance(meta.get("artifact_sha256"), str):
-            raise IncompatibleVersion(f"artifact_sha256 {meta.get('artifact_sha256')!r} is no checksum")
+            raise self._unusable(name, f"artifact_sha256 {meta.get('artifact_sha256')!r} is no checksum")
         return meta
 
     def load(self, detector: str, version: int) -> ModelVersion:
         """The version, or IncompatibleVersion naming the file that makes it unusable."""
-        name = _metadata_path(detector, version)
+        meta = self._metadata(detector, version)
+        name = _artifact_path(detector, version)
+        blob = self._read(name)
+        if blob is None or hashlib.sha256(blob).hexdigest() != meta["artifact_sha256"]:
+            raise self._unusable(name, "artifact missing or checksum mismatch")
         try:
-            meta = self._metadata(detector, version)
-            blob = self._read(_artifact_path(detector, version))
-            if blob is None or hashlib.sha256(blob).hexdigest() != meta["artifact_sha256"]:
-                name = _artifact_path(detector, version)
-                raise IncompatibleVersion("artifact missing or checksum mismatch")
-            try:
-                state = unpack_state(blob)
-            except Exception as e:  # a corrupt npz raises many kinds of errors
-                name = _artifact_path(detector, version)
-                raise IncompatibleVersion(f"artifact unreadable ({type(e).__name__}: {e})") from None
-        except IncompatibleVersion as e:
-            raise IncompatibleVersion(f"{self.persistence.describe(name)}: {e}") from None
+            state = unpack_state(blob)
+        except Exception as e:  # a corrupt npz raises many kinds of errors
+            raise self._unusable(name, f"artifact unreadable ({type(e).__name__}: {e})") from None
         return ModelVersion(detector, version, state, meta)
 
     def load_usable(self, detector: str, restore: Callable[[ModelVersion], T]) -> tuple[ModelVersion, T] | None:
@@ -277,6 +277,8 @@ class ModelStore:
                 log.warning("skipping stored model %s (state in %s): not usable (%s: %s)",
                             self.persistence.describe(_metadata_path(detector, v)), _artifact_name(v),
                             type(e).__name__, e)
+        if versions:
+            log.warning("no stored version of %s is usable: will refit", detector)
         return None
 
     def load_latest(self, detector: str) -> ModelVersion | None:
@@ -285,7 +287,7 @@ class ModelStore:
         return found[0] if found else None
 
     def list_metadata(self) -> list[dict[str, Any]]:
-        """Each detector's newest metadata that is a JSON object (for GET /api/v1/models)."""
+        """Each detector's newest metadata that passes the checks load() makes."""
         self.open()
         out = []
         detectors = sorted({n.split("/", 1)[0] for n in self.persistence.list_names("") if "/" in n})

@@ -116,9 +116,7 @@ class LogPlugin(DetectorPlugin):
             return 0
         found = self.store.load_usable(STORE_NAME, self._restore)
         if found is None:
-            if self.store.versions(STORE_NAME):
-                log.warning("no stored log model is usable: will refit")
-            return 0
+            return 0  # nothing stored, or nothing usable: the first fit comes first
         self.detector, self.fitted_at = found[1]
         self._refresh_gpu_map(self.detector)
         self._load_cursor()

@@ -152,6 +152,7 @@ def test_only_when_no_version_is_usable_is_the_detector_refitted(tmp_path, caplo
         assert plugin.load() == 0
     assert plugin.models_missing() == [NAME] and plugin.needs_fit(time.time())
     assert "v000001.json" in caplog.text and "v000002.json" in caplog.text
+    assert f"no stored version of {NAME} is usable: will refit" in caplog.text
 
 
 def test_an_unusable_log_model_falls_back_to_the_previous_one(tmp_path, caplog):
