@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from detector.config import Config, DetectorConfig
-from detector.fetch import SeriesData, fetch_series
+from detector.fetch import SeriesData, feature_queries, fetch_series
 from detector.health import SourceHealth
 from detector.incident_plots import SeriesTrace, plot_incidents
 from detector.incidents import Incident, IncidentTracker
 from detector.metric_detector import MetricDetector
+from detector.models import kind_class
 from detector.plugin import BacktestPart, DetectorPlugin, IncidentPolicy, ScorePass
 from detector.promclient import PromClient, PromError
 from detector.scores import series_id
@@ -109,14 +110,30 @@ class MetricPlugin(DetectorPlugin):
             return 0
         n = 0
         for name, det in self.detectors.items():
-            # set_state assigns only once the whole state is read: a version it refuses changes nothing
-            found = self.store.load_usable(name, lambda mv, det=det: det.set_state(mv.state))
+            found = self.store.load_usable(name, lambda mv, det=det: self._restore(det, mv.state))
             if found is None:
                 continue  # nothing stored, or nothing usable: the first fit comes first
             det.version = found[0].version
             n += 1
             log.info("loaded %s v%d (%d series)", name, det.version, len(det.series))
         return n
+
+    def _restore(self, det: MetricDetector, state: dict) -> None:
+        """Apply a stored state to `det` once a copy has scored a point with every series: a state
+        with an array of the wrong shape or a value of the wrong type passes set_state but would fail
+        every scoring pass after (logged per series, never refitted). Raises when it is not usable;
+        `det` is changed only when it is."""
+        _check_document(state)
+        probe = MetricDetector(det.cfg, self.config.schedule.step)
+        probe.set_state(state)
+        names = list(feature_queries(det.cfg))
+        heartbeat = kind_class(det.cfg.kind).heartbeat
+        for sid, sm in probe.series.items():
+            t = np.array([(sm.last_t if np.isfinite(sm.last_t) else 0.0) + self.config.schedule.step])
+            X = t[:, None] if heartbeat else (np.ones((1, len(names))) if names else None)
+            if not probe.score({sid: SeriesData(sm.labels, t, np.ones(1), X, names)}):
+                raise ValueError(f"series {sid} cannot be scored with it")
+        det.set_state(state)  # assigns only once the whole state is read
 
     # -- live passes --------------------------------------------------------------------------
     def _grid_end(self, now: float) -> float:
@@ -241,6 +258,38 @@ def replay_detector(det: MetricDetector, data: dict[str, SeriesData], start: flo
         fit_t = seg_end
     return {"fits": fits, "series": len(data),
             "models": sorted({sm.kind for sm in det.series.values()})}
+
+
+_LAST_TIME = 2.0 ** 35  # the year 3058: a later "time" in a stored state is garbage, not a time
+
+
+def _number(value: Any, where: str, *, optional: bool = False, time: bool = False) -> None:
+    """`value` is a number (a time: a Unix time the formatters can print), or None when optional."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or np.isnan(value) or \
+            (time and not 0 <= value < _LAST_TIME):
+        raise ValueError(f"{where} is {value!r}, not a {'time' if time else 'number'}")
+
+
+def _check_document(state: Any) -> None:
+    """The fields of a stored engine state that set_state takes on trust (it checks the kind and
+    each model's own state) but the service reads later: a wrong type there would fail scoring
+    passes and GET /api/v1/models instead of this one load."""
+    if not isinstance(state, dict) or not isinstance(state.get("series"), dict):
+        raise ValueError("no engine state document (series by id)")
+    _number(state.get("last_fit"), "last_fit", optional=True, time=True)
+    for sid, s in state["series"].items():
+        if not isinstance(s, dict):
+            raise ValueError(f"series {sid}: a {type(s).__name__}, not a document")
+        labels, kind = s.get("labels"), s.get("kind")
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in [*labels, *labels.values()]):
+            raise ValueError(f"series {sid}: labels {labels!r} are not names to strings")
+        if not isinstance(kind, str):
+            raise ValueError(f"series {sid}: kind {kind!r} is no name")
+        _number(s.get("last_t"), f"series {sid}: last_t")  # -inf: a series never scored yet
+        _number(s.get("fitted_at"), f"series {sid}: fitted_at", optional=True, time=True)
+        _number(s.get("y_floor"), f"series {sid}: y_floor", optional=True)
 
 
 def _same_model(a: DetectorConfig, b: DetectorConfig) -> bool:

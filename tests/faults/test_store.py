@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -127,9 +128,16 @@ CORRUPT_VERSIONS = {
     "model arrays missing": _series(_drop_model_array),
     "last_t an array (wrong shape)": _series(lambda s: s.update(last_t=np.arange(3.0))),
     "labels missing": _series(lambda s: s.pop("labels")),
+    "labels an array": _series(lambda s: s.update(labels=np.arange(2))),
+    "series kind a list": _series(lambda s: s.update(kind=["robust_z"])),
+    "last_fit a string": _state(lambda state: {**state, "last_fit": "yesterday"}),
+    "last_fit past any time": _state(lambda state: {**state, "last_fit": 1e308}),
+    "model array a string": _series(lambda s: s["model"]["state"].update(buf_="x")),
+    "model array empty": _series(lambda s: s["model"]["state"].update(buf_=np.zeros(0))),
 }
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy on an empty model array, before the refusal
 @pytest.mark.parametrize("corrupt", CORRUPT_VERSIONS.values(), ids=CORRUPT_VERSIONS.keys())
 def test_an_unusable_version_is_skipped_with_its_file_named_and_the_previous_loads(tmp_path, caplog, corrupt):
     _good_then(tmp_path, corrupt)
@@ -170,6 +178,52 @@ def test_an_unusable_log_model_falls_back_to_the_previous_one(tmp_path, caplog):
     assert logs.fitted_at == 1_790_000_000.0
     assert "logs/v000003.json" in caplog.text and "logs/v000002.json" in caplog.text
     assert "log scoring cursor not usable" in caplog.text and logs.last_scored is None
+
+
+JUNK = (None, "x", -1, 1e308, float("nan"), True, [], {}, [1, [2]], {"kind": "robust_z"}, np.zeros((2, 3)))
+
+
+def _mutated(doc, rng: random.Random):
+    """`doc` with one random node (a key of a mapping, an item of a list) replaced by junk or dropped."""
+    doc = copy.deepcopy(doc)
+    node = doc
+    while True:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        key = rng.choice(keys)
+        child = node[key]
+        if isinstance(child, dict | list) and child and rng.random() < 0.7:
+            node = child
+            continue
+        if isinstance(node, dict) and rng.random() < 0.3:
+            del node[key]
+        else:
+            node[key] = rng.choice(JUNK)
+        return doc
+
+
+def test_seeded_mutations_of_state_and_metadata_never_raise_and_fall_back(tmp_path):
+    """200 seeded mutations of a real stored version: loading never raises; it loads the mutated
+    version when the code accepts it and the good one before it otherwise."""
+    rng = random.Random(7)
+    store = ModelStore(FilePersistence(tmp_path))
+    state, meta = _fitted_state()
+    store.save(NAME, state, meta)
+    outcomes = {1: 0, 2: 0}
+    for case in range(200):
+        mutate_state = case % 2 == 0
+        store.save(NAME, _mutated(state, rng) if mutate_state else state, meta)
+        if not mutate_state:
+            path = tmp_path / NAME / "v000002.json"
+            path.write_text(json.dumps(_mutated(json.loads(path.read_text()), rng), default=str))
+        plugin = MetricPlugin(parse_config(CONFIG), PromClient("http://127.0.0.1:9", retries=0),
+                              store=ModelStore(FilePersistence(tmp_path)))
+        assert plugin.load() == 1, case
+        outcomes[plugin.detectors[NAME].version] += 1
+        json.dumps(plugin.models())  # what GET /api/v1/models answers from the loaded state
+        plugin.needs_fit(time.time())
+        for ext in ("json", "npz"):
+            (tmp_path / NAME / f"v000002.{ext}").unlink()
+    assert outcomes[1] > 50 and outcomes[2] > 0, outcomes  # both outcomes were exercised
 
 
 # -- kill -9 during saves --------------------------------------------------------------------------
