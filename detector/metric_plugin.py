@@ -27,7 +27,7 @@ from detector.models import kind_class
 from detector.plugin import BacktestPart, DetectorPlugin, IncidentPolicy, ScorePass
 from detector.promclient import PromClient, PromError
 from detector.scores import series_id
-from detector.store import ModelStore
+from detector.store import ModelStore, stored_number
 from detector.timefmt import iso
 
 log = logging.getLogger(__name__)
@@ -260,25 +260,13 @@ def replay_detector(det: MetricDetector, data: dict[str, SeriesData], start: flo
             "models": sorted({sm.kind for sm in det.series.values()})}
 
 
-_LAST_TIME = 2.0 ** 35  # the year 3058: a later "time" in a stored state is garbage, not a time
-
-
-def _number(value: Any, where: str, *, optional: bool = False, time: bool = False) -> None:
-    """`value` is a number (a time: a Unix time the formatters can print), or None when optional."""
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or np.isnan(value) or \
-            (time and not 0 <= value < _LAST_TIME):
-        raise ValueError(f"{where} is {value!r}, not a {'time' if time else 'number'}")
-
-
 def _check_document(state: Any) -> None:
     """The fields of a stored engine state that set_state takes on trust (it checks the kind and
     each model's own state) but the service reads later: a wrong type there would fail scoring
     passes and GET /api/v1/models instead of this one load."""
     if not isinstance(state, dict) or not isinstance(state.get("series"), dict):
         raise ValueError("no engine state document (series by id)")
-    _number(state.get("last_fit"), "last_fit", optional=True, time=True)
+    stored_number(state.get("last_fit"), "last_fit", optional=True, time=True)
     for sid, s in state["series"].items():
         if not isinstance(s, dict):
             raise ValueError(f"series {sid}: a {type(s).__name__}, not a document")
@@ -287,9 +275,9 @@ def _check_document(state: Any) -> None:
             raise ValueError(f"series {sid}: labels {labels!r} are not names to strings")
         if not isinstance(kind, str):
             raise ValueError(f"series {sid}: kind {kind!r} is no name")
-        _number(s.get("last_t"), f"series {sid}: last_t")  # -inf: a series never scored yet
-        _number(s.get("fitted_at"), f"series {sid}: fitted_at", optional=True, time=True)
-        _number(s.get("y_floor"), f"series {sid}: y_floor", optional=True)
+        stored_number(s.get("last_t"), f"series {sid}: last_t")  # -inf: a series never scored yet
+        stored_number(s.get("fitted_at"), f"series {sid}: fitted_at", optional=True, time=True)
+        stored_number(s.get("y_floor"), f"series {sid}: y_floor", optional=True)
 
 
 def _same_model(a: DetectorConfig, b: DetectorConfig) -> bool:

@@ -64,6 +64,22 @@ def _side_name(name: str) -> str:
     return name
 
 
+# -- checks for a restore: a stored value is used only once it is what the code expects ----------
+
+_LAST_TIME = 2.0 ** 35  # the year 3058: a later "time" in a stored state is garbage, not a time
+
+
+def stored_number(value: Any, where: str, *, optional: bool = False, time: bool = False) -> float | None:
+    """`value` as a number (a time: a Unix time the formatters can print), or None when `optional`;
+    ValueError naming `where` otherwise (a bool, a string, NaN, an array are no numbers)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or np.isnan(value) or \
+            (time and not 0 <= value < _LAST_TIME):
+        raise ValueError(f"{where} is {value!r}, not a {'time' if time else 'number'}")
+    return float(value)
+
+
 # -- state (de)serialisation without pickle --------------------------------------------------
 
 def pack_state(doc: Any) -> bytes:

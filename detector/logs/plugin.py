@@ -29,7 +29,7 @@ from detector.logs.loki import LokiClient, LokiError
 from detector.plugin import BacktestPart, DetectorPlugin, ScorePass
 from detector.promclient import PromClient
 from detector.scores import ScoreBatch
-from detector.store import BlobPersistence, ModelStore
+from detector.store import BlobPersistence, ModelStore, stored_number
 
 log = logging.getLogger(__name__)
 STORE_NAME = "logs"
@@ -125,7 +125,7 @@ class LogPlugin(DetectorPlugin):
     def _restore(self, stored) -> tuple[LogDetector, float | None]:
         """A stored version's detector and fit time; raises when the version is not usable."""
         window = stored.metadata.get("training_window") or {}
-        fitted_at = float(window.get("end") or 0) or None
+        fitted_at = stored_number(window.get("end") or None, "training_window.end", optional=True, time=True)
         try:
             return LogDetector.from_state(stored.state, self.templates, state_name=TEMPLATES_NAME), fitted_at
         except ValueError as e:
@@ -151,11 +151,12 @@ class LogPlugin(DetectorPlugin):
                 raise ValueError(f"a JSON {type(cursor).__name__}, not an object")
             if cursor.get("version") != CURSOR_VERSION:
                 raise ValueError(f"unsupported version {cursor.get('version')!r}")
-            last_scored = float(cursor["last_scored"])
+            last_scored = stored_number(cursor.get("last_scored"), "last_scored", time=True)
             seen = {(float(ts), str(stream), str(message)) for ts, stream, message in cursor.get("seen", [])}
             if cursor.get("fitted_at") == self.fitted_at:
                 self.detector.set_runtime_state(cursor["runtime"])
-        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+        # AttributeError: a runtime part that is no mapping (set_runtime_state reads it before it assigns)
+        except (AttributeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
             log.warning("log scoring cursor not usable (%s): scoring starts from now", e)
             return
         self.last_scored = last_scored

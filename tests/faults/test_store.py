@@ -226,6 +226,26 @@ def test_seeded_mutations_of_state_and_metadata_never_raise_and_fall_back(tmp_pa
     assert outcomes[1] > 50 and outcomes[2] > 0, outcomes  # both outcomes were exercised
 
 
+def test_seeded_mutations_of_the_log_cursor_never_stop_the_load(tmp_path):
+    """The log side's scoring cursor is store content too: 150 seeded mutations of a real one
+    either resume scoring from a real time or start from now, never raise."""
+    rng = random.Random(11)
+    good = LogDetector(LogDetectorConfig.from_dict({})).fit([])
+    cursor = {"version": 1, "fitted_at": 1_790_000_000.0, "last_scored": 1_790_000_060.0,
+              "runtime": good.get_runtime_state(), "seen": [[1_790_000_050.0, "{}", "a line"]]}
+    store = ModelStore(FilePersistence(tmp_path))
+    store.save(LOG_STORE_NAME, good.get_state(), {"training_window": {"start": 0.0, "end": 1_790_000_000.0}})
+    resumed = 0
+    for case in range(150):
+        store.write_blob(f"{LOG_STORE_NAME}/cursor.json", json.dumps(_mutated(cursor, rng), default=str).encode())
+        logs = LogPlugin(parse_config(CONFIG), loki=LokiClient("http://127.0.0.1:9", retries=0),
+                         store=ModelStore(FilePersistence(tmp_path)))
+        assert logs.load() == 1, case
+        assert logs.last_scored is None or 0 <= logs.last_scored < 2 ** 35, (case, logs.last_scored)
+        resumed += logs.last_scored is not None
+    assert 0 < resumed < 150  # both outcomes were exercised
+
+
 # -- kill -9 during saves --------------------------------------------------------------------------
 
 SAVER = textwrap.dedent("""
