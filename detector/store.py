@@ -151,11 +151,12 @@ class ModelVersion:
 
 
 class IncompatibleVersion(Exception):
-    pass
+    """A stored version that cannot be used; the message names the file that makes it so."""
 
 
 class ModelStore:
-    """Facade over a Persistence: save(detector, state, metadata) -> version; load_latest(detector).
+    """Facade over a Persistence: save(detector, state, metadata) -> version; load_usable(detector,
+    restore) -> the newest version `restore` accepts; load_latest(detector) -> the newest that loads.
 
     `state_version` is the engine's model-state format; a stored version written with another one
     (or another store format) is refused on load rather than half-read."""

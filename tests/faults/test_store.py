@@ -6,6 +6,9 @@
 - a store holding garbage (metadata that is no object, an artifact path outside the store, garbled
   fields, a state with a fine checksum that the code cannot use): the version is skipped with a
   warning naming its file and the previous one loads; only when none is usable is the detector refitted
+- seeded mutations of a real stored state, its metadata and the log side's scoring cursor: loading
+  never raises
+- broken saved log templates: the version's own templates are used
 - a real `rigwatch-detector serve` on such a store, with a real Prometheus, becomes ready on the
   previous version instead of exiting
 """
