@@ -24,15 +24,16 @@ import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from detector.config import Config, DetectorConfig
-from detector.fetch import DetectorQueryError, SeriesData, fetch_series
+from detector.fetch import DetectorQueryError, SeriesData, feature_queries, fetch_series
 from detector.health import QueryHealth, SourceHealth
 from detector.incident_plots import SeriesTrace, plot_incidents
 from detector.incidents import Incident, IncidentTracker
 from detector.metric_detector import MetricDetector
+from detector.models import kind_class
 from detector.plugin import BacktestPart, DetectorPlugin, IncidentPolicy, ScorePass
 from detector.promclient import PromClient, PromError
 from detector.scores import series_id
-from detector.store import ModelStore
+from detector.store import ModelStore, stored_number
 from detector.timefmt import iso
 
 log = logging.getLogger(__name__)
@@ -133,18 +134,30 @@ class MetricPlugin(DetectorPlugin):
             return 0
         n = 0
         for name, det in self.detectors.items():
-            mv = self.store.load_latest(name)
-            if mv is None:
-                continue
-            try:
-                det.set_state(mv.state)
-            except Exception as e:
-                log.warning("stored model for %s v%d not usable (%s): will refit", name, mv.version, e)
-                continue
-            det.version = mv.version
+            found = self.store.load_usable(name, lambda mv, det=det: self._restore(det, mv.state))
+            if found is None:
+                continue  # nothing stored, or nothing usable: the first fit comes first
+            det.version = found[0].version
             n += 1
-            log.info("loaded %s v%d (%d series)", name, mv.version, len(det.series))
+            log.info("loaded %s v%d (%d series)", name, det.version, len(det.series))
         return n
+
+    def _restore(self, det: MetricDetector, state: dict) -> None:
+        """Apply a stored state to `det` once a copy has scored a point with every series: a state
+        with an array of the wrong shape or a value of the wrong type passes set_state but would fail
+        every scoring pass after (logged per series, never refitted). Raises when it is not usable;
+        `det` is changed only when it is."""
+        _check_document(state)
+        probe = MetricDetector(det.cfg, self.config.schedule.step)
+        probe.set_state(state)
+        names = list(feature_queries(det.cfg))
+        heartbeat = kind_class(det.cfg.kind).heartbeat
+        for sid, sm in probe.series.items():
+            t = np.array([(sm.last_t if np.isfinite(sm.last_t) else 0.0) + self.config.schedule.step])
+            X = t[:, None] if heartbeat else (np.ones((1, len(names))) if names else None)
+            if not probe.score({sid: SeriesData(sm.labels, t, np.ones(1), X, names)}):
+                raise ValueError(f"series {sid} cannot be scored with it")
+        det.set_state(state)  # assigns only once the whole state is read
 
     # -- live passes --------------------------------------------------------------------------
     def _grid_end(self, now: float) -> float:
@@ -293,6 +306,26 @@ def replay_detector(det: MetricDetector, data: dict[str, SeriesData], start: flo
         fit_t = seg_end
     return {"fits": fits, "series": len(data),
             "models": sorted({sm.kind for sm in det.series.values()})}
+
+
+def _check_document(state: Any) -> None:
+    """The fields of a stored engine state that set_state takes on trust (it checks the kind and
+    each model's own state) but the service reads later: a wrong type there would fail scoring
+    passes and GET /api/v1/models instead of this one load."""
+    if not isinstance(state, dict) or not isinstance(state.get("series"), dict):
+        raise ValueError("no engine state document (series by id)")
+    stored_number(state.get("last_fit"), "last_fit", optional=True, time=True)
+    for sid, s in state["series"].items():
+        if not isinstance(s, dict):
+            raise ValueError(f"series {sid}: a {type(s).__name__}, not a document")
+        labels, kind = s.get("labels"), s.get("kind")
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in [*labels, *labels.values()]):
+            raise ValueError(f"series {sid}: labels {labels!r} are not names to strings")
+        if not isinstance(kind, str):
+            raise ValueError(f"series {sid}: kind {kind!r} is no name")
+        stored_number(s.get("last_t"), f"series {sid}: last_t")  # -inf: a series never scored yet
+        stored_number(s.get("fitted_at"), f"series {sid}: fitted_at", optional=True, time=True)
+        stored_number(s.get("y_floor"), f"series {sid}: y_floor", optional=True)
 
 
 def _same_model(a: DetectorConfig, b: DetectorConfig) -> bool:

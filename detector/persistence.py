@@ -7,10 +7,24 @@ before a `/`.
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# What FilePersistence.save_state's mkstemp names a write in progress: `.<target>.<8 random>.tmp`
+# (tempfile's 8 characters of [a-z0-9_]; a test holds save_state to it). Left behind only by a
+# process killed mid-write; the pattern is kept this narrow so nothing else is ever removed.
+_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def is_temp_name(file_name: str) -> bool:
+    """True for the temp file of a write in progress (or cut short), never for a blob."""
+    return bool(_TEMP_RE.match(file_name))
 
 
 class Persistence(ABC):
@@ -31,6 +45,15 @@ class Persistence(ABC):
     @abstractmethod
     def list_names(self, prefix: str) -> list[str]:
         """Sorted names of every blob in folder `prefix` and below it ("" = all of them)."""
+
+    def describe(self, name: str) -> str:
+        """Where the blob `name` lives, for a log line an operator can act on."""
+        return name
+
+    def remove_temp_files(self) -> list[str]:
+        """Remove what writes cut short left behind; the names removed. Only for a sole writer:
+        called while another process writes, it would remove that write's temp file."""
+        return []
 
 
 class FilePersistence(Persistence):
@@ -82,9 +105,31 @@ class FilePersistence(Persistence):
         if not folder.is_dir():
             return []
         root = self.root.resolve()
-        # temp files of a write cut short (`.name.XXXX.tmp`) are no blobs
+        # temp files of a write in progress or cut short are no blobs
         return sorted(p.relative_to(root).as_posix() for p in folder.rglob("*")
-                      if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+                      if p.is_file() and not is_temp_name(p.name))
+
+    def describe(self, name: str) -> str:
+        return str(self.root / name)
+
+    def remove_temp_files(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        removed = []
+        # os.walk does not follow symlinks: only files inside the store itself are candidates
+        for folder, _dirs, files in os.walk(self.root):
+            for file_name in files:
+                path = Path(folder) / file_name
+                if not is_temp_name(file_name) or path.is_symlink() or not path.is_file():
+                    continue
+                try:
+                    path.unlink()
+                except OSError as e:  # a temp file left behind costs disk, not correctness
+                    if not isinstance(e, FileNotFoundError):
+                        log.warning("could not remove the orphaned temp file %s: %s", path, e)
+                    continue
+                removed.append(path.relative_to(self.root).as_posix())
+        return sorted(removed)
 
 
 class MemoryPersistence(Persistence):

@@ -3,9 +3,12 @@
 Layout under the store root, one directory per detector:
     <detector>/v000007.npz    every series' model state (numpy arrays + a JSON document; no pickle)
     <detector>/v000007.json   metadata, written last: its presence commits the version
-A version is "good" when its metadata parses, names this store format and the same model
-state version, and the artifact's sha256 matches. Loading walks versions newest first and returns
-the first good one, so a crash mid-save (or a truncated file) falls back to the previous version.
+A version is "good" when its metadata is a JSON object naming this store format, the same model
+state version and its own artifact (never a path elsewhere), and the artifact's sha256 matches; it is
+"usable" when the caller's restore also accepts its state. Loading walks versions newest first and
+returns the first usable one, so a crash mid-save, a truncated or garbled file or a state the code
+cannot use falls back to the previous version (each one skipped is logged with its file): store
+content never stops a start-up. The first touch of a store removes the temp files of saves cut short.
 
 Side state that is no versioned model (the log side's scoring cursor and templates) sits beside the
 versions as plain blobs: `read_blob`/`write_blob`, or `BlobPersistence` for a component that takes a
@@ -20,9 +23,11 @@ import json
 import logging
 import platform
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,8 +36,21 @@ from detector.persistence import Persistence
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
+T = TypeVar("T")
 _VERSION_RE = re.compile(r"^v(\d{6})\.json$")
 _VERSION_FILE_RE = re.compile(r"^v\d{6}\.(json|npz)$")
+
+
+def _artifact_name(version: int) -> str:
+    return f"v{version:06d}.npz"
+
+
+def _artifact_path(detector: str, version: int) -> str:
+    return f"{detector}/{_artifact_name(version)}"
+
+
+def _metadata_path(detector: str, version: int) -> str:
+    return f"{detector}/v{version:06d}.json"
 
 
 def _is_version_file(name: str) -> bool:
@@ -44,6 +62,22 @@ def _side_name(name: str) -> str:
     if _is_version_file(name):
         raise ValueError(f"{name!r} is a model version's name, not side state")
     return name
+
+
+# -- checks for a restore: a stored value is used only once it is what the code expects ----------
+
+_LAST_TIME = 2.0 ** 35  # the year 3058: a later "time" in a stored state is garbage, not a time
+
+
+def stored_number(value: Any, where: str, *, optional: bool = False, time: bool = False) -> float | None:
+    """`value` as a number (a time: a Unix time the formatters can print), or None when `optional`;
+    ValueError naming `where` otherwise (a bool, a string, NaN, an array are no numbers)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or np.isnan(value) or \
+            (time and not 0 <= value < _LAST_TIME):
+        raise ValueError(f"{where} is {value!r}, not a {'time' if time else 'number'}")
+    return float(value)
 
 
 # -- state (de)serialisation without pickle --------------------------------------------------
@@ -117,11 +151,12 @@ class ModelVersion:
 
 
 class IncompatibleVersion(Exception):
-    pass
+    """A stored version that cannot be used; the message names the file that makes it so."""
 
 
 class ModelStore:
-    """Facade over a Persistence: save(detector, state, metadata) -> version; load_latest(detector).
+    """Facade over a Persistence: save(detector, state, metadata) -> version; load_usable(detector,
+    restore) -> the newest version `restore` accepts; load_latest(detector) -> the newest that loads.
 
     `state_version` is the engine's model-state format; a stored version written with another one
     (or another store format) is refused on load rather than half-read."""
@@ -131,8 +166,24 @@ class ModelStore:
         self.state_version = state_version
         self.keep = keep
         self.clock = clock
+        self._opened = False
+        self._open_lock = threading.Lock()
+
+    def open(self) -> list[str]:
+        """Remove the temp files of saves cut short (a kill -9, a power cut); the names removed.
+        The store has one writer process, so at this process's first touch of the store every temp
+        file is an orphan. Runs once per ModelStore, before its first read or write."""
+        with self._open_lock:
+            if self._opened:
+                return []
+            self._opened = True
+            removed = self.persistence.remove_temp_files()
+        for name in removed:
+            log.info("removed the orphaned temp file %s (a save cut short)", self.persistence.describe(name))
+        return removed
 
     def versions(self, detector: str) -> list[int]:
+        self.open()
         out = []
         for name in self.persistence.list_names(detector):
             # the regex is anchored: only the detector's own folder counts, not a sub-folder
@@ -149,12 +200,12 @@ class ModelStore:
         meta.update({
             "detector": detector, "version": version, "store_format": STORE_FORMAT,
             "state_version": self.state_version, "saved_at": self.clock(),
-            "artifact": f"v{version:06d}.npz", "artifact_sha256": hashlib.sha256(blob).hexdigest(),
+            "artifact": _artifact_name(version), "artifact_sha256": hashlib.sha256(blob).hexdigest(),
             "library_versions": meta.get("library_versions") or library_versions(),
         })
         # Artifact first, metadata last: the metadata file is the commit marker.
-        self.persistence.save_state(f"{detector}/v{version:06d}.npz", blob)
-        self.persistence.save_state(f"{detector}/v{version:06d}.json",
+        self.persistence.save_state(_artifact_path(detector, version), blob)
+        self.persistence.save_state(_metadata_path(detector, version),
                                     json.dumps(meta, indent=1, default=str).encode())
         self._prune(detector)
         return ModelVersion(detector, version, state, meta)
@@ -169,58 +220,112 @@ class ModelStore:
                 except OSError as e:  # an old version left behind costs disk, not correctness
                     log.warning("pruning %s v%d failed: %s", detector, v, e)
 
-    def load(self, detector: str, version: int) -> ModelVersion:
-        raw = self.persistence.load_state(f"{detector}/v{version:06d}.json")
+    def _unusable(self, name: str, why: str) -> IncompatibleVersion:
+        return IncompatibleVersion(f"{self.persistence.describe(name)}: {why}")
+
+    def _read(self, name: str) -> bytes | None:
+        try:
+            return self.persistence.load_state(name)
+        except (OSError, ValueError) as e:  # a folder, an unreadable file, a symlink out of the store
+            raise self._unusable(name, f"unreadable ({e})") from None
+
+    def _metadata(self, detector: str, version: int) -> dict[str, Any]:
+        """The version's metadata, checked field by field before anything is read on its word."""
+        name = _metadata_path(detector, version)
+        raw = self._read(name)
         if raw is None:
-            raise IncompatibleVersion(f"{detector} v{version}: no metadata")
+            raise self._unusable(name, "no metadata")
         try:
             meta = json.loads(raw)
-        except ValueError as e:
-            raise IncompatibleVersion(f"{detector} v{version}: unreadable metadata ({e})") from None
+        except ValueError as e:  # UnicodeDecodeError included
+            raise self._unusable(name, f"unreadable metadata ({e})") from None
+        if not isinstance(meta, dict):
+            raise self._unusable(name, f"metadata is a JSON {type(meta).__name__}, not an object")
         if meta.get("store_format") != STORE_FORMAT:
-            raise IncompatibleVersion(f"{detector} v{version}: store format {meta.get('store_format')} "
-                                      f"!= {STORE_FORMAT}")
+            raise self._unusable(name, f"store format {meta.get('store_format')!r} != {STORE_FORMAT}")
         if meta.get("state_version") != self.state_version:
-            raise IncompatibleVersion(f"{detector} v{version}: model state version "
-                                      f"{meta.get('state_version')} != {self.state_version}")
-        blob = self.persistence.load_state(f"{detector}/{meta.get('artifact', f'v{version:06d}.npz')}")
-        if blob is None or hashlib.sha256(blob).hexdigest() != meta.get("artifact_sha256"):
-            raise IncompatibleVersion(f"{detector} v{version}: artifact missing or checksum mismatch")
+            raise self._unusable(name, f"model state version {meta.get('state_version')!r} != {self.state_version}")
+        for key, expected in (("detector", detector), ("version", version)):
+            if key in meta and meta[key] != expected:
+                raise self._unusable(name, f"metadata names {key} {meta[key]!r}, not {expected!r}")
+        # a version reads its own artifact only: a name elsewhere (absolute, `..`, another version's)
+        # would make the metadata a pointer to any file
+        if meta.get("artifact", _artifact_name(version)) != _artifact_name(version):
+            raise self._unusable(name, f"artifact {meta['artifact']!r} is not this version's "
+                                       f"{_artifact_name(version)}")
+        if not isinstance(meta.get("artifact_sha256"), str):
+            raise self._unusable(name, f"artifact_sha256 {meta.get('artifact_sha256')!r} is no checksum")
+        return meta
+
+    def load(self, detector: str, version: int) -> ModelVersion:
+        """The version, or IncompatibleVersion naming the file that makes it unusable."""
+        meta = self._metadata(detector, version)
+        name = _artifact_path(detector, version)
+        blob = self._read(name)
+        if blob is None or hashlib.sha256(blob).hexdigest() != meta["artifact_sha256"]:
+            raise self._unusable(name, "artifact missing or checksum mismatch")
         try:
             state = unpack_state(blob)
         except Exception as e:  # a corrupt npz raises many kinds of errors
-            raise IncompatibleVersion(f"{detector} v{version}: artifact unreadable ({e})") from None
+            raise self._unusable(name, f"artifact unreadable ({type(e).__name__}: {e})") from None
         return ModelVersion(detector, version, state, meta)
 
-    def load_latest(self, detector: str) -> ModelVersion | None:
-        """The newest good version, skipping (and logging) broken or incompatible ones."""
-        for v in reversed(self.versions(detector)):
+    def load_usable(self, detector: str, restore: Callable[[ModelVersion], T]) -> tuple[ModelVersion, T] | None:
+        """The newest version that loads and that `restore` accepts, with what `restore` returned.
+        Every version skipped is logged with the file it came from; None when none is usable (the
+        caller refits). `restore` applies the state; any exception it raises marks the version
+        unusable (stored content is untrusted: its errors are as varied as the code reading it), so
+        `restore` must leave its object unchanged when it raises."""
+        try:
+            versions = self.versions(detector)
+        except (OSError, ValueError) as e:  # an unreadable folder, a link out of the store
+            log.warning("skipping stored models of %s: %s unreadable (%s)", detector,
+                        self.persistence.describe(detector), e)
+            return None
+        for v in reversed(versions):
             try:
-                return self.load(detector, v)
+                mv = self.load(detector, v)
             except IncompatibleVersion as e:
-                log.warning("skipping stored model: %s", e)
+                log.warning("skipping stored model %s", e)
+                continue
+            try:
+                return mv, restore(mv)
+            except Exception as e:
+                log.warning("skipping stored model %s (state in %s): not usable (%s: %s)",
+                            self.persistence.describe(_metadata_path(detector, v)), _artifact_name(v),
+                            type(e).__name__, e)
+        if versions:
+            log.warning("no stored version of %s is usable: will refit", detector)
         return None
 
+    def load_latest(self, detector: str) -> ModelVersion | None:
+        """The newest version that loads, skipping (and logging) broken or incompatible ones."""
+        found = self.load_usable(detector, lambda mv: None)
+        return found[0] if found else None
+
     def list_metadata(self) -> list[dict[str, Any]]:
+        """Each detector's newest metadata that passes the checks load() makes."""
+        self.open()
         out = []
         detectors = sorted({n.split("/", 1)[0] for n in self.persistence.list_names("") if "/" in n})
         for d in detectors:
-            vs = self.versions(d)
-            if vs:
-                raw = self.persistence.load_state(f"{d}/v{vs[-1]:06d}.json")
+            for v in reversed(self.versions(d)):
                 try:
-                    out.append(json.loads(raw)) if raw else None
-                except ValueError:
-                    pass
+                    out.append(self._metadata(d, v))
+                    break
+                except IncompatibleVersion:
+                    continue
         return out
 
     # -- side state: blobs beside the versions, not versioned themselves ------------------------
     def read_blob(self, name: str) -> bytes | None:
         """Side state saved under `name` (e.g. `logs/cursor.json`), None when there is none."""
+        self.open()
         return self.persistence.load_state(_side_name(name))
 
     def write_blob(self, name: str, data: bytes) -> None:
         """Save side state atomically under `name`; names of model versions are refused."""
+        self.open()
         self.persistence.save_state(_side_name(name), data)
 
 

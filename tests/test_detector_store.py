@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ class CrashingPersistence(FilePersistence):
     def save_state(self, name, data):
         if self.crash_after is not None:
             path = self._path(name)
-            tmp = path.with_name(f".{path.name}.crash.tmp")
+            tmp = path.with_name(f".{path.name}.crash000.tmp")
             tmp.write_bytes(data[: self.crash_after])
             raise KeyboardInterrupt("power cut")
         super().save_state(name, data)
@@ -115,3 +116,73 @@ def test_blob_persistence_gives_a_component_the_side_state_only():
         blobs.delete("logs/v000001.json")
     blobs.delete("logs/templates.json")
     assert blobs.load_state("logs/templates.json") is None and store.versions("logs") == [1]
+
+
+def _two_versions(tmp_path) -> ModelStore:
+    store = ModelStore(FilePersistence(tmp_path))
+    store.save("d", {"v": np.array([1.0])})
+    store.save("d", {"v": np.array([2.0])})
+    return store
+
+
+def test_restore_refusing_the_newest_state_falls_back_to_the_previous_with_the_file_named(tmp_path, caplog):
+    store = _two_versions(tmp_path)
+
+    def restore(mv):
+        if mv.version == 2:
+            raise KeyError("series")
+        return mv.state["v"].tolist()
+
+    with caplog.at_level(logging.WARNING, logger="detector.store"):
+        mv, restored = store.load_usable("d", restore)
+    assert (mv.version, restored) == (1, [1.0])
+    assert str(tmp_path / "d" / "v000002.json") in caplog.text and "v000002.npz" in caplog.text
+    assert "KeyError" in caplog.text
+    assert store.load_usable("d", lambda mv: 1 / 0) is None  # nothing usable: the caller refits
+
+
+@pytest.mark.parametrize("how", ["metadata is not UTF-8", "artifact links out of the store"])
+def test_a_version_whose_files_cannot_be_read_is_skipped(tmp_path, caplog, how):
+    store = _two_versions(tmp_path)
+    if how == "metadata is not UTF-8":
+        (tmp_path / "d" / "v000002.json").write_bytes(b"\xff\xfe{")
+    else:
+        outside = tmp_path.parent / f"{tmp_path.name}-outside.npz"
+        art = tmp_path / "d" / "v000002.npz"
+        outside.write_bytes(art.read_bytes())  # same bytes, checksum fine: still not read from outside
+        art.unlink()
+        art.symlink_to(outside)
+    with caplog.at_level(logging.WARNING, logger="detector.store"):
+        assert store.load_latest("d").version == 1
+    assert "v000002" in caplog.text
+
+
+def test_list_metadata_skips_metadata_that_is_no_object(tmp_path):
+    store = _two_versions(tmp_path)
+    (tmp_path / "d" / "v000002.json").write_text("null")
+    store.save("e", {"v": 1})
+    (tmp_path / "e" / "v000001.json").write_text("[]")
+    assert [(m["detector"], m["version"]) for m in store.list_metadata()] == [("d", 1)]
+
+
+def test_the_first_touch_of_the_store_removes_orphaned_temp_files_once(tmp_path, caplog):
+    _two_versions(tmp_path)
+    orphan = tmp_path / "d" / ".v000003.npz.q7w2e9r1.tmp"
+    orphan.write_bytes(b"half a model")
+    store = ModelStore(FilePersistence(tmp_path))  # a constructor touches nothing
+    assert orphan.exists()
+    with caplog.at_level(logging.INFO, logger="detector.store"):
+        assert store.load_latest("d").version == 2
+    assert not orphan.exists()
+    assert f"removed the orphaned temp file {orphan}" in caplog.text
+    assert store.open() == []  # once per store: later saves' temp files are this process's own
+
+
+def test_a_detector_folder_linked_out_of_the_store_is_skipped_not_raised(tmp_path, caplog):
+    outside = tmp_path / "elsewhere"
+    ModelStore(FilePersistence(outside)).save("d", {"v": 1})
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "d").symlink_to(outside / "d")
+    with caplog.at_level(logging.WARNING, logger="detector.store"):
+        assert ModelStore(FilePersistence(tmp_path / "store")).load_usable("d", lambda mv: None) is None
+    assert str(tmp_path / "store" / "d") in caplog.text

@@ -61,7 +61,7 @@ def test_a_failing_write_leaves_the_old_blob(tmp_path, monkeypatch):
 def test_a_crash_between_write_and_rename_lists_no_temp_file(tmp_path):
     persistence = FilePersistence(tmp_path)
     persistence.save_state("x/blob", b"old")
-    (tmp_path / "x" / ".blob.k3j2.tmp").write_bytes(b"ne")  # what a power cut mid-write leaves
+    (tmp_path / "x" / ".blob.k3j2ab_9.tmp").write_bytes(b"ne")  # what a power cut mid-write leaves
     assert persistence.list_names("x") == ["x/blob"] and persistence.load_state("x/blob") == b"old"
 
 
@@ -75,3 +75,50 @@ def test_names_cannot_escape_the_root(tmp_path):
     with pytest.raises(ValueError, match="escapes"):
         persistence.list_names("..")
     assert not (tmp_path / "evil").exists()
+
+
+def test_temp_files_of_writes_cut_short_are_removed_and_nothing_else(tmp_path):
+    persistence = FilePersistence(tmp_path / "store")
+    persistence.save_state("d/v000001.json", b"{}")
+    orphans = ["d/.v000002.npz.k3j2ab_9.tmp", "d/.v000002.json.crash000.tmp", "logs/sub/.cursor.json.x1x2x3x4.tmp"]
+    kept = ["d/.hidden.tmp", "d/notes.tmp", "d/.v000002.npz.tmp", "d/.v000002.npz.K3J2AB_9.tmp",
+            "d/.v000002.npz.k3j2.tmp", "d/v000001.json.abcdefgh.tmp", "d/v000001.json"]
+    for name in orphans + kept[:-1]:
+        (tmp_path / "store" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "store" / name).write_bytes(b"partial")
+    (tmp_path / "store" / "d" / ".dir.abc.tmp").mkdir()  # a folder named like a temp file is no temp file
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / ".x.abcdefgh.tmp").write_bytes(b"not the store's")
+    (tmp_path / "store" / "link").symlink_to(outside)  # removal never follows a link out of the store
+    (tmp_path / "store" / "d" / ".linked.abcdefgh.tmp").symlink_to(outside / ".x.abcdefgh.tmp")
+
+    assert persistence.remove_temp_files() == sorted(orphans)
+    for name in orphans:
+        assert not (tmp_path / "store" / name).exists()
+    for name in kept:
+        assert (tmp_path / "store" / name).exists(), name
+    assert (tmp_path / "store" / "d" / ".dir.abc.tmp").is_dir() and (outside / ".x.abcdefgh.tmp").exists()
+    assert persistence.remove_temp_files() == []
+
+
+def test_temp_file_removal_on_a_store_not_created_yet_or_in_memory(tmp_path):
+    assert FilePersistence(tmp_path / "never-written").remove_temp_files() == []
+    assert MemoryPersistence().remove_temp_files() == []
+
+
+def test_a_temp_file_save_state_leaves_matches_the_pattern_removed(tmp_path, monkeypatch):
+    """The pattern is the one save_state's own temp files have: one left by a failed rename is removed."""
+    persistence = FilePersistence(tmp_path)
+
+    def rename_fails(src, dst):
+        raise KeyboardInterrupt("killed between write and rename")
+
+    monkeypatch.setattr(os, "replace", rename_fails)
+    monkeypatch.setattr(os, "unlink", lambda path: None)  # and killed before the cleanup
+    with pytest.raises(KeyboardInterrupt):
+        persistence.save_state("x/blob", b"new")
+    monkeypatch.undo()
+    (left,) = [p.name for p in (tmp_path / "x").iterdir()]
+    assert persistence.list_names("x") == []
+    assert persistence.remove_temp_files() == [f"x/{left}"] and not any((tmp_path / "x").iterdir())

@@ -29,7 +29,7 @@ from detector.logs.loki import LokiClient, LokiError
 from detector.plugin import BacktestPart, DetectorPlugin, ScorePass
 from detector.promclient import PromClient
 from detector.scores import ScoreBatch
-from detector.store import BlobPersistence, ModelStore
+from detector.store import BlobPersistence, ModelStore, stored_number
 
 log = logging.getLogger(__name__)
 STORE_NAME = "logs"
@@ -112,18 +112,32 @@ class LogPlugin(DetectorPlugin):
 
     # -- persistence ------------------------------------------------------------------------------
     def load(self) -> int:
-        stored = self.store.load_latest(STORE_NAME) if self.store is not None else None
-        if stored is None:
+        if self.store is None:
             return 0
-        try:
-            self.detector = LogDetector.from_state(stored.state, self.templates, state_name=TEMPLATES_NAME)
-            self.fitted_at = float(stored.metadata.get("training_window", {}).get("end") or 0) or None
-        except (KeyError, ValueError, AttributeError) as e:
-            log.warning("stored log model v%s not usable (%s): will refit", stored.version, e)
-            return 0
+        found = self.store.load_usable(STORE_NAME, self._restore)
+        if found is None:
+            return 0  # nothing stored, or nothing usable: the first fit comes first
+        self.detector, self.fitted_at = found[1]
         self._refresh_gpu_map(self.detector)
         self._load_cursor()
         return 1
+
+    def _restore(self, stored) -> tuple[LogDetector, float | None]:
+        """A stored version's detector and fit time; raises when the version is not usable."""
+        window = stored.metadata.get("training_window") or {}
+        fitted_at = stored_number(window.get("end") or None, "training_window.end", optional=True, time=True)
+        try:
+            return LogDetector.from_state(stored.state, self.templates, state_name=TEMPLATES_NAME), fitted_at
+        except ValueError as e:
+            error = e
+        try:  # the version alone, without the templates saved since (one broken blob must not void every version)
+            LogDetector.from_state(stored.state, None, state_name=TEMPLATES_NAME)
+        except ValueError:
+            raise ValueError(f"stored log model v{stored.version} not usable ({error})") from None
+        log.warning("saved log templates %s not usable (%s): v%d's own templates are used",
+                    self.store.persistence.describe(TEMPLATES_NAME), error, stored.version)
+        self.templates.delete(TEMPLATES_NAME)
+        return LogDetector.from_state(stored.state, self.templates, state_name=TEMPLATES_NAME), fitted_at
 
     def _load_cursor(self) -> None:
         """Resume from the saved cursor when it belongs to the loaded fit (template ids are the fit's);
@@ -133,13 +147,16 @@ class LogPlugin(DetectorPlugin):
             return
         try:
             cursor = json.loads(raw.decode("utf-8"))
+            if not isinstance(cursor, dict):
+                raise ValueError(f"a JSON {type(cursor).__name__}, not an object")
             if cursor.get("version") != CURSOR_VERSION:
                 raise ValueError(f"unsupported version {cursor.get('version')!r}")
-            last_scored = float(cursor["last_scored"])
+            last_scored = stored_number(cursor.get("last_scored"), "last_scored", time=True)
             seen = {(float(ts), str(stream), str(message)) for ts, stream, message in cursor.get("seen", [])}
             if cursor.get("fitted_at") == self.fitted_at:
                 self.detector.set_runtime_state(cursor["runtime"])
-        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+        # AttributeError: a runtime part that is no mapping (set_runtime_state reads it before it assigns)
+        except (AttributeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
             log.warning("log scoring cursor not usable (%s): scoring starts from now", e)
             return
         self.last_scored = last_scored
