@@ -431,4 +431,7 @@ def test_security_md_covers_every_port_secret_and_the_allowlist(resolved):
         assert secret in text, f"SECURITY.md does not say what {secret} protects"
     for path in ("/containers/json", "/containers/{id}/json", "/version"):
         assert path in text
-    assert "rotate" in text.lower() and "report" in text.lower()
+    assert "### Rotating them" in text and "## Reporting a vulnerability" in text
+    rotation = text.split("### Rotating them", 1)[1].split("\n## ", 1)[0]
+    for secret in ("API token", "Grafana password", "Webhook URL"):
+        assert f"**{secret}**" in rotation, f"SECURITY.md does not say how to rotate the {secret}"
