@@ -162,6 +162,11 @@ def test_no_secret_in_any_container_environment(tmp_path):
         assert ignored.returncode == 0, f"{path} is not covered by .gitignore"
 
 
+def test_secrets_never_reach_a_build_context():
+    ignored = {line.strip().strip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {"secrets", ".env"} <= ignored
+
+
 def test_env_example_holds_no_secret():
     for line in (ROOT / ".env.example").read_text().splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
