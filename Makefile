@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter
 
-.PHONY: demo test lint unit bench deps venv clean
+.PHONY: demo test lint unit bench deps venv constraints secrets clean
+# The versions the suite runs with; the Dockerfiles and CI install with them too.
+CONSTRAINTS := constraints.txt
 
 # Debian packages for the real Prometheus/Alertmanager/node-exporter the demo and tests start.
 deps:
@@ -14,11 +16,28 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	touch $@
+
+# After changing dependencies in pyproject.toml (a new package, a raised bound): resolve them afresh
+# in a scratch venv, with no old pin in the way, and write what got installed. Then `make test`
+# (the venv is rebuilt from the new file) and commit both files.
+constraints:
+	@scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
+	python3 -m venv "$$scratch" && \
+	"$$scratch/bin/pip" install -q --upgrade pip && \
+	"$$scratch/bin/pip" install -q -e '.[dev]' && \
+	{ echo "# pip constraints: the versions the test suite runs with (Python 3.11). Regenerate with"; \
+	  echo "# \`make constraints\` after changing dependencies in pyproject.toml; never edit by hand."; \
+	  "$$scratch/bin/pip" freeze --exclude-editable | grep -v '^rigwatch[ =@]'; } > $(CONSTRAINTS).new && \
+	mv $(CONSTRAINTS).new $(CONSTRAINTS) && echo "wrote $(CONSTRAINTS)"
+
+# The compose stack's secret files (./secrets/, never committed); existing files are kept.
+secrets:
+	sh scripts/init-secrets.sh secrets
 
 venv: $(VENV)/.installed
 
@@ -27,6 +46,8 @@ demo: deps venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/actionlint .github/workflows/*.yml
+	$(VENV)/bin/hadolint docker/*.Dockerfile
 
 unit: venv
 	$(VENV)/bin/pytest -q -m "not integration"

@@ -115,6 +115,7 @@ def cmd_serve(args) -> int:
     try:
         apply_overrides(cfg, prometheus_url=args.prometheus_url or None, loki_url=args.loki_url or None,
                         store=args.store or None)
+        cfg.token()  # an unreadable RIGWATCH_API_TOKEN_FILE: exit 2 now, not a failed retrain later
     except ConfigError as e:
         return _usage_error(str(e))
     listen = args.listen or cfg.listen

@@ -19,6 +19,7 @@ import yaml
 
 from detector.models import FALLBACKS, FEATURE_KINDS, MODELS, RULES, make_model, model_class
 from rigwatch import durations
+from rigwatch.secret_files import SecretFileError, secret_from_env
 
 log = logging.getLogger(__name__)
 DIRECTIONS = ("up", "down", "both")
@@ -108,8 +109,13 @@ class Config:
                        store_path=running.store_path)
 
     def token(self, environ=os.environ) -> str | None:
-        """The API bearer token: RIGWATCH_API_TOKEN wins over the file; empty means none."""
-        tok = environ.get("RIGWATCH_API_TOKEN") or self.api_token
+        """The API bearer token: RIGWATCH_API_TOKEN, else the file RIGWATCH_API_TOKEN_FILE names (read
+        each time: rewriting it rotates the token), else the config's api_token; empty means none.
+        An unreadable token file is a ConfigError naming RIGWATCH_API_TOKEN_FILE."""
+        try:
+            tok = secret_from_env("RIGWATCH_API_TOKEN", environ) or self.api_token
+        except SecretFileError as e:
+            raise ConfigError(e.variable, e.problem) from None
         return tok or None
 
 

@@ -5,14 +5,17 @@
 
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY rigwatch ./rigwatch
 COPY exporter ./exporter
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[exporter]"
+# constraints.txt: the versions the test suite ran (make constraints), so the image runs them too.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint constraints.txt ".[exporter]"
 
 FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY --from=build /wheels /wheels
+# Only the wheels built above (pinned by constraints.txt) can be installed: --no-index.
+# hadolint ignore=DL3013
 RUN pip install --no-cache-dir --no-index --find-links=/wheels "rigwatch[exporter]" \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin rigwatch
