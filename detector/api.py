@@ -8,6 +8,7 @@ saying how to set one (there is no default token).
 from __future__ import annotations
 
 import hmac
+import logging
 import math
 
 from flask import Flask, Response, jsonify, request
@@ -15,8 +16,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
+from detector.config import ConfigError
 from detector.metrics import DetectorCollector
 from detector.timefmt import iso, parse_rfc3339
+
+log = logging.getLogger("rigwatch.detector.api")
 
 
 def parse_time(value: str, name: str) -> float:
@@ -122,7 +126,13 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
 
     @app.post("/api/v1/retrain")
     def retrain():
-        token = service.config.token(env)
+        try:
+            token = service.config.token(env)
+        except ConfigError as e:  # RIGWATCH_API_TOKEN_FILE gone or unreadable since start-up
+            # the message names the variable, the path and the OS error, never the token
+            log.error("POST /api/v1/retrain refused: API token unreadable: %s", e)
+            return error(503, f"retrain is unavailable: the API token cannot be read ({e}); "
+                              "restore the file, then retry")
         if not token:
             return error(503, "retrain is disabled: no API token configured. Set RIGWATCH_API_TOKEN in the "
                               "environment or api_token in the config file, then send "

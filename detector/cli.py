@@ -14,6 +14,8 @@ import threading
 
 from detector.config import ConfigError, apply_overrides, load_config
 from detector.logs import templates_cli
+from rigwatch.http_server import BoundedServer
+from rigwatch.redact import redact_text, redact_url
 
 log = logging.getLogger("rigwatch.detector")
 
@@ -81,7 +83,8 @@ def cmd_backtest(args) -> int:
     if end <= start:
         return _usage_error("--end: must be after --start")
     if not args.prometheus_url.startswith(("http://", "https://")):
-        return _usage_error(f"--prometheus-url: must start with http:// or https:// (got {args.prometheus_url!r})")
+        return _usage_error(f"--prometheus-url: must start with http:// or https:// "
+                            f"(got {redact_url(args.prometheus_url)!r})")
     if args.threshold <= 0:
         return _usage_error("--threshold: must be > 0")
     if args.journal_file and not os.path.isfile(args.journal_file):
@@ -91,9 +94,10 @@ def cmd_backtest(args) -> int:
     try:
         report = run_backtest(cfg, plugins, start, end, threshold=args.threshold,
                               show_progress=not args.no_progress, plot_dir=args.plot,
-                              source={"prometheus_url": args.prometheus_url, "journal_file": args.journal_file})
+                              source={"prometheus_url": redact_url(args.prometheus_url),
+                                      "journal_file": args.journal_file})
     except PromError as e:
-        print(f"rigwatch-detector: backtest failed: prometheus: {e}", file=sys.stderr)
+        print(f"rigwatch-detector: backtest failed: prometheus: {redact_text(str(e))}", file=sys.stderr)
         return 1
     write_report(report, args.output)
     n = len(report["incidents"])
@@ -102,9 +106,13 @@ def cmd_backtest(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
-    from waitress import create_server
+def startup_line(cfg, host: str, port: int, detectors: int) -> str:
+    """serve's first line; the URL without its password (it reaches the journal and Loki)."""
+    return (f"rigwatch-detector serving on http://{host}:{port} (prometheus {redact_url(cfg.prometheus.url)}, "
+            f"{detectors} detectors, store {cfg.store_path})")
 
+
+def cmd_serve(args) -> int:
     from detector.api import create_app
     from detector.plugins import build_service, query_checker
 
@@ -130,31 +138,24 @@ def cmd_serve(args) -> int:
     service = build_service(cfg, config_path=args.config)
     app = create_app(service)
     # one process, several threads: a second worker process would run a second scheduler
-    server = create_server(app, host=host.strip("[]"), port=int(port), threads=4)
+    server = BoundedServer(app, host, int(port), ident="rigwatch-detector", name="waitress")
     service.start()
-    log.info("rigwatch-detector serving on http://%s:%s (prometheus %s, %d detectors, store %s)", host,
-             server.effective_port, cfg.prometheus.url, len(service.detector_names()), cfg.store_path)
+    log.info(startup_line(cfg, host, server.port, len(service.detector_names())))
     if not cfg.token():
         log.info("POST /api/v1/retrain disabled: set RIGWATCH_API_TOKEN (or api_token) to enable it")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-    # waitress's loop runs until every keep-alive connection is gone; a daemon thread lets the
-    # process stop promptly on SIGTERM whatever clients still hold open.
-    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
-    thread.start()
+    server.start()
     try:
         while not stop.wait(0.5):
-            if not thread.is_alive():
+            if not server.is_alive():
                 log.error("HTTP server stopped unexpectedly")
                 return 1
     finally:
         log.info("shutting down")
         service.stop()
-        try:
-            server.close()
-        except Exception:  # already closing: nothing left to release
-            pass
+        server.stop()
     return 0
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import requests
 
+from rigwatch.redact import redact_text, redact_url
+
 log = logging.getLogger(__name__)
 
 # Prometheus refuses a query_range answer of more than 11,000 points per series.
@@ -91,7 +93,8 @@ class PromClient:
             try:
                 r = self.session.get(url, params=params, timeout=self.timeout, headers=self.headers)
             except requests.RequestException as e:
-                last = PromError(f"{url}: {type(e).__name__}: {e}", retryable=True)
+                # requests puts the URL (and so any password in it) into its messages
+                last = PromError(redact_text(f"{url}: {type(e).__name__}: {e}"), retryable=True)
             else:
                 last = self._parse(url, r)
                 if last is None:
@@ -120,7 +123,7 @@ class PromClient:
             return None
         err_type = body.get("errorType") if isinstance(body, dict) else None
         err = body.get("error") if isinstance(body, dict) else None
-        msg = f"{url}: HTTP {r.status_code}" + (f" {err_type}: {err}" if err else f" {r.text[:200]!r}")
+        msg = f"{redact_url(url)}: HTTP {r.status_code}" + (f" {err_type}: {err}" if err else f" {r.text[:200]!r}")
         # 400 bad_data / 422 execution errors are the query's fault: retrying gives the same answer.
         retryable = r.status_code >= 500 or r.status_code == 429 or (r.status_code == 200 and body is None)
         if err_type in ("timeout", "canceled", "unavailable"):

@@ -1,4 +1,4 @@
-# rigwatch GPU exporter: NVML (nvidia-ml-py) + prometheus-client + Docker SDK, nothing else.
+# rigwatch GPU exporter: NVML (nvidia-ml-py) + prometheus-client + Docker SDK + waitress, nothing else.
 # Build from the repository root:  docker build -f docker/exporter.Dockerfile -t rigwatch/exporter .
 # The NVIDIA Container Toolkit mounts the driver's libnvidia-ml.so.1 at run time (compose's GPU
 # device reservation); the image itself carries no driver.

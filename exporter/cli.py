@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from exporter.collector import RigCollector
 from exporter.docker_source import DEFAULT_DOCKER_URL, DockerContainerSource
 from exporter.server import MetricsServer, parse_listen
+from rigwatch import http_server
 
 log = logging.getLogger("rigwatch.exporter")
 
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim-history-job", default="rigwatch-exporter",
                    help="sim backend: job label of the --sim-history samples (instance is --listen; "
                         "default rigwatch-exporter)")
+    p.add_argument("--max-connections", type=int, default=http_server.CONNECTION_LIMIT,
+                   help="open connections served at once; more wait in the listen backlog "
+                        f"(default {http_server.CONNECTION_LIMIT})")
+    p.add_argument("--idle-timeout", type=float, default=http_server.IDLE_TIMEOUT_S,
+                   help="seconds an idle keep-alive connection is kept open (default "
+                        f"{http_server.IDLE_TIMEOUT_S:g}; keep it off your scrape interval)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     for flag in ("slow_interval", "container_interval", "retry_interval", "speed", "sim_history_hours",
-                 "sim_history_step"):
+                 "sim_history_step", "max_connections", "idle_timeout"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0")
     if args.sim_history and args.backend != "sim":
@@ -126,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     registry = CollectorRegistry()
     registry.register(collector)
     try:
-        server = MetricsServer(registry, host, port, backend=args.backend)
+        limits = http_server.Limits(connection_limit=args.max_connections, idle_timeout_s=args.idle_timeout)
+        server = MetricsServer(registry, host, port, backend=args.backend, limits=limits)
     except OSError as e:
         log.error("cannot listen on %s: %s", args.listen, e)
         collector.gpus.shutdown()

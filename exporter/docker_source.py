@@ -10,6 +10,7 @@ import re
 from datetime import datetime
 
 from exporter.containers import ContainerState
+from rigwatch.redact import redact_text
 
 DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
 
@@ -60,7 +61,7 @@ class DockerContainerSource:
                 # "auto" negotiates the API version: newer daemons refuse clients that are too old.
                 self._client = docker.APIClient(base_url=self.base_url, version="auto", timeout=self.timeout)
             except docker.errors.DockerException as e:
-                raise DockerUnavailable(f"Docker API at {self.base_url} unreachable: {e}") from None
+                raise DockerUnavailable(redact_text(f"Docker API at {self.base_url} unreachable: {e}")) from None
         return self._client
 
     def snapshot(self) -> list[ContainerState]:
@@ -79,7 +80,7 @@ class DockerContainerSource:
             return out
         except (docker.errors.DockerException, requests.RequestException) as e:
             self.close()
-            raise DockerUnavailable(f"Docker API at {self.base_url} failed: {e}") from None
+            raise DockerUnavailable(redact_text(f"Docker API at {self.base_url} failed: {e}")) from None
 
     def close(self) -> None:
         if self._client is not None:

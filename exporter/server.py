@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import html
 import logging
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry
 
 from exporter.exposition import CONTENT_TYPE, CachedTextEncoder
+from rigwatch.http_server import BoundedServer, Limits
 
 log = logging.getLogger("rigwatch.exporter.http")
 
@@ -40,81 +38,54 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, port_n
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection
-    # Headers and body go out in two writes; with Nagle on, the body waits for the client's delayed
-    # ACK (~40 ms on Linux) on a kept-alive connection.
-    disable_nagle_algorithm = True
+class MetricsApp:
+    """The exporter's WSGI app: GET /metrics, GET / and 404 for anything else; other methods 501."""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        path = self.path.split("?", 1)[0]
+    def __init__(self, registry: CollectorRegistry, backend: str):
+        self.registry = registry
+        self.encoder = CachedTextEncoder()
+        self.backend = backend
+
+    def __call__(self, environ, start_response):
+        status, content_type, body = self._answer(environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/"))
+        start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _answer(self, method: str, path: str) -> tuple[str, str, bytes]:
+        if method != "GET":  # as http.server answered before: only GET is served
+            return "501 Not Implemented", "text/plain; charset=utf-8", f"unsupported method {method}\n".encode()
         if path == "/metrics":
             try:
-                body = self.server.encoder.encode(self.server.registry)
+                return "200 OK", CONTENT_TYPE, self.encoder.encode(self.registry)
             except Exception as e:  # a collector bug must not kill the server thread
                 log.exception("collect failed")
-                self._send(500, "text/plain; charset=utf-8", f"collect failed: {e}\n".encode())
-                return
-            self._send(200, CONTENT_TYPE, body)
-        elif path == "/":
-            page = LANDING.format(backend=html.escape(self.server.backend))
-            self._send(200, "text/html; charset=utf-8", page.encode())
-        else:
-            self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics\n")
-
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format, *args) -> None:  # scrapes every 15 s would flood the log
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    registry: CollectorRegistry
-    encoder: CachedTextEncoder
-    backend: str
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+                return "500 Internal Server Error", "text/plain; charset=utf-8", f"collect failed: {e}\n".encode()
+        if path == "/":
+            page = LANDING.format(backend=html.escape(self.backend))
+            return "200 OK", "text/html; charset=utf-8", page.encode()
+        return "404 Not Found", "text/plain; charset=utf-8", b"not found: try /metrics\n"
 
 
 class MetricsServer:
-    """Serves `registry` on host:port (port 0 picks a free one; see `.port`)."""
+    """Serves `registry` on host:port (port 0 picks a free one; see `.port`) on the bounded server of
+    rigwatch.http_server: capped connections and threads, idle connections closed after
+    `limits.idle_timeout_s`, a client hanging up logged at debug. Binds here, serves from `start()`."""
 
     def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9842,
-                 backend: str = "nvml"):
-        server_cls = _Server6 if ":" in host else _Server
-        self._httpd = server_cls((host, port), _Handler)
-        self._httpd.registry = registry
-        self._httpd.encoder = CachedTextEncoder()
-        self._httpd.backend = backend
-        self._thread: threading.Thread | None = None
+                 backend: str = "nvml", limits: Limits | None = None):
+        self.app = MetricsApp(registry, backend)
+        self._server = BoundedServer(self.app, host, port, limits=limits or Limits(), ident="rigwatch-exporter")
 
     @property
     def port(self) -> int:
-        return self._httpd.server_address[1]
+        return self._server.port
 
     @property
     def url(self) -> str:
-        host = self._httpd.server_address[0]
-        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+        return self._server.url
 
     def start(self) -> None:
-        # A short poll interval only makes stop() quicker; requests are served as they arrive.
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="rigwatch-http", daemon=True)
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
-        if self._thread is not None:  # shutdown() waits for a serve_forever loop: only if one runs
-            self._httpd.shutdown()
-            self._thread.join(5)
-            self._thread = None
-        self._httpd.server_close()
+        self._server.stop()

@@ -15,6 +15,7 @@ from detector.logs.journal import read_log_file
 from detector.logs.patterns import gpu_index_by_pci
 from detector.promclient import PromClient, PromError
 from detector.timefmt import iso
+from rigwatch.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def gpu_map_from_prometheus(client: PromClient | None) -> dict[str, str]:
         return gpu_index_by_pci(client.series("gpu_info"))
     except PromError as e:
         log.warning("gpu_info not readable from %s (%s): Xid incidents will name the PCI id only",
-                    client.base_url, e)
+                    redact_url(client.base_url), e)
         return {}
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import requests
 
 from detector.logs.journal import LogEntry
+from rigwatch.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ class LokiClient:
             try:
                 response = self.session.get(url, params=params, timeout=self.timeout, headers=self.headers)
             except requests.RequestException as e:
-                last = LokiError(f"Loki at {self.url} unreachable ({path}): {e}")
+                # requests puts the URL (and so any password in it) into its messages
+                last = LokiError(redact_text(f"Loki at {self.url} unreachable ({path}): {e}"))
                 self._count(last)
                 continue
             if 400 <= response.status_code < 500 and response.status_code != 429:
