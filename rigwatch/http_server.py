@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import sys
 import threading
@@ -40,11 +41,12 @@ INBUF_OVERFLOW_BYTES = MAX_BODY_BYTES + 2 * RECV_BYTES
 CONNECTION_LIMIT = 500
 # Connections waiting to be accepted; the kernel caps it at net.core.somaxconn (4096 on Linux >= 5.4).
 BACKLOG = 1024
-# Seconds an idle connection (no request in progress) is kept. Short: a scraper reconnects cheaply,
-# and idle sockets cannot pile up to the connection limit.
-IDLE_TIMEOUT_S = 10.0
-# How often idle connections are looked for: an idle one is closed within IDLE_TIMEOUT_S + this.
-CLEANUP_INTERVAL_S = 1.0
+# Seconds an idle connection (no request in progress) is kept (whole seconds, rounded up). Short: a
+# scraper reconnects cheaply, and idle sockets cannot pile up to the connection limit.
+IDLE_TIMEOUT_S = 10
+# How often idle connections are looked for: an idle one is closed within IDLE_TIMEOUT_S + this
+# (+ one wake-up of the loop, 1 s at most).
+CLEANUP_INTERVAL_S = 1
 THREADS = 4
 # After refusing a request the server still reads (and drops) what the client sends for a moment
 # before closing: closing a socket with unread input makes the kernel answer RST, and a client that
@@ -72,12 +74,13 @@ class Limits:
             max_request_body_size=self.max_body_bytes, max_request_header_size=self.max_header_bytes,
             inbuf_overflow=max(INBUF_OVERFLOW_BYTES, self.max_body_bytes + 2 * RECV_BYTES),
             recv_bytes=RECV_BYTES, connection_limit=self.connection_limit, backlog=self.backlog,
-            channel_timeout=self.idle_timeout_s,
-            cleanup_interval=min(CLEANUP_INTERVAL_S, self.idle_timeout_s),
+            # waitress takes whole seconds here (and for the loop timeout): round up, never to 0
+            channel_timeout=max(1, math.ceil(self.idle_timeout_s)),
+            cleanup_interval=CLEANUP_INTERVAL_S,
             # poll(), not select(): select() cannot watch a descriptor numbered above 1024
             asyncore_use_poll=True,
-            # short loop timeout: stop() and the idle check do not wait a second for the loop
-            asyncore_loop_timeout=0.2,
+            # the loop wakes at least this often (whole seconds: 0 would make it spin) for the idle check
+            asyncore_loop_timeout=1,
         )
 
 
