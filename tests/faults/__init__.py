@@ -6,5 +6,6 @@ Read these as the list of promises (each test starts real processes where the fa
 - test_store.py          — kill -9 during a save, corrupt and unusable model versions, orphaned temp files
 - test_config.py         — broken configs at start-up and at hot reload (exit 2 naming the key; the running
                            config stays)
-- test_http.py           — hostile requests, big bodies, idle connections (detector API and exporter)
+- test_http.py           — hostile requests, big bodies and headers, idle connections, bursts, clients hanging
+                           up, a vanished API token file (detector API and exporter)
 """

@@ -258,6 +258,27 @@ def test_client_hanging_up_mid_answer_is_no_traceback(exporter):
         assert word not in log, log
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_the_server_loop_sleeps_while_connections_are_idle(detector):
+    """A waitress loop that never blocks (a loop timeout of 0) burns a whole core whatever the load.
+    A generous bound: the detector with 50 idle connections uses far less than half a core."""
+    pid = detector["proc"].pid
+    idle = [socket.create_connection(("127.0.0.1", detector["port"]), timeout=5) for _ in range(50)]
+    try:
+        time.sleep(0.5)
+        before = _cpu_seconds(pid)
+        time.sleep(3)
+        used = _cpu_seconds(pid) - before
+    finally:
+        for s in idle:
+            s.close()
+    assert used < 1.5, f"{used:.2f} s of CPU in 3 s while idle"
+
+
 def test_idle_connection_is_closed_after_the_idle_timeout(exporter):
     with socket.create_connection(("127.0.0.1", exporter["port"]), timeout=10) as s:
         s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
