@@ -191,6 +191,11 @@ def test_malformed_request_line_is_a_json_400(detector):
     _json_error(*_raw(detector["port"], b"NONSENSE\r\nHost: x\r\n\r\n"), 400)
 
 
+def test_unsupported_transfer_encoding_is_a_json_501(detector):
+    request = b"POST /api/v1/retrain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"
+    _json_error(*_raw(detector["port"], request), 501)
+
+
 def test_retrain_with_the_token_file_gone_is_a_json_503(detector):
     url = f"http://127.0.0.1:{detector['port']}/api/v1/retrain"
     auth = {"Authorization": f"Bearer {TOKEN}"}
