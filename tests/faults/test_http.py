@@ -151,9 +151,12 @@ def test_metrics_answers_while_150_idle_connections_are_held(detector):
 def test_huge_content_length_is_a_json_413_before_the_body_and_the_token(detector):
     request = (b"POST /api/v1/retrain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                b"Content-Length: 300000000\r\n\r\n{\"detec")
+    before = set(os.listdir(detector["tmp"]))
     status, headers, body = _raw(detector["port"], request, timeout=10)
     doc = _json_error(status, headers, body, 413)
     assert "65536" in doc["error"]
+    assert set(os.listdir(detector["tmp"])) == before
+    assert _open_fds_under(detector["proc"].pid, detector["tmp"]) == []
 
 
 def test_no_request_body_is_spooled_to_disk(detector):
