@@ -13,6 +13,7 @@ import sys
 import threading
 
 from detector.config import ConfigError, apply_overrides, load_config
+from detector.config_values import host_port
 from detector.logs import templates_cli
 
 log = logging.getLogger("rigwatch.detector")
@@ -118,10 +119,11 @@ def cmd_serve(args) -> int:
         cfg.token()  # an unreadable RIGWATCH_API_TOKEN_FILE: exit 2 now, not a failed retrain later
     except ConfigError as e:
         return _usage_error(str(e))
-    listen = args.listen or cfg.listen
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        return _usage_error(f"--listen: expected HOST:PORT (got {listen!r})")
+    try:  # the config's `listen` was checked at load; --listen may also ask for port 0 (any free port)
+        host, port = host_port(args.listen, "--listen", any_port=True) if args.listen is not None \
+            else host_port(cfg.listen, "listen")
+    except ConfigError as e:
+        return _usage_error(str(e))
     try:
         # a query Prometheus refuses is a config error like any other; an unreachable one is not
         query_checker(cfg).check(cfg)
@@ -130,7 +132,7 @@ def cmd_serve(args) -> int:
     service = build_service(cfg, config_path=args.config)
     app = create_app(service)
     # one process, several threads: a second worker process would run a second scheduler
-    server = create_server(app, host=host.strip("[]"), port=int(port), threads=4)
+    server = create_server(app, host=host, port=port, threads=4)
     service.start()
     log.info("rigwatch-detector serving on http://%s:%s (prometheus %s, %d detectors, store %s)", host,
              server.effective_port, cfg.prometheus.url, len(service.detector_names()), cfg.store_path)

@@ -65,7 +65,7 @@ def test_token_from_env_wins_and_empty_is_none():
     cfg = load_config(text="api_token: from-file")
     assert cfg.token({}) == "from-file"
     assert cfg.token({"RIGWATCH_API_TOKEN": "from-env"}) == "from-env"
-    assert load_config(text="{}").token({}) is None
+    assert load_config(text="detectors: [{name: a, query: up, model: robust_z}]").token({}) is None
 
 
 def test_hot_reload_keeps_running_config_on_error(tmp_path):
