@@ -61,11 +61,14 @@ def test_missing_file_names_the_path(tmp_path):
         load_config(tmp_path / "nope.yml")
 
 
+ONE = "detectors: [{name: a, query: up, model: robust_z}]\n"  # the smallest config that detects something
+
+
 def test_token_from_env_wins_and_empty_is_none():
-    cfg = load_config(text="api_token: from-file")
+    cfg = load_config(text=ONE + "api_token: from-file")
     assert cfg.token({}) == "from-file"
     assert cfg.token({"RIGWATCH_API_TOKEN": "from-env"}) == "from-env"
-    assert load_config(text="detectors: [{name: a, query: up, model: robust_z}]").token({}) is None
+    assert load_config(text=ONE).token({}) is None
 
 
 def test_hot_reload_keeps_running_config_on_error(tmp_path):
