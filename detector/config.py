@@ -174,9 +174,9 @@ def _detector(raw: Any, key: str, defaults: dict) -> DetectorConfig:
         model = None
     else:
         rule, model = None, own.get("model", defaults.get("model"))
-        if model is None:
-            raise ConfigError(f"{key}.model", f"missing: set model ({', '.join(MODELS)}) or rule "
-                                              f"({', '.join(RULES)})")
+        if model is None:  # named where it was cleared: an explicit `rule: null` is the rule's key
+            raise ConfigError(f"{key}.rule" if "rule" in d else f"{key}.model",
+                              f"missing: set model ({', '.join(MODELS)}) or rule ({', '.join(RULES)})")
     merged = {**defaults, **own}
     params = merged.get("params", {})
     if rule is not None:
@@ -232,11 +232,19 @@ def _check_model_params(det: DetectorConfig, key: str) -> None:
             params[k] = (cv.integer if lim.integer else cv.number)(params[k], f"{key}.{k}", lim)
         else:  # a parameter a model gained without a line here: refuse rather than pass it unchecked
             raise ConfigError(f"{key}.{k}", "this parameter cannot be set from the config")
+    cls = model_class(det.model)
+    if cls.takes_features:  # as the metric detector builds it: the features' names
+        for i, name in enumerate(params.get("lagged", ())):
+            if name not in det.features:
+                raise ConfigError(f"{key}.lagged[{i}]", f"{name!r} is not one of the detector's features "
+                                                        f"({', '.join(det.features)})")
     for k in _DETECTOR_LEVEL:
         if getattr(det, k) is not None and k in valid:
             params[k] = getattr(det, k)
+    feature_names = {"feature_names": cls.input_names(list(det.features))} \
+        if cls.takes_features and "feature_names" in valid else {}
     try:
-        make_model(det.model, **params)
+        make_model(det.model, **params, **feature_names)
     except (TypeError, ValueError) as e:
         raise ConfigError(key, str(e)) from None
     det.params = {k: v for k, v in params.items() if k not in _DETECTOR_LEVEL}

@@ -24,7 +24,8 @@ class ConfigError(ValueError):
     """A config problem; str() starts with the key path (`key`), then the problem."""
 
     def __init__(self, key: str, problem: str):
-        super().__init__(f"{key}: {problem}")
+        # one line whatever the key holds: the CLI prints str() as its whole error
+        super().__init__(" ".join(f"{key}: {problem}".splitlines()))
         self.key = key
         self.problem = problem
 
@@ -224,8 +225,11 @@ def http_url(value: Any, key: str) -> str:
 
 def labels(value: Any, key: str, *, empty: bool = True) -> list[str]:
     """A list of label names ([a-zA-Z_][a-zA-Z0-9_]*, Prometheus's rule)."""
-    if not isinstance(value, list) or not all(isinstance(v, str) and LABEL_RE.match(v) for v in value):
+    if not isinstance(value, list):
         raise ConfigError(key, f"expected a list of label names (got {short(value)})")
+    for i, v in enumerate(value):
+        if not isinstance(v, str) or not LABEL_RE.match(v):
+            raise ConfigError(f"{key}[{i}]", f"expected a label name [a-zA-Z_][a-zA-Z0-9_]* (got {short(v)})")
     if not empty and not value:
         raise ConfigError(key, "expected at least one label name")
     return list(value)
@@ -255,7 +259,8 @@ def mapping(value: Any, key: str) -> dict:
 def check_keys(d: dict, allowed: set[str] | dict, key: str) -> None:
     for k in d:
         if not isinstance(k, str) or k not in allowed:
-            where = f"{key}.{k}" if key else str(k)
+            shown = k if isinstance(k, str) and k.strip() and k.isprintable() and len(k) <= 80 else short(k)
+            where = f"{key}.{shown}" if key else str(shown)
             raise ConfigError(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
 
 

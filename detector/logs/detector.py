@@ -104,17 +104,19 @@ def _check_number(value, key: str, limit: str):
 def _check_mask_kinds(value, key: str):
     if value is None:
         return None
-    if not isinstance(value, list) or any(v not in MASK_PATTERNS for v in value if isinstance(v, str)) \
-            or not all(isinstance(v, str) for v in value):
-        raise ConfigError(key, f"expected null or a list of mask kinds from {', '.join(MASK_PATTERNS)} "
-                               f"(got {cv.short(value)})")
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected null or a list of mask kinds (got {cv.short(value)})")
+    for i, v in enumerate(value):
+        if not isinstance(v, str) or v not in MASK_PATTERNS:
+            raise ConfigError(f"{key}[{i}]", f"must be one of {', '.join(MASK_PATTERNS)} (got {cv.short(v)})")
     return tuple(value)
 
 
 def _check_regexes(value, key: str):
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list):
         raise ConfigError(key, f"expected a list of regular expressions (got {cv.short(value)})")
     for i, pattern in enumerate(value):
+        cv.string(pattern, f"{key}[{i}]")
         try:
             re.compile(pattern)
         except (re.error, RecursionError, OverflowError) as e:
