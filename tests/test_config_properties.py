@@ -216,7 +216,7 @@ def _random_value(rng: random.Random, depth: int = 0):
             for _ in range(rng.randint(0, 3))}
 
 
-def test_600_seeded_mutated_configs(sections):
+def test_600_seeded_mutated_configs(sections, capsys):
     rng = random.Random(20261204)
     counts = {"loaded": 0, "refused": 0}
     for i in range(600):
@@ -236,4 +236,6 @@ def test_600_seeded_mutated_configs(sections):
             counts["refused"] += 1
             named = [p for p in changed if names(e.key, p) or related(p, e.key)]
             assert named, f"doc {i}: changed {changed}, error names {e.key}: {e.problem:.120}"
+    with capsys.disabled():
+        print(f"\nseeded mutated configs: {counts}")
     assert counts["refused"] > 300, counts
