@@ -13,6 +13,7 @@ import sys
 import threading
 
 from detector.config import ConfigError, apply_overrides, load_config
+from detector.config_values import host_port
 from detector.logs import templates_cli
 from rigwatch.http_server import BoundedServer
 from rigwatch.redact import redact_text, redact_url
@@ -126,10 +127,11 @@ def cmd_serve(args) -> int:
         cfg.token()  # an unreadable RIGWATCH_API_TOKEN_FILE: exit 2 now, not a failed retrain later
     except ConfigError as e:
         return _usage_error(str(e))
-    listen = args.listen or cfg.listen
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        return _usage_error(f"--listen: expected HOST:PORT (got {listen!r})")
+    try:  # the config's `listen` was checked at load; --listen may also ask for port 0 (any free port)
+        host, port = host_port(args.listen, "--listen", any_port=True) if args.listen is not None \
+            else host_port(cfg.listen, "listen")
+    except ConfigError as e:
+        return _usage_error(str(e))
     try:
         # a query Prometheus refuses is a config error like any other; an unreachable one is not
         query_checker(cfg).check(cfg)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -17,33 +16,23 @@ from typing import Any
 
 import yaml
 
+from detector import config_values as cv
+from detector.config_values import ConfigError
+from detector.logs.detector import LogDetectorConfig
+from detector.logs.loki import LokiClient
 from detector.models import FALLBACKS, FEATURE_KINDS, MODELS, RULES, make_model, model_class
 from rigwatch import durations
 from rigwatch.secret_files import SecretFileError, secret_from_env
 
 log = logging.getLogger(__name__)
 DIRECTIONS = ("up", "down", "both")
-_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-
-
-class ConfigError(ValueError):
-    """A config problem; str() starts with the key path."""
-
-    def __init__(self, key: str, problem: str):
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
+__all__ = ["Config", "ConfigError", "ConfigWatcher", "DetectorConfig", "apply_overrides", "load_config",
+           "parse_config", "parse_duration"]
 
 
 def parse_duration(value: Any, key: str) -> float:
     """'90s', '5m', '1h30m', '7d', '1w' or a number of seconds (rigwatch.durations) -> seconds (float, > 0)."""
-    try:
-        seconds = durations.parse_duration(value)
-    except ValueError as e:
-        raise ConfigError(key, str(e)) from None
-    if seconds <= 0:
-        raise ConfigError(key, f"must be > 0 (got {value!r})")
-    return seconds
+    return cv.duration(value, key, cv.Limit(0, durations.MAX_SECONDS, lo_open=True, duration=True))
 
 
 @dataclass
@@ -123,147 +112,157 @@ _TOP_KEYS = {"prometheus", "loki", "logs", "listen", "api_token", "store", "sche
 _DET_KEYS = {"name", "query", "model", "rule", "params", "sensitivity", "direction", "min_deviation",
              "min_duration", "merge_gap", "key", "features", "join_on", "heartbeat", "enabled", "fallback",
              "min_fit_r2"}
+_DEFAULTS_KEYS = _DET_KEYS - {"name", "query", "rule", "key", "features", "heartbeat"}
+_SCHEDULE_KEYS = ("step", "fit_every", "lookback", "context", "warmup", "fallback_refit")
+# what `params:` of a model may hold besides the numbers LIMITS bounds (params.<model>.<name>)
+_MODEL_PARAM_TYPES: dict[str, Callable[[Any, str], Any]] = {
+    "seasonal_esd.method": lambda v, k: cv.one_of(v, k, ("fast", "stl_jump", "stl")),
+    "thermal.lagged": lambda v, k: cv.labels(v, k, empty=False),
+    "thermal.concave": cv.boolean,
+}
+# set on the detector itself (they are shared with rules and the fallback), never in params
+_DETECTOR_LEVEL = ("direction", "min_deviation", "sensitivity")
 
 
-def _check_keys(d: dict, allowed: set[str], key: str) -> None:
-    for k in d:
-        if k not in allowed:
-            where = f"{key}.{k}" if key else str(k)
-            raise ConfigError(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-
-def _mapping(value: Any, key: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(key, f"expected a mapping (got {type(value).__name__})")
+def _kind(value: Any, key: str, table: dict, what: str) -> str:
+    if not isinstance(value, str) or value not in table:
+        raise ConfigError(key, f"unknown {what} {cv.short(value)} (choose from {', '.join(table)})")
     return value
 
 
-def _number(value: Any, key: str, *, minimum: float | None = None, strict: bool = False) -> float:
-    if isinstance(value, str):  # YAML 1.1 reads 2e9 as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(key, f"expected a number (got {value!r})")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ConfigError(key, f"must be {'>' if strict else '>='} {minimum} (got {value!r})")
-    return float(value)
+def _optional(d: dict, name: str, key: str, check: Callable[[Any, str], Any]) -> Any:
+    return None if d.get(name) is None else check(d[name], f"{key}.{name}")
 
 
-def _str(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(key, f"expected a non-empty string (got {value!r})")
-    return value
-
-
-def _str_list(value: Any, key: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(key, f"expected a list of label names (got {value!r})")
-    return list(value)
+def _common_fields(d: dict, key: str) -> dict:
+    """The fields `defaults:` and a detector share, typed and ranged, each named where it was written
+    (a bad `defaults.min_duration` is named there, not in every detector that inherits it)."""
+    out: dict[str, Any] = {}
+    if d.get("model") is not None:
+        out["model"] = _kind(d["model"], f"{key}.model", MODELS, "model")
+    if "params" in d:
+        out["params"] = cv.mapping(d["params"], f"{key}.params")
+    if d.get("direction") is not None:
+        out["direction"] = cv.one_of(d["direction"], f"{key}.direction", DIRECTIONS)
+    for name in ("sensitivity", "min_deviation", "min_fit_r2"):
+        if d.get(name) is not None:
+            out[name] = cv.number(d[name], f"{key}.{name}", f"detectors[].{name}")
+    for name in ("min_duration", "merge_gap"):
+        if name in d:
+            out[name] = cv.duration(d[name], f"{key}.{name}", f"detectors[].{name}")
+    if "join_on" in d:
+        out["join_on"] = cv.labels(d["join_on"], f"{key}.join_on")
+    if "enabled" in d:
+        out["enabled"] = cv.boolean(d["enabled"], f"{key}.enabled")
+    if "fallback" in d:
+        out["fallback"] = cv.one_of(d["fallback"], f"{key}.fallback", FALLBACKS)
+    return out
 
 
 def _detector(raw: Any, key: str, defaults: dict) -> DetectorConfig:
-    d = _mapping(raw, key)
-    _check_keys(d, _DET_KEYS, key)
-    merged = {**defaults, **d}
-    name = _str(merged.get("name"), f"{key}.name")
-    if not _NAME_RE.match(name):
-        raise ConfigError(f"{key}.name", f"must match [a-zA-Z_][a-zA-Z0-9_]* (got {name!r})")
-    query = _str(merged.get("query"), f"{key}.query")
-    model, rule = d.get("model"), d.get("rule")
-    if model is None and rule is None:
-        model = defaults.get("model")
-    if model is not None and rule is not None:
-        raise ConfigError(f"{key}.rule", "set either model or rule, not both")
-    if model is None and rule is None:
-        raise ConfigError(f"{key}.model", f"missing: set model ({', '.join(MODELS)}) or rule "
-                                          f"({', '.join(RULES)})")
-    if model is not None and model not in MODELS:
-        raise ConfigError(f"{key}.model", f"unknown model {model!r} (choose from {', '.join(MODELS)})")
-    if rule is not None and rule not in RULES:
-        raise ConfigError(f"{key}.rule", f"unknown rule {rule!r} (choose from {', '.join(RULES)})")
-    direction = merged.get("direction")
-    if direction is not None and direction not in DIRECTIONS:
-        raise ConfigError(f"{key}.direction", f"must be one of {', '.join(DIRECTIONS)} (got {direction!r})")
-    params = _mapping(merged.get("params"), f"{key}.params")
+    d = cv.mapping(raw, key)
+    cv.check_keys(d, _DET_KEYS, key)
+    name = cv.string(d.get("name"), f"{key}.name")
+    if not cv.LABEL_RE.match(name):
+        raise ConfigError(f"{key}.name", f"must match [a-zA-Z_][a-zA-Z0-9_]* (got {cv.short(name)})")
+    query = cv.string(d.get("query"), f"{key}.query")
+    own = _common_fields(d, key)
+    if d.get("rule") is not None:
+        rule = _kind(d["rule"], f"{key}.rule", RULES, "rule")
+        if "model" in own:
+            raise ConfigError(f"{key}.rule", "set either model or rule, not both")
+        model = None
+    else:
+        rule, model = None, own.get("model", defaults.get("model"))
+        if model is None:  # named where it was cleared: an explicit `rule: null` is the rule's key
+            raise ConfigError(f"{key}.rule" if "rule" in d else f"{key}.model",
+                              f"missing: set model ({', '.join(MODELS)}) or rule ({', '.join(RULES)})")
+    merged = {**defaults, **own}
+    params = merged.get("params", {})
     if rule is not None:
         params = _rule_params(rule, params, f"{key}.params")
-    features = _mapping(d.get("features"), f"{key}.features")
+    features = cv.mapping(d.get("features"), f"{key}.features")
     for fname, fq in features.items():
-        if not isinstance(fname, str) or not _NAME_RE.match(fname):
-            raise ConfigError(f"{key}.features", f"feature names must be identifiers (got {fname!r})")
-        _str(fq, f"{key}.features.{fname}")
+        if not isinstance(fname, str) or not cv.LABEL_RE.match(fname):
+            raise ConfigError(f"{key}.features", f"feature names must be identifiers (got {cv.short(fname)})")
+        cv.string(fq, f"{key}.features.{fname}")
     if model in FEATURE_KINDS and not features:
         raise ConfigError(f"{key}.features", f"model {model} needs at least one feature query")
     if model not in FEATURE_KINDS and features:
         raise ConfigError(f"{key}.features", f"only used by {', '.join(FEATURE_KINDS)} models")
     out = DetectorConfig(
         name=name, query=query, model=model, rule=rule, params=dict(params),
-        sensitivity=(None if merged.get("sensitivity") is None else
-                     _number(merged["sensitivity"], f"{key}.sensitivity", minimum=0, strict=True)),
-        direction=direction,
-        min_deviation=(None if merged.get("min_deviation") is None else
-                       _number(merged["min_deviation"], f"{key}.min_deviation", minimum=0)),
-        min_duration=parse_duration(merged.get("min_duration", 60), f"{key}.min_duration"),
-        merge_gap=parse_duration(merged.get("merge_gap", 300), f"{key}.merge_gap"),
-        key=_str_list(d["key"], f"{key}.key") if d.get("key") is not None else None,
-        features=dict(features),
-        join_on=_str_list(merged.get("join_on", ["uuid"]), f"{key}.join_on"),
-        heartbeat=_str(d["heartbeat"], f"{key}.heartbeat") if d.get("heartbeat") is not None else None,
-        enabled=bool(merged.get("enabled", True)),
-        fallback=merged.get("fallback", "robust_z"),
-        min_fit_r2=(None if merged.get("min_fit_r2") is None else
-                    _number(merged["min_fit_r2"], f"{key}.min_fit_r2")),
+        sensitivity=merged.get("sensitivity"), direction=merged.get("direction"),
+        min_deviation=merged.get("min_deviation"),
+        min_duration=merged.get("min_duration", 60.0), merge_gap=merged.get("merge_gap", 300.0),
+        key=_optional(d, "key", key, cv.labels), features=dict(features),
+        join_on=merged.get("join_on", ["uuid"]), heartbeat=_optional(d, "heartbeat", key, cv.string),
+        enabled=merged.get("enabled", True), fallback=merged.get("fallback", "robust_z"),
+        min_fit_r2=merged.get("min_fit_r2"),
     )
-    if out.fallback not in FALLBACKS:
-        raise ConfigError(f"{key}.fallback", f"must be {' or '.join(FALLBACKS)} (got {out.fallback!r})")
-    if not isinstance(merged.get("enabled", True), bool):
-        raise ConfigError(f"{key}.enabled", "expected true or false")
     if model is not None:
         _check_model_params(out, f"{key}.params")
     return out
 
 
 def _check_model_params(det: DetectorConfig, key: str) -> None:
-    """Build the model once so a bad parameter fails at load time, naming the key."""
+    """Each parameter typed and ranged on its own (naming it), then the model built once so a bad
+    combination fails at load time too."""
     params = dict(det.params)
     valid = set(model_class(det.model)._param_names())
-    for k in ("direction", "min_deviation", "sensitivity"):
-        if k in params:
+    for k in params:
+        if k in _DETECTOR_LEVEL:
             raise ConfigError(f"{key}.{k}", f"set {k} on the detector itself, not in params")
-    for k in ("direction", "min_deviation", "sensitivity"):
+        if k == "feature_names":
+            raise ConfigError(f"{key}.{k}", "feature names come from the detector's features")
+        if k not in valid:
+            continue  # make_model names the unknown parameter(s) with the valid ones
+        spec = f"{det.model}.{k}"
+        if spec in _MODEL_PARAM_TYPES:
+            params[k] = _MODEL_PARAM_TYPES[spec](params[k], f"{key}.{k}")
+        elif spec == "seasonal_esd.period" and params[k] is None:
+            pass  # null: detected from the data
+        elif spec == "thermal.time_constants":
+            v = params[k]
+            if not isinstance(v, list) or not v:
+                raise ConfigError(f"{key}.{k}", f"expected a non-empty list of durations (got {cv.short(v)})")
+            params[k] = [cv.duration(x, f"{key}.{k}[{i}]", f"params.{spec}") for i, x in enumerate(v)]
+        elif f"params.{spec}" in cv.LIMITS:
+            lim = cv.LIMITS[f"params.{spec}"]
+            params[k] = (cv.integer if lim.integer else cv.number)(params[k], f"{key}.{k}", lim)
+        else:  # a parameter a model gained without a line here: refuse rather than pass it unchecked
+            raise ConfigError(f"{key}.{k}", "this parameter cannot be set from the config")
+    cls = model_class(det.model)
+    if cls.takes_features:  # as the metric detector builds it: the features' names
+        for i, name in enumerate(params.get("lagged", ())):
+            if name not in det.features:
+                raise ConfigError(f"{key}.lagged[{i}]", f"{name!r} is not one of the detector's features "
+                                                        f"({', '.join(det.features)})")
+    for k in _DETECTOR_LEVEL:
         if getattr(det, k) is not None and k in valid:
             params[k] = getattr(det, k)
-    if "feature_names" in params:
-        raise ConfigError(f"{key}.feature_names", "feature names come from the detector's features")
+    feature_names = {"feature_names": cls.input_names(list(det.features))} \
+        if cls.takes_features and "feature_names" in valid else {}
     try:
-        make_model(det.model, **params)
+        make_model(det.model, **params, **feature_names)
     except (TypeError, ValueError) as e:
         raise ConfigError(key, str(e)) from None
+    det.params = {k: v for k, v in params.items() if k not in _DETECTOR_LEVEL}
 
 
 def _rule_params(rule: str, params: dict, key: str) -> dict:
-    """A rule's parameters checked against the spec its class declares (`PARAMS`)."""
+    """A rule's parameters checked against the spec its class declares (`PARAMS`), ranged by LIMITS."""
     spec = RULES[rule].PARAMS
-    _check_keys(params, set(spec), key)
+    cv.check_keys(params, set(spec), key)
     out = {k: default for k, (_check, default) in spec.items()}
     for k, v in params.items():
-        check = spec[k][0]
-        if check == "duration":
-            out[k] = parse_duration(v, f"{key}.{k}")
-            continue
-        out[k] = _number(v, f"{key}.{k}", minimum=None if check == "number" else 0,
-                         strict=(check == "positive"))
-        if check == "fraction" and not 0 < out[k] <= 1:
-            raise ConfigError(f"{key}.{k}", f"must be in (0, 1] (got {v!r})")
+        out[k] = cv.number(v, f"{key}.{k}", f"params.rule.{spec[k][0]}")
     return out
 
 
 def load_config(path: str | os.PathLike | None = None, *, text: str | None = None) -> Config:
-    """Parse and validate a config file (or YAML text); None -> the packaged default preset."""
+    """Parse and validate a config file (or YAML text); None -> the packaged default preset.
+    A file must configure something to detect: detectors, or a `loki:` section (log detection only)."""
     if text is None:
         if path is None:
             text = resources.files("detector").joinpath("default_preset.yml").read_text()
@@ -271,8 +270,9 @@ def load_config(path: str | os.PathLike | None = None, *, text: str | None = Non
         else:
             try:
                 text = Path(path).read_text()
-            except OSError as e:
-                raise ConfigError(str(path), f"cannot read config file: {e.strerror or e}") from None
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(str(path), f"cannot read config file: {getattr(e, 'strerror', None) or e}") \
+                    from None
             source = str(path)
     else:
         source = "<text>"
@@ -282,57 +282,64 @@ def load_config(path: str | os.PathLike | None = None, *, text: str | None = Non
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "yaml"
         raise ConfigError(where, f"invalid YAML: {getattr(e, 'problem', e)}") from None
-    cfg = parse_config(raw if raw is not None else {})
+    except RecursionError:  # a document nested thousands deep
+        raise ConfigError("yaml", "invalid YAML: nested too deeply") from None
+    cfg = parse_config(raw if raw is not None else {}, require_detectors=True)
     cfg.source = source
     return cfg
 
 
-def parse_config(raw: Any) -> Config:
-    top = _mapping(raw, "<top>")
-    _check_keys(top, _TOP_KEYS, "")
+def parse_config(raw: Any, *, require_detectors: bool = False) -> Config:
+    """A parsed YAML document -> Config. `require_detectors` (what load_config, and so start-up and
+    hot reload, ask): refuse a config with nothing to detect, no detector and no `loki:` section.
+    Without it an empty list is fine: code that hands DetectorService its own plugins builds such
+    configs."""
+    top = cv.mapping(raw, "<top>")
+    cv.check_keys(top, _TOP_KEYS, "")
     cfg = Config()
-    prom = _mapping(top.get("prometheus"), "prometheus")
-    _check_keys(prom, {"url", "timeout", "retries", "headers"}, "prometheus")
+    prom = cv.mapping(top.get("prometheus"), "prometheus")
+    cv.check_keys(prom, {"url", "timeout", "retries", "headers"}, "prometheus")
     if "url" in prom:
-        url = _str(prom["url"], "prometheus.url")
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError("prometheus.url", f"must start with http:// or https:// (got {url!r})")
-        cfg.prometheus.url = url
+        cfg.prometheus.url = cv.http_url(prom["url"], "prometheus.url")
     if "timeout" in prom:
-        cfg.prometheus.timeout = parse_duration(prom["timeout"], "prometheus.timeout")
+        cfg.prometheus.timeout = cv.duration(prom["timeout"], "prometheus.timeout", "prometheus.timeout")
     if "retries" in prom:
-        r = prom["retries"]
-        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-            raise ConfigError("prometheus.retries", f"expected an integer >= 0 (got {r!r})")
-        cfg.prometheus.retries = r
+        cfg.prometheus.retries = cv.integer(prom["retries"], "prometheus.retries", "prometheus.retries")
     if "headers" in prom:
-        cfg.prometheus.headers = {str(k): str(v) for k, v in _mapping(prom["headers"], "prometheus.headers").items()}
+        headers = cv.mapping(prom["headers"], "prometheus.headers")
+        for name, value in headers.items():
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError("prometheus.headers", f"header names are strings (got {cv.short(name)})")
+            cv.string(value, f"prometheus.headers.{name}")
+        cfg.prometheus.headers = dict(headers)
+    # the log side's sections, checked at load time by the log side's own parsers
     if top.get("loki") is not None:
-        cfg.loki = _mapping(top["loki"], "loki")
+        cfg.loki = LokiClient.check_config(cv.mapping(top["loki"], "loki"))
     if top.get("logs") is not None:
-        cfg.logs = _mapping(top["logs"], "logs")
+        cfg.logs = cv.mapping(top["logs"], "logs")
+        LogDetectorConfig.from_dict(cfg.logs)
     if "listen" in top:
-        listen = _str(top["listen"], "listen")
-        host, sep, port = listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError("listen", f"expected HOST:PORT such as 127.0.0.1:9843 (got {listen!r})")
-        cfg.listen = listen
+        cv.host_port(top["listen"], "listen")
+        cfg.listen = top["listen"]
     if top.get("api_token") is not None:
-        cfg.api_token = _str(top["api_token"], "api_token")
-    store = _mapping(top.get("store"), "store")
-    _check_keys(store, {"path"}, "store")
+        cfg.api_token = cv.string(top["api_token"], "api_token")
+    store = cv.mapping(top.get("store"), "store")
+    cv.check_keys(store, {"path"}, "store")
     if "path" in store:
-        cfg.store_path = _str(store["path"], "store.path")
-    sched = _mapping(top.get("schedule"), "schedule")
-    _check_keys(sched, {"step", "fit_every", "lookback", "context", "warmup", "fallback_refit"}, "schedule")
-    for k in ("step", "fit_every", "lookback", "context", "warmup", "fallback_refit"):
+        cfg.store_path = store_path(store["path"], "store.path")
+    sched = cv.mapping(top.get("schedule"), "schedule")
+    cv.check_keys(sched, set(_SCHEDULE_KEYS), "schedule")
+    for k in _SCHEDULE_KEYS:
         if k in sched:
-            setattr(cfg.schedule, k, parse_duration(sched[k], f"schedule.{k}"))
+            setattr(cfg.schedule, k, cv.duration(sched[k], f"schedule.{k}", f"schedule.{k}"))
     if cfg.schedule.lookback < cfg.schedule.step * 10:
         raise ConfigError("schedule.lookback", "must cover at least 10 steps")
-    defaults = _mapping(top.get("defaults"), "defaults")
-    _check_keys(defaults, _DET_KEYS - {"name", "query", "rule", "key", "features", "heartbeat"}, "defaults")
+    defaults = cv.mapping(top.get("defaults"), "defaults")
+    cv.check_keys(defaults, _DEFAULTS_KEYS, "defaults")
+    defaults = _common_fields(defaults, "defaults")
     dets = top.get("detectors", [])
+    if dets is None:  # `detectors:` with nothing under it
+        dets = []
     if not isinstance(dets, list):
         raise ConfigError("detectors", f"expected a list (got {type(dets).__name__})")
     seen: set[str] = set()
@@ -342,7 +349,25 @@ def parse_config(raw: Any) -> Config:
             raise ConfigError(f"detectors[{i}].name", f"duplicate detector name {det.name!r}")
         seen.add(det.name)
         cfg.detectors.append(det)
+    if require_detectors and not cfg.detectors and cfg.loki is None:
+        raise ConfigError("detectors", "nothing to detect: list at least one detector (or add a loki: "
+                                       "section for log detection only)")
     return cfg
+
+
+def store_path(value: Any, key: str) -> str:
+    """The model store directory: a path that is a directory or does not exist yet (created at the
+    first save). An existing file would fail every save, hours after start-up."""
+    path = cv.string(value, key)
+    if "\0" in path:
+        raise ConfigError(key, "a path cannot contain a NUL character")
+    p = Path(path)
+    try:
+        if p.exists() and not p.is_dir():
+            raise ConfigError(key, f"{cv.short(path)} exists and is not a directory")
+    except OSError as e:  # e.g. a name too long for the file system
+        raise ConfigError(key, f"unusable path: {e.strerror or e}") from None
+    return path
 
 
 def apply_overrides(cfg: Config, *, prometheus_url: str | None = None, loki_url: str | None = None,
@@ -352,8 +377,8 @@ def apply_overrides(cfg: Config, *, prometheus_url: str | None = None, loki_url:
     config has none, which switches log detection on (the rest of the section — query, tenant,
     timeout — keeps its values or the log side's defaults)."""
     for flag, url in (("--prometheus-url", prometheus_url), ("--loki-url", loki_url)):
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ConfigError(flag, f"must start with http:// or https:// (got {url!r})")
+        if url is not None:
+            cv.http_url(url, flag)
     if prometheus_url is not None:
         cfg.prometheus.url = prometheus_url
     if loki_url is not None:
@@ -361,7 +386,7 @@ def apply_overrides(cfg: Config, *, prometheus_url: str | None = None, loki_url:
     if store is not None:
         if not store.strip():
             raise ConfigError("--store", "must be a directory path (got an empty string)")
-        cfg.store_path = store
+        cfg.store_path = store_path(store, "--store")
     return cfg
 
 
@@ -408,14 +433,8 @@ class ConfigWatcher:
         return cfg
 
     def _load(self) -> Config:
-        # an editor that truncates before writing leaves an empty file for a moment: never a
-        # config to run (it would drop every detector)
-        try:
-            empty = not Path(self.path).read_text().strip()
-        except OSError as e:
-            raise ConfigError(str(self.path), f"cannot read config file: {e.strerror or e}") from None
-        if empty:
-            raise ConfigError("<top>", "the file is empty (no detectors)")
+        # an editor that truncates before writing leaves an empty file for a moment: the loader
+        # refuses it (nothing to detect), as start-up would
         cfg = load_config(self.path)
         if self.check is not None:
             self.check(cfg)

@@ -61,11 +61,14 @@ def test_missing_file_names_the_path(tmp_path):
         load_config(tmp_path / "nope.yml")
 
 
+ONE = "detectors: [{name: a, query: up, model: robust_z}]\n"  # the smallest config that detects something
+
+
 def test_token_from_env_wins_and_empty_is_none():
-    cfg = load_config(text="api_token: from-file")
+    cfg = load_config(text=ONE + "api_token: from-file")
     assert cfg.token({}) == "from-file"
     assert cfg.token({"RIGWATCH_API_TOKEN": "from-env"}) == "from-env"
-    assert load_config(text="{}").token({}) is None
+    assert load_config(text=ONE).token({}) is None
 
 
 def test_hot_reload_keeps_running_config_on_error(tmp_path):
@@ -126,3 +129,120 @@ def test_serve_rejects_a_bad_loki_url_with_exit_2(capsys):
 
     assert main(["serve", "--loki-url", "loki:3100", "--listen", "127.0.0.1:0"]) == 2
     assert "--loki-url: must start with http://" in capsys.readouterr().err
+
+
+# -- issue 10: every key typed and ranged; each case below was accepted (or a traceback) before ------
+DET = "detectors: [{name: a, query: up, model: robust_z}]\n"
+
+
+def test_a_refused_url_is_printed_without_its_password():
+    from detector.config import apply_overrides
+
+    with pytest.raises(ConfigError) as e:
+        load_config(text="prometheus: {url: 'htp://admin:hunter2@prom:9090'}\n" + DET)
+    assert "hunter2" not in str(e.value) and "admin:***@prom" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(load_config(None), prometheus_url="ftp://admin:hunter2@prom:9090")
+    assert e.value.key == "--prometheus-url" and "hunter2" not in str(e.value)
+
+
+
+
+@pytest.mark.parametrize("text, key", [
+    ("", "detectors"),  # an empty file started a detector with no detectors
+    ("{}", "detectors"),
+    ("detectors: []", "detectors"),
+    (DET + "schedule: {fit_every: 99999999999w}", "schedule.fit_every"),  # OverflowError in the scheduler
+    (DET + "schedule: {step: 1.0e+300}", "schedule.step"),
+    (DET + "schedule: {lookback: 1000d}", "schedule.lookback"),
+    (DET + "schedule: {step: 2d}", "schedule.step"),
+    (DET + "schedule: {context: 60d}", "schedule.context"),
+    (DET + "loki: {url: 12}", "loki.url"),  # a ValueError traceback at run time
+    (DET + "loki: {url: 'http://l:3100', timout: 3}", "loki.timout"),  # unknown key, seen only at run time
+    (DET + "loki: {url: 'http://l:3100', timeout: -1}", "loki.timeout"),
+    (DET + "logs: {window_s: -5}", "logs.window_s"),
+    (DET + "logs: {windw_s: 5}", "logs.windw_s"),
+    (DET + "logs: {miner: {sim_threshold: x}}", "logs.miner.sim_threshold"),
+    (DET + "logs: {miner: {extra_masks: ['(']}}", "logs.miner.extra_masks[0]"),
+    (DET + "prometheus: {retries: 1000000000000}", "prometheus.retries"),
+    (DET + "prometheus: {timeout: 1h}", "prometheus.timeout"),
+    (DET + "prometheus: {headers: {X-Scope-OrgID: 12}}", "prometheus.headers.X-Scope-OrgID"),
+    ("detectors: [{name: a, query: up, model: robust_z}, {name: b, query: up, model: robust_z},"
+     " {name: c, query: up, model: robust_z, min_duration: 1.0e+300}]", "detectors[2].min_duration"),
+    ("detectors: [{name: a, query: up, model: robust_z, merge_gap: 60d}]", "detectors[0].merge_gap"),
+    ("detectors: [{name: a, query: up, model: robust_z, sensitivity: .nan}]", "detectors[0].sensitivity"),
+    ("detectors: [{name: a, query: up, model: robust_z, min_deviation: .inf}]", "detectors[0].min_deviation"),
+    ("detectors: [{name: a, query: up, model: robust_z, params: {window: .inf}}]",
+     "detectors[0].params.window"),  # int(inf): OverflowError
+    ("detectors: [{name: a, query: up, model: iforest, features: {p: p}, params: {n_estimators: true}}]",
+     "detectors[0].params.n_estimators"),  # a bool taken as 1
+    ("detectors: [{name: a, query: up, model: [x]}]", "detectors[0].model"),  # unhashable: TypeError
+    ("detectors: [{name: a, query: up, model: robust_z, join_on: [uuid, 'bad label']}]",
+     "detectors[0].join_on[1]"),
+    ("detectors: [{name: a, query: up, rule: held_active, params: {hold: 99999999999w}}]",
+     "detectors[0].params.hold"),
+    ("defaults: {min_duration: .nan}\n" + DET, "defaults.min_duration"),  # named where it was written
+])
+def test_hostile_values_are_refused_naming_the_key(text, key):
+    with pytest.raises(ConfigError) as ei:
+        load_config(text=text)
+    assert ei.value.key == key, str(ei.value)
+    assert "\n" not in str(ei.value)
+
+
+def test_a_logs_only_config_is_legal():
+    # a loki: section turns the log side on, so no metric detector is needed
+    cfg = load_config(text="loki: {url: 'http://loki:3100'}\n")
+    assert cfg.detectors == [] and cfg.loki == {"url": "http://loki:3100"}
+    # a logs: section alone tunes a log side that is off: nothing to detect
+    with pytest.raises(ConfigError, match="^detectors: nothing to detect"):
+        load_config(text="logs: {window_s: 60}\n")
+
+
+def test_store_path_that_is_a_file_is_refused(tmp_path):
+    from detector.config import apply_overrides
+
+    f = tmp_path / "models"
+    f.write_text("not a directory")
+    with pytest.raises(ConfigError) as ei:
+        load_config(text=DET + f"store: {{path: '{f}'}}")
+    assert ei.value.key == "store.path" and "not a directory" in ei.value.problem
+    assert load_config(text=DET + f"store: {{path: '{tmp_path}'}}").store_path == str(tmp_path)
+    assert load_config(text=DET + f"store: {{path: '{tmp_path / 'new'}'}}").store_path  # created at first save
+    cfg = load_config(text=DET)
+    with pytest.raises(ConfigError, match="^--store: .* not a directory"):
+        apply_overrides(cfg, store=str(f))
+
+
+def test_durations_never_overflow():
+    from rigwatch.durations import parse_duration as plain
+
+    for value in ("99999999999w", 1e300, -1e300, "9" * 300 + "d", 10**300):
+        with pytest.raises(ValueError, match="duration") as ei:
+            plain(value)
+        assert not isinstance(ei.value, OverflowError)
+    assert plain("100w") == 100 * 604800.0
+
+
+def test_hot_reload_refuses_an_empty_file_like_start_up(tmp_path):
+    p = tmp_path / "d.yml"
+    p.write_text(DET)
+    w = ConfigWatcher(p)
+    p.write_text("")
+    import os
+    import time
+
+    os.utime(p, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert w.poll() is None and w.last_error.startswith("detectors: nothing to detect") and not w.successful
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert str(ei.value) == w.last_error  # one check, start-up's
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "h:" + "9" * 5000])  # both a traceback before
+def test_serve_rejects_a_bad_listen_flag_with_exit_2(listen, capsys):
+    from detector.cli import main
+
+    assert main(["serve", "--listen", listen, "--prometheus-url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "--listen: expected HOST:PORT" in err and len(err.splitlines()) == 1, err

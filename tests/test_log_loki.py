@@ -152,5 +152,5 @@ def test_from_config_validates_keys_and_types():
     assert LokiClient.query_from_config(None) == '{job=~"systemd-journal|docker"}'
     with pytest.raises(ValueError, match=r"loki\.timout: unknown key"):
         LokiClient.from_config({"timout": 3})
-    with pytest.raises(ValueError, match=r"loki\.retries: wrong type"):
+    with pytest.raises(ValueError, match=r"loki\.retries: expected an integer"):
         LokiClient.from_config({"retries": "3"})

@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from detector import config_values as cv
+from detector.config_values import ConfigError
 from detector.logs.journal import LogEntry, read_log_file
+from detector.logs.masking import MASK_PATTERNS
 from detector.logs.miner import MinerConfig, TemplateMiner
 from detector.logs.patterns import PatternConfig, PatternTracker
 from detector.logs.scoring import (
@@ -74,26 +78,68 @@ class LogDetectorConfig:
 
     @classmethod
     def from_dict(cls, data: dict | None, where: str = "logs") -> LogDetectorConfig:
-        """Validate a YAML mapping: unknown keys and wrong types raise ValueError naming the key."""
-        data = dict(data or {})
-        known = {f.name: f for f in fields(cls)}
+        """Validate the `logs:` mapping of detector.yml (at load time, by detector.config): an unknown
+        key, a wrong type or an out-of-range number (config_values.LIMITS["logs.*"]) raises
+        ConfigError naming `logs.<key>` (`logs.miner.<key>`, `logs.patterns.<key>`)."""
+        data = dict(cv.mapping(data, where))
+        known = {f.name for f in fields(cls)}
+        cv.check_keys(data, known, where)
         for key, value in data.items():
-            if key not in known:
-                raise ValueError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
-            if key in ("miner", "patterns"):
-                if not isinstance(value, dict):
-                    raise ValueError(f"{where}.{key}: must be a mapping")
-                target = MinerConfig if key == "miner" else PatternConfig
-                allowed = {f.name for f in fields(target)}
-                for sub in value:
-                    if sub not in allowed:
-                        raise ValueError(f"{where}.{key}.{sub}: unknown key (known: {', '.join(sorted(allowed))})")
+            if key == "miner":
+                data[key] = _check_section(value, f"{where}.miner", MinerConfig, _MINER_TYPES, "logs.miner")
+            elif key == "patterns":
+                data[key] = _check_section(value, f"{where}.patterns", PatternConfig, {}, "logs.patterns")
             elif key == "sequence":
-                if not isinstance(value, bool):
-                    raise ValueError(f"{where}.{key}: must be true or false")
-            elif not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{where}.{key}: must be a non-negative number, got {value!r}")
+                cv.boolean(value, f"{where}.{key}")
+            else:
+                data[key] = _check_number(value, f"{where}.{key}", f"logs.{key}")
         return cls(**data)
+
+
+def _check_number(value, key: str, limit: str):
+    lim = cv.LIMITS[limit]
+    return cv.integer(value, key, lim) if lim.integer else cv.number(value, key, lim)
+
+
+def _check_mask_kinds(value, key: str):
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected null or a list of mask kinds (got {cv.short(value)})")
+    for i, v in enumerate(value):
+        if not isinstance(v, str) or v not in MASK_PATTERNS:
+            raise ConfigError(f"{key}[{i}]", f"must be one of {', '.join(MASK_PATTERNS)} (got {cv.short(v)})")
+    return tuple(value)
+
+
+def _check_regexes(value, key: str):
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of regular expressions (got {cv.short(value)})")
+    for i, pattern in enumerate(value):
+        cv.string(pattern, f"{key}[{i}]")
+        try:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError) as e:
+            raise ConfigError(f"{key}[{i}]", f"not a regular expression: {e}") from None
+    return tuple(value)
+
+
+# the miner's keys that are not numbers (those are ranged by LIMITS["logs.miner.*"])
+_MINER_TYPES = {"extra_masks": _check_regexes, "mask_kinds": _check_mask_kinds,
+                "skeleton_merge": cv.boolean, "merge_clusters": cv.boolean}
+
+
+def _check_section(value, where: str, target, types: dict, prefix: str) -> dict:
+    """A nested mapping (`logs.miner`, `logs.patterns`): `types` checks the non-numbers, the LIMITS
+    entries under `prefix` the numbers."""
+    section = dict(cv.mapping(value, where))
+    cv.check_keys(section, {f.name for f in fields(target)}, where)
+    for key, v in section.items():
+        if key in types:
+            section[key] = types[key](v, f"{where}.{key}")
+        else:
+            section[key] = _check_number(v, f"{where}.{key}", f"{prefix}.{key}")
+    return section
 
 
 @dataclass

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import requests
 
+from detector import config_values as cv
 from detector.logs.journal import LogEntry
 from rigwatch.redact import redact_text
 
@@ -24,8 +25,15 @@ log = logging.getLogger(__name__)
 
 # the streams of the label contract: journal lines and container lines
 DEFAULT_QUERY = '{job=~"systemd-journal|docker"}'
-_CONFIG_KEYS = {"url": str, "timeout": (int, float), "retries": int, "backoff": (int, float),
-                "max_backoff": (int, float), "page_limit": int, "tenant": str, "query": str}
+# the `loki:` keys of detector.yml and their checks (numbers ranged by config_values.LIMITS["loki.*"])
+_CONFIG_KEYS = {
+    "url": cv.http_url, "tenant": cv.string, "query": cv.string,
+    "timeout": lambda v, k: cv.number(v, k, "loki.timeout"),
+    "retries": lambda v, k: cv.integer(v, k, "loki.retries"),
+    "backoff": lambda v, k: cv.number(v, k, "loki.backoff"),
+    "max_backoff": lambda v, k: cv.number(v, k, "loki.max_backoff"),
+    "page_limit": lambda v, k: cv.integer(v, k, "loki.page_limit"),
+}
 
 
 class LokiError(RuntimeError):
@@ -93,18 +101,21 @@ class LokiClient:
         self.on_error = on_error  # e.g. increments rigwatch_detector_source_errors_total{source="loki"}
         self.truncated_instants = 0  # nanoseconds holding a full page: lines past it unreachable
 
+    @staticmethod
+    def check_config(section: dict | None) -> dict:
+        """The `loki:` mapping of detector.yml checked at load time: an unknown key, a wrong type or an
+        out-of-range number raises ConfigError naming `loki.<key>`. Returns the section as given."""
+        section = cv.mapping(section, "loki")
+        cv.check_keys(section, _CONFIG_KEYS, "loki")
+        for key, value in section.items():
+            _CONFIG_KEYS[key](value, f"loki.{key}")
+        return section
+
     @classmethod
     def from_config(cls, section: dict | None, **injected) -> LokiClient:
-        """From the `loki:` mapping of detector.yml; a wrong key or type raises ValueError naming it.
-        (`query` belongs to the caller: see `query_from_config`.)"""
-        kwargs = {}
-        for key, value in (section or {}).items():
-            if key not in _CONFIG_KEYS:
-                raise ValueError(f"loki.{key}: unknown key (known: {', '.join(sorted(_CONFIG_KEYS))})")
-            if not isinstance(value, _CONFIG_KEYS[key]) or isinstance(value, bool):
-                raise ValueError(f"loki.{key}: wrong type {type(value).__name__} ({value!r})")
-            if key != "query":
-                kwargs[key] = value
+        """From the `loki:` mapping of detector.yml (checked by `check_config`: ConfigError naming the
+        key). `query` belongs to the caller: see `query_from_config`."""
+        kwargs = {k: v for k, v in cls.check_config(section).items() if k != "query"}
         return cls(**kwargs, **injected)
 
     @staticmethod
