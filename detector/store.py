@@ -25,7 +25,7 @@ import platform
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -161,8 +161,11 @@ class ModelStore:
     `state_version` is the engine's model-state format; a stored version written with another one
     (or another store format) is refused on load rather than half-read."""
 
-    def __init__(self, persistence: Persistence, *, state_version: int = 1, keep: int = 5, clock=time.time):
+    def __init__(self, persistence: Persistence, *, state_version: int = 1, keep: int = 5, clock=time.time,
+                 sole_writer: bool = True):
+        """`sole_writer` False (a CLI beside a running serve): temp files are never taken for orphans."""
         self.persistence = persistence
+        self.sole_writer = sole_writer
         self.state_version = state_version
         self.keep = keep
         self.clock = clock
@@ -177,7 +180,7 @@ class ModelStore:
             if self._opened:
                 return []
             self._opened = True
-            removed = self.persistence.remove_temp_files()
+            removed = self.persistence.remove_temp_files() if self.sole_writer else []
         for name in removed:
             log.info("removed the orphaned temp file %s (a save cut short)", self.persistence.describe(name))
         return removed
@@ -192,7 +195,10 @@ class ModelStore:
                 out.append(int(m.group(1)))
         return sorted(out)
 
-    def save(self, detector: str, state: Any, metadata: dict[str, Any] | None = None) -> ModelVersion:
+    def save(self, detector: str, state: Any, metadata: dict[str, Any] | None = None, *,
+             prune: bool = True) -> ModelVersion:
+        """A new version; `prune` False leaves pruning to the caller (the registry, which knows
+        which versions its aliases need)."""
         existing = self.versions(detector)
         version = (existing[-1] + 1) if existing else 1
         blob = pack_state(state)
@@ -207,11 +213,15 @@ class ModelStore:
         self.persistence.save_state(_artifact_path(detector, version), blob)
         self.persistence.save_state(_metadata_path(detector, version),
                                     json.dumps(meta, indent=1, default=str).encode())
-        self._prune(detector)
+        if prune:
+            self.prune(detector)
         return ModelVersion(detector, version, state, meta)
 
-    def _prune(self, detector: str) -> None:
+    def prune(self, detector: str, protect: Collection[int] = ()) -> None:
+        """Delete all but the newest `keep` versions, never one in `protect`."""
         for v in self.versions(detector)[:-self.keep]:
+            if v in protect:
+                continue
             # metadata first: a prune cut short leaves an uncommitted artifact, never a version
             # whose metadata names a missing artifact
             for ext in ("json", "npz"):
@@ -229,7 +239,7 @@ class ModelStore:
         except (OSError, ValueError) as e:  # a folder, an unreadable file, a symlink out of the store
             raise self._unusable(name, f"unreadable ({e})") from None
 
-    def _metadata(self, detector: str, version: int) -> dict[str, Any]:
+    def metadata(self, detector: str, version: int) -> dict[str, Any]:
         """The version's metadata, checked field by field before anything is read on its word."""
         name = _metadata_path(detector, version)
         raw = self._read(name)
@@ -259,7 +269,7 @@ class ModelStore:
 
     def load(self, detector: str, version: int) -> ModelVersion:
         """The version, or IncompatibleVersion naming the file that makes it unusable."""
-        meta = self._metadata(detector, version)
+        meta = self.metadata(detector, version)
         name = _artifact_path(detector, version)
         blob = self._read(name)
         if blob is None or hashlib.sha256(blob).hexdigest() != meta["artifact_sha256"]:
@@ -270,12 +280,13 @@ class ModelStore:
             raise self._unusable(name, f"artifact unreadable ({type(e).__name__}: {e})") from None
         return ModelVersion(detector, version, state, meta)
 
-    def load_usable(self, detector: str, restore: Callable[[ModelVersion], T]) -> tuple[ModelVersion, T] | None:
+    def load_usable(self, detector: str, restore: Callable[[ModelVersion], T],
+                    skip: Collection[int] = ()) -> tuple[ModelVersion, T] | None:
         """The newest version that loads and that `restore` accepts, with what `restore` returned.
         Every version skipped is logged with the file it came from; None when none is usable (the
         caller refits). `restore` applies the state; any exception it raises marks the version
         unusable (stored content is untrusted: its errors are as varied as the code reading it), so
-        `restore` must leave its object unchanged when it raises."""
+        `restore` must leave its object unchanged when it raises. Versions in `skip` are passed over."""
         try:
             versions = self.versions(detector)
         except (OSError, ValueError) as e:  # an unreadable folder, a link out of the store
@@ -283,6 +294,8 @@ class ModelStore:
                         self.persistence.describe(detector), e)
             return None
         for v in reversed(versions):
+            if v in skip:
+                continue
             try:
                 mv = self.load(detector, v)
             except IncompatibleVersion as e:
@@ -303,15 +316,18 @@ class ModelStore:
         found = self.load_usable(detector, lambda mv: None)
         return found[0] if found else None
 
+    def detectors(self) -> list[str]:
+        """The store's detector folders (with or without versions)."""
+        self.open()
+        return sorted({n.split("/", 1)[0] for n in self.persistence.list_names("") if "/" in n})
+
     def list_metadata(self) -> list[dict[str, Any]]:
         """Each detector's newest metadata that passes the checks load() makes."""
-        self.open()
         out = []
-        detectors = sorted({n.split("/", 1)[0] for n in self.persistence.list_names("") if "/" in n})
-        for d in detectors:
+        for d in self.detectors():
             for v in reversed(self.versions(d)):
                 try:
-                    out.append(self._metadata(d, v))
+                    out.append(self.metadata(d, v))
                     break
                 except IncompatibleVersion:
                     continue

@@ -40,6 +40,7 @@ from detector.metric_detector import MetricDetector
 from detector.metric_plugin import MetricPlugin
 from detector.persistence import FilePersistence, is_temp_name
 from detector.promclient import PromClient
+from detector.registry import Registry
 from detector.store import ModelStore
 from harness.processes import free_port, wait_http_ok
 from harness.servers import PrometheusServer
@@ -215,6 +216,7 @@ def test_seeded_mutations_of_state_and_metadata_never_raise_and_fall_back(tmp_pa
     for case in range(200):
         mutate_state = case % 2 == 0
         store.save(NAME, _mutated(state, rng) if mutate_state else state, meta)
+        Registry(store).propose(NAME, 2)  # as a fit does: the new version is champion
         if not mutate_state:
             path = tmp_path / NAME / "v000002.json"
             path.write_text(json.dumps(_mutated(json.loads(path.read_text()), rng), default=str))
