@@ -149,19 +149,26 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
             return error(403, "invalid token")
         return None
 
+    def json_body(keys: set[str], example: str, *, optional: bool):
+        """The request's JSON object ({} for no body when `optional`), or the 400 response."""
+        if not request.data and optional:
+            return {}, None
+        body = request.get_json(silent=True) if request.data else None
+        if not isinstance(body, dict):
+            return None, error(400, f"body: expected a JSON object such as {example}")
+        unknown = set(body) - keys
+        if unknown:
+            return None, error(400, f"body: unknown key(s) {', '.join(sorted(unknown))}")
+        return body, None
+
     @app.post("/api/v1/retrain")
     def retrain():
         denied = refused("retrain")
         if denied is not None:
             return denied
-        body = {}
-        if request.data:
-            body = request.get_json(silent=True)
-            if not isinstance(body, dict):
-                return error(400, "body: expected a JSON object such as {\"detectors\": [\"gpu_thermal\"]}")
-        unknown = set(body) - {"detectors"}
-        if unknown:
-            return error(400, f"body: unknown key(s) {', '.join(sorted(unknown))}")
+        body, bad = json_body({"detectors"}, '{"detectors": ["gpu_thermal"]}', optional=True)
+        if bad is not None:
+            return bad
         names = body.get("detectors")
         if names is not None:
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -185,12 +192,9 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
         denied = refused("promote")
         if denied is not None:
             return denied
-        body = request.get_json(silent=True) if request.data else None
-        if not isinstance(body, dict):
-            return error(400, 'body: expected a JSON object such as {"version": 3}')
-        unknown = set(body) - {"version"}
-        if unknown:
-            return error(400, f"body: unknown key(s) {', '.join(sorted(unknown))}")
+        body, bad = json_body({"version"}, '{"version": 3}', optional=False)
+        if bad is not None:
+            return bad
         version = body.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             return error(400, f"version: expected a version number >= 1, got {version!r}")
@@ -211,8 +215,9 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
         denied = refused("rollback")
         if denied is not None:
             return denied
-        if request.data and request.get_json(silent=True) != {}:
-            return error(400, "body: rollback takes no body (or {})")
+        _, bad = json_body(set(), "{} (or no body)", optional=True)
+        if bad is not None:
+            return bad
         registry, failed = registry_of(detector)
         if failed is not None:
             return failed

@@ -56,9 +56,9 @@ def _registry(args) -> Registry:
     if args.store:
         path, flag = args.store, "--store"
     else:
-        path, flag = load_config(args.config).store_path, f"config {args.config or '<default preset>'} store.path"
+        path, flag = load_config(args.config).store_path, f"config {args.config or '<default preset>'}: store.path"
     if not os.path.isdir(path):
-        raise ConfigError(f"{flag}: no such directory: {path}")
+        raise ConfigError(flag, f"no such directory: {path}")
     # a serve may be writing this store: its temp files are no orphans
     return Registry(ModelStore(FilePersistence(path), sole_writer=False))
 

@@ -307,6 +307,59 @@ def test_kill_9_at_random_points_during_saves_keeps_the_newest_complete_version(
     assert orphans_seen >= 3
 
 
+PROMOTER = textwrap.dedent("""
+    import random, sys
+    import numpy as np
+    from detector.persistence import FilePersistence
+    from detector.registry import Registry
+    from detector.store import ModelStore
+
+    store = ModelStore(FilePersistence(sys.argv[1]), keep=3)
+    registry = Registry(store)
+    rng = random.Random(int(sys.argv[2]))
+    while True:  # fits proposed (promoted: no gate), operator promotions and rollbacks, back to back
+        n = (store.versions("d") or [0])[-1] + 1
+        mv = store.save("d", {"n": n, "a": np.random.default_rng(n).random(50_000)}, prune=False)
+        registry.propose("d", mv.version)
+        for _ in range(20):
+            if rng.random() < 0.3 and registry.rollback_target("d") is not None:
+                registry.rollback("d")
+            else:
+                registry.promote("d", rng.choice(store.versions("d")))
+        print(mv.version, flush=True)
+""")
+
+
+def test_kill_9_during_promotions_leaves_a_loadable_champion(tmp_path, caplog):
+    """A real process promoting, rolling back and fitting is SIGKILLed at random (seeded) points:
+    each time the registry record reads back whole and its champion (and rollback target) load."""
+    rng = random.Random(20261204)
+    root = tmp_path / "store"
+    champions = set()
+    for round_ in range(12):
+        child = subprocess.Popen([sys.executable, "-c", PROMOTER, str(root), str(round_)], cwd=REPO,
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline().strip(), "the promoter never promoted"
+            time.sleep(rng.uniform(0.0, 0.3))
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+        store = ModelStore(FilePersistence(root), keep=3)
+        registry = Registry(store)
+        with caplog.at_level(logging.WARNING):
+            record = registry.record("d")
+            found = registry.load("d", lambda mv: mv.state["n"])
+        assert caplog.records == [], caplog.text  # no torn record, no unusable champion
+        assert record["champion"] is not None and found[0].version == record["champion"] == found[1]
+        target = registry.rollback_target("d")
+        assert target is None or store.load("d", target).state["n"] == target
+        assert _orphans(root) == []
+        champions.add(record["champion"])
+    assert len(champions) > 3  # the kills landed at different points of the promotion loop
+
+
 # -- the real serve process on a store with garbage ------------------------------------------------
 
 def test_serve_on_a_store_with_garbage_becomes_ready_on_the_previous_version(tmp_path):
