@@ -149,8 +149,12 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
             return error(403, "invalid token")
         return None
 
-    def json_body(keys: set[str], example: str, *, optional: bool):
-        """The request's JSON object ({} for no body when `optional`), or the 400 response."""
+    def mutation(action: str, keys: set[str], example: str, *, optional: bool):
+        """A mutating request's JSON object ({} for no body when `optional`), or the response that
+        refuses it (the token first, then the body: 503/401/403, 400)."""
+        denied = refused(action)
+        if denied is not None:
+            return None, denied
         if not request.data and optional:
             return {}, None
         body = request.get_json(silent=True) if request.data else None
@@ -163,10 +167,7 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
 
     @app.post("/api/v1/retrain")
     def retrain():
-        denied = refused("retrain")
-        if denied is not None:
-            return denied
-        body, bad = json_body({"detectors"}, '{"detectors": ["gpu_thermal"]}', optional=True)
+        body, bad = mutation("retrain", {"detectors"}, '{"detectors": ["gpu_thermal"]}', optional=True)
         if bad is not None:
             return bad
         names = body.get("detectors")
@@ -189,10 +190,7 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
 
     @app.post("/api/v1/models/<detector>/promote")
     def promote(detector: str):
-        denied = refused("promote")
-        if denied is not None:
-            return denied
-        body, bad = json_body({"version"}, '{"version": 3}', optional=False)
+        body, bad = mutation("promote", {"version"}, '{"version": 3}', optional=False)
         if bad is not None:
             return bad
         version = body.get("version")
@@ -212,10 +210,7 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
 
     @app.post("/api/v1/models/<detector>/rollback")
     def rollback(detector: str):
-        denied = refused("rollback")
-        if denied is not None:
-            return denied
-        _, bad = json_body(set(), "{} (or no body)", optional=True)
+        _, bad = mutation("rollback", set(), "{} (or no body)", optional=True)
         if bad is not None:
             return bad
         registry, failed = registry_of(detector)
