@@ -1,7 +1,9 @@
 """The metric side as a detector plugin: one `MetricDetector` per configured PromQL query.
 
     fit     every schedule.fit_every: each detector fitted on its lookback window, saved to the store
-    score   every schedule.step: only what no model has seen yet; a detector never fitted (Prometheus
+            and proposed to the model registry (no gate yet: it becomes champion at once)
+    score   every schedule.step: with the registry's champion (a promotion or rollback is picked
+            up here); only what no model has seen yet; a detector never fitted (Prometheus
             down at start-up) or with series still on their fallback is refitted first
     a query Prometheus refuses pauses only its own detector (rigwatch_detector_query_ok 0, its
             errors counted, a log line naming `detectors[N].<key>`); the others go on, the source

@@ -16,8 +16,10 @@ and its newest usable version is adopted as champion at start-up.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
@@ -87,6 +89,15 @@ def _check(doc: Any) -> dict[str, Any]:
     return doc
 
 
+def _transition(method):
+    """Run a read-modify-write of the record under the registry's lock."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class Registry:
     """Aliases and states of each detector's versions in `store`. `gate` None: every proposed
     version is promoted (there is no gate yet). Constructing it reads nothing."""
@@ -95,6 +106,9 @@ class Registry:
         self.store = store
         self.gate = gate
         self.clock = clock or store.clock
+        # one transition at a time in this process (a fit's propose and an API promote race for
+        # the record otherwise); a CLI in another process is last-writer-wins
+        self._lock = threading.RLock()
 
     # -- the record -----------------------------------------------------------------------------
     def record(self, detector: str) -> dict[str, Any]:
@@ -180,6 +194,7 @@ class Registry:
             rec["challenger"] = None
         self._state(rec, version, "champion", reason)
 
+    @_transition
     def propose(self, detector: str, version: int) -> Decision:
         """A new fit's version: the gate decides (none yet: promoted), the decision is recorded, and
         the versions no alias needs are pruned (keeping `store.keep`)."""
@@ -200,6 +215,7 @@ class Registry:
         self.store.prune(detector, protect=self.pinned(detector))
         return decision
 
+    @_transition
     def promote(self, detector: str, version: int, reason: str = "promoted by operator") -> Decision:
         """Make a stored version champion. RegistryError: unknown detector/version; ValueError: the
         version does not load (its file named)."""
@@ -214,6 +230,7 @@ class Registry:
         self._write(detector, rec)
         return decision
 
+    @_transition
     def rollback(self, detector: str) -> Decision:
         """Back to the rollback target; the version rolled back from is rejected (a restart never
         revives it). RegistryError when the detector is unknown or there is no target."""
@@ -233,6 +250,7 @@ class Registry:
         return decision
 
     # -- start-up -------------------------------------------------------------------------------
+    @_transition
     def load(self, detector: str, restore: Callable[[ModelVersion], T]) -> tuple[ModelVersion, T] | None:
         """The champion with what `restore` made of it. When it is unusable (warning naming its
         file) or there is no record, the newest usable version that is not rejected, recorded as
