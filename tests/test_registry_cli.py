@@ -99,3 +99,11 @@ def test_a_bad_version_argument_is_a_usage_error(store_dir, capsys):
     with pytest.raises(SystemExit) as e:
         main(["models", "promote", D, "two", "--store", str(store_dir)])
     assert e.value.code == 2 and "invalid int value: 'two'" in capsys.readouterr().err
+
+
+def test_the_cli_leaves_a_running_serves_temp_files_alone(store_dir, capsys):
+    in_flight = store_dir / D / ".v000004.npz.k3j2ab_9.tmp"  # a save of the serve beside it
+    in_flight.write_bytes(b"half a save")
+    assert run(capsys, "list", "--store", str(store_dir))[0] == 0
+    assert run(capsys, "promote", D, "2", "--store", str(store_dir))[0] == 0
+    assert in_flight.exists()
