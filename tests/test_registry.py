@@ -200,3 +200,21 @@ def test_rows_show_aliases_states_and_fingerprints(tmp_path):
     assert [(r["version"], r["aliases"], r["state"], r["fingerprint"]) for r in rows] == \
         [(2, ["champion"], "champion", "f00d"), (1, ["rollback"], "retired", "f00d")]
     assert reg.detectors() == [D]
+
+
+def test_the_log_side_loads_its_champion_too(tmp_path):
+    from detector.config import parse_config
+    from detector.logs.detector import LogDetector, LogDetectorConfig
+    from detector.logs.loki import LokiClient
+    from detector.logs.plugin import STORE_NAME, LogPlugin
+
+    store = make_store(tmp_path)
+    reg = Registry(store)
+    good = LogDetector(LogDetectorConfig.from_dict({})).fit([])
+    for end in (1_790_000_000.0, 1_790_003_600.0):
+        mv = store.save(STORE_NAME, good.get_state(), {"training_window": {"start": 0.0, "end": end}}, prune=False)
+        reg.propose(STORE_NAME, mv.version)
+    reg.rollback(STORE_NAME)
+    logs = LogPlugin(parse_config({"loki": {"url": "http://127.0.0.1:9", "retries": 0}}),
+                     loki=LokiClient("http://127.0.0.1:9", retries=0), store=make_store(tmp_path))
+    assert logs.load() == 1 and logs.fitted_at == 1_790_000_000.0
