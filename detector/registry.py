@@ -125,6 +125,9 @@ class Registry:
             return _empty()
 
     def _write(self, detector: str, rec: dict[str, Any]) -> None:
+        # states of versions pruned from the store are dropped: the record stays small
+        present = {str(v) for v in self.store.versions(detector)}
+        rec["versions"] = {k: e for k, e in rec["versions"].items() if k in present}
         self.store.write_blob(record_name(detector), json.dumps(rec, indent=1).encode())
 
     def _state(self, rec: dict[str, Any], version: int, state: str, reason: str) -> None:
