@@ -9,6 +9,8 @@ state version and its own artifact (never a path elsewhere), and the artifact's 
 returns the first usable one, so a crash mid-save, a truncated or garbled file or a state the code
 cannot use falls back to the previous version (each one skipped is logged with its file): store
 content never stops a start-up. The first touch of a store removes the temp files of saves cut short.
+Which version scores is the model registry's record (`detector.registry`): it loads through
+`load_usable(skip=...)` and prunes through `prune(protect=...)`, keeping its champion and rollback target.
 
 Side state that is no versioned model (the log side's scoring cursor and templates) sits beside the
 versions as plain blobs: `read_blob`/`write_blob`, or `BlobPersistence` for a component that takes a
@@ -239,7 +241,7 @@ class ModelStore:
         except (OSError, ValueError) as e:  # a folder, an unreadable file, a symlink out of the store
             raise self._unusable(name, f"unreadable ({e})") from None
 
-    def metadata(self, detector: str, version: int) -> dict[str, Any]:
+    def _metadata(self, detector: str, version: int) -> dict[str, Any]:
         """The version's metadata, checked field by field before anything is read on its word."""
         name = _metadata_path(detector, version)
         raw = self._read(name)
@@ -267,9 +269,13 @@ class ModelStore:
             raise self._unusable(name, f"artifact_sha256 {meta.get('artifact_sha256')!r} is no checksum")
         return meta
 
+    def metadata(self, detector: str, version: int) -> dict[str, Any]:
+        """The version's checked metadata, or IncompatibleVersion naming the file (the registry's view)."""
+        return self._metadata(detector, version)
+
     def load(self, detector: str, version: int) -> ModelVersion:
         """The version, or IncompatibleVersion naming the file that makes it unusable."""
-        meta = self.metadata(detector, version)
+        meta = self._metadata(detector, version)
         name = _artifact_path(detector, version)
         blob = self._read(name)
         if blob is None or hashlib.sha256(blob).hexdigest() != meta["artifact_sha256"]:
@@ -327,7 +333,7 @@ class ModelStore:
         for d in self.detectors():
             for v in reversed(self.versions(d)):
                 try:
-                    out.append(self.metadata(d, v))
+                    out.append(self._metadata(d, v))
                     break
                 except IncompatibleVersion:
                     continue
