@@ -1,7 +1,7 @@
 """Flask app factory: /metrics, /healthz, /readyz and the JSON API over a DetectorService.
 
 Handlers only read the service's finished state; scoring happens in scheduler jobs. Every error is
-a JSON body {"error": ..., "status": N}. POST /api/v1/retrain needs `Authorization: Bearer <token>`
+a JSON body {"error": ..., "status": N}. POST /api/v1/retrain (and the models' promote/rollback) needs `Authorization: Bearer <token>`
 with the token from RIGWATCH_API_TOKEN or the config's api_token; with none set it answers 503
 saying how to set one (there is no default token).
 """
@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from detector.config import ConfigError
 from detector.metrics import DetectorCollector
+from detector.registry import NoRollbackTarget, RegistryError
 from detector.timefmt import iso, parse_rfc3339
 
 log = logging.getLogger("rigwatch.detector.api")
@@ -67,7 +68,8 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
     def index():
         return jsonify({"service": "rigwatch-detector",
                         "endpoints": ["/metrics", "/healthz", "/readyz", "/api/v1/anomalies", "/api/v1/models",
-                                      "POST /api/v1/retrain"]})
+                                      "POST /api/v1/retrain", "POST /api/v1/models/<detector>/promote",
+                                      "POST /api/v1/models/<detector>/rollback"]})
 
     @app.get("/metrics")
     def metrics():
@@ -124,17 +126,18 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
     def models():
         return jsonify({"models": service.models()})
 
-    @app.post("/api/v1/retrain")
-    def retrain():
+    def refused(action: str):
+        """The error response when the request may not mutate (no token configured, none sent, a
+        wrong one); None when its bearer token is the configured one."""
         try:
             token = service.config.token(env)
         except ConfigError as e:  # RIGWATCH_API_TOKEN_FILE gone or unreadable since start-up
             # the message names the variable, the path and the OS error, never the token
-            log.error("POST /api/v1/retrain refused: API token unreadable: %s", e)
-            return error(503, f"retrain is unavailable: the API token cannot be read ({e}); "
+            log.error("POST %s refused: API token unreadable: %s", request.path, e)
+            return error(503, f"{action} is unavailable: the API token cannot be read ({e}); "
                               "restore the file, then retry")
         if not token:
-            return error(503, "retrain is disabled: no API token configured. Set RIGWATCH_API_TOKEN in the "
+            return error(503, f"{action} is disabled: no API token configured. Set RIGWATCH_API_TOKEN in the "
                               "environment or api_token in the config file, then send "
                               "'Authorization: Bearer <token>'")
         auth = request.headers.get("Authorization", "")
@@ -144,14 +147,29 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
             return resp, status
         if not hmac.compare_digest(auth[7:].strip().encode(), token.encode()):
             return error(403, "invalid token")
-        body = {}
-        if request.data:
-            body = request.get_json(silent=True)
-            if not isinstance(body, dict):
-                return error(400, "body: expected a JSON object such as {\"detectors\": [\"gpu_thermal\"]}")
-        unknown = set(body) - {"detectors"}
+        return None
+
+    def mutation(action: str, keys: set[str], example: str, *, optional: bool):
+        """A mutating request's JSON object ({} for no body when `optional`), or the response that
+        refuses it (the token first, then the body: 503/401/403, 400)."""
+        denied = refused(action)
+        if denied is not None:
+            return None, denied
+        if not request.data and optional:
+            return {}, None
+        body = request.get_json(silent=True) if request.data else None
+        if not isinstance(body, dict):
+            return None, error(400, f"body: expected a JSON object such as {example}")
+        unknown = set(body) - keys
         if unknown:
-            return error(400, f"body: unknown key(s) {', '.join(sorted(unknown))}")
+            return None, error(400, f"body: unknown key(s) {', '.join(sorted(unknown))}")
+        return body, None
+
+    @app.post("/api/v1/retrain")
+    def retrain():
+        body, bad = mutation("retrain", {"detectors"}, '{"detectors": ["gpu_thermal"]}', optional=True)
+        if bad is not None:
+            return bad
         names = body.get("detectors")
         if names is not None:
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -162,5 +180,49 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
                 return error(404, f"detectors: unknown detector(s) {', '.join(missing)}")
         service.retrain(names)
         return jsonify({"status": "accepted", "detectors": names or sorted(service.detector_names())}), 202
+
+    def registry_of(detector: str):
+        registry = service.registry_for(detector)
+        if registry is None:
+            return None, error(404, f"detector: unknown detector {detector!r}" if detector not in
+                               service.detector_names() else f"detector: {detector!r} keeps no model registry")
+        return registry, None
+
+    @app.post("/api/v1/models/<detector>/promote")
+    def promote(detector: str):
+        body, bad = mutation("promote", {"version"}, '{"version": 3}', optional=False)
+        if bad is not None:
+            return bad
+        version = body.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            return error(400, f"version: expected a version number >= 1, got {version!r}")
+        registry, failed = registry_of(detector)
+        if failed is not None:
+            return failed
+        try:
+            decision = registry.promote(detector, version)
+        except RegistryError as e:
+            return error(404, f"version: {e}")
+        except ValueError as e:  # stored but does not load
+            return error(409, f"version: {e}")
+        return jsonify({"status": "promoted", "detector": detector, "champion": decision.version,
+                        "effective": "at the next scoring step"})
+
+    @app.post("/api/v1/models/<detector>/rollback")
+    def rollback(detector: str):
+        _, bad = mutation("rollback", set(), "{} (or no body)", optional=True)
+        if bad is not None:
+            return bad
+        registry, failed = registry_of(detector)
+        if failed is not None:
+            return failed
+        try:
+            decision = registry.rollback(detector)
+        except NoRollbackTarget as e:
+            return error(409, f"detector: {e}")
+        except RegistryError as e:
+            return error(404, f"detector: {e}")
+        return jsonify({"status": "rolled back", "detector": detector, "champion": decision.version,
+                        "effective": "at the next scoring step"})
 
     return app

@@ -1,4 +1,5 @@
-"""rigwatch-detector: `serve` (scheduler + API in one waitress process) and `backtest`.
+"""rigwatch-detector: `serve` (scheduler + API in one waitress process), `backtest`, `templates` and
+`models` (the model registry).
 
 Exit codes: 0 success (a backtest with no incidents included), 1 runtime failure (e.g. Prometheus
 unreachable during a backtest), 2 usage or config errors (the message names the key or flag).
@@ -12,6 +13,7 @@ import signal
 import sys
 import threading
 
+from detector import registry_cli
 from detector.config import ConfigError, apply_overrides, load_config
 from detector.config_values import host_port
 from detector.logs import templates_cli
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_backtest)
 
     templates_cli.add_parser(sub)
+    registry_cli.add_parser(sub)
     return p
 
 

@@ -1,7 +1,9 @@
 """The metric side as a detector plugin: one `MetricDetector` per configured PromQL query.
 
     fit     every schedule.fit_every: each detector fitted on its lookback window, saved to the store
-    score   every schedule.step: only what no model has seen yet; a detector never fitted (Prometheus
+            and proposed to the model registry (no gate yet: it becomes champion at once)
+    score   every schedule.step: with the registry's champion (a promotion or rollback is picked
+            up here); only what no model has seen yet; a detector never fitted (Prometheus
             down at start-up) or with series still on their fallback is refitted first
     a query Prometheus refuses pauses only its own detector (rigwatch_detector_query_ok 0, its
             errors counted, a log line naming `detectors[N].<key>`); the others go on, the source
@@ -32,6 +34,7 @@ from detector.metric_detector import MetricDetector
 from detector.models import kind_class
 from detector.plugin import BacktestPart, DetectorPlugin, IncidentPolicy, ScorePass
 from detector.promclient import PromClient, PromError
+from detector.registry import Registry
 from detector.scores import series_id
 from detector.store import ModelStore, stored_number
 from detector.timefmt import iso
@@ -48,11 +51,14 @@ class MetricPlugin(DetectorPlugin):
     publishes_scores = True
 
     def __init__(self, config: Config, client: PromClient, *, store: ModelStore | None = None,
-                 health: SourceHealth | None = None):
-        """`store` None (a backtest): models stay in memory."""
+                 health: SourceHealth | None = None, registry: Registry | None = None):
+        """`store` None (a backtest): models stay in memory. `registry` (default: one over `store`
+        with no gate) says which stored version scores."""
         self.config = config
         self.client = client
         self.store = store
+        self.registry = registry or (Registry(store) if store is not None else None)
+        self._unfollowable: dict[str, int] = {}  # champion versions that failed to load (warned once)
         self.health = health or SourceHealth()
         self.queries = QueryHealth()
         self.detectors: dict[str, MetricDetector] = {}
@@ -100,7 +106,20 @@ class MetricPlugin(DetectorPlugin):
         for name in self.detector_names():
             ok.add_metric([name], 0 if name in failing else 1)
             refused.add_metric([name], errors.get(name, 0))
-        return (ok, refused)
+        return (ok, refused, self._challenger_family())
+
+    def _challenger_family(self) -> Metric:
+        fam = GaugeMetricFamily("rigwatch_detector_challenger_info", "1 per challenger version present "
+                                "(state: challenger under evaluation, or rejected); the model that scores "
+                                "is rigwatch_detector_model_info", labels=["detector", "version", "state"])
+        if self.registry is None:
+            return fam
+        for name in self.detector_names():
+            rec = self.registry.record(name)
+            v = rec["challenger"]
+            if v is not None and v in self.store.versions(name):
+                fam.add_metric([name, str(v), self.registry.state_of(rec, v) or "challenger"], 1)
+        return fam
 
     def reconfigure(self, config: Config) -> list[str]:
         with self._lock:
@@ -119,8 +138,20 @@ class MetricPlugin(DetectorPlugin):
                 out.append({"detector": name, "model": det.cfg.kind, "query": det.cfg.query,
                             "version": det.version, "last_fit": iso(det.last_fit) if det.last_fit else None,
                             "series": len(det.series), "series_by_model": kinds,
-                            "fit_metrics": det.fit_metrics})
+                            "fit_metrics": det.fit_metrics, **self._registry_fields(name, det.version)})
         return out
+
+    def _registry_fields(self, name: str, version: int | None) -> dict[str, Any]:
+        """The scoring version's aliases and state, and the detector's aliased versions."""
+        if self.registry is None:
+            return {"aliases": [], "state": None, "champion": None, "challenger": None, "rollback_target": None}
+        rec = self.registry.record(name)
+        champion, target = self.registry.champion(name, rec), self.registry.rollback_target(name, rec)
+        aliases = [a for a, v in (("champion", champion), ("challenger", rec["challenger"]),
+                                  ("rollback", target)) if version is not None and v == version]
+        return {"aliases": aliases,
+                "state": self.registry.state_of(rec, version) if version is not None else None,
+                "champion": champion, "challenger": rec["challenger"], "rollback_target": target}
 
     def model_info(self) -> list[tuple[str, str, str]]:
         return [(name, d.cfg.kind, str(d.version or 0)) for name, d in self.detectors.items()]
@@ -134,7 +165,7 @@ class MetricPlugin(DetectorPlugin):
             return 0
         n = 0
         for name, det in self.detectors.items():
-            found = self.store.load_usable(name, lambda mv, det=det: self._restore(det, mv.state))
+            found = self.registry.load(name, lambda mv, det=det: self._restore(det, mv.state))
             if found is None:
                 continue  # nothing stored, or nothing usable: the first fit comes first
             det.version = found[0].version
@@ -215,12 +246,43 @@ class MetricPlugin(DetectorPlugin):
             if self.store is None:
                 continue
             try:
-                mv = self.store.save(name, det.get_state(), meta)
-                det.version = mv.version
+                with self._lock:
+                    mv = self.store.save(name, det.get_state(), meta, prune=False)
+                    decision = self.registry.propose(name, mv.version)
+                    if decision.outcome == "promoted":
+                        det.version = mv.version
+                    else:  # the fitted state stays a challenger: score on with the champion
+                        log.warning("%s v%d not promoted (%s): %s", name, mv.version, decision.outcome,
+                                    decision.reason)
+                        det.version = None
+                        self._follow_champions(only={name})
             except OSError as e:
                 log.error("saving model %s failed: %s (the previous version stays current)", name, e)
                 ok = False
         return ok
+
+    def _follow_champions(self, only: set[str] | None = None) -> None:
+        """Score with the registry's champion: a promotion or rollback (API, CLI) takes effect here,
+        at the next scoring step. A champion that does not load is warned about once and the
+        current model scores on."""
+        if self.registry is None:
+            return
+        for name, det in list(self.detectors.items()):
+            if only is not None and name not in only:
+                continue
+            champion = self.registry.record(name)["champion"]
+            if champion is None or champion == det.version or self._unfollowable.get(name) == champion:
+                continue
+            with self._lock:
+                try:
+                    self._restore(det, self.store.load(name, champion).state)
+                except Exception as e:  # stored content is untrusted (see _restore)
+                    self._unfollowable[name] = champion
+                    log.warning("%s: champion v%d not loaded, v%s scores on: %s: %s", name, champion,
+                                det.version, type(e).__name__, e)
+                    continue
+                det.version = champion
+            log.info("%s now scores with v%d (the registry's champion)", name, champion)
 
     def score(self, now: float) -> ScorePass:
         sched = self.config.schedule
@@ -229,6 +291,7 @@ class MetricPlugin(DetectorPlugin):
         early = set(self._never_fitted()) | {
             n for n, d in self.detectors.items()
             if d.last_fit is not None and d.needs_early_refit() and now - d.last_fit >= sched.fallback_refit}
+        self._follow_champions()
         if early:
             self.fit(now, only=early)
         end = self._grid_end(now)

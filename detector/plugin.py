@@ -62,6 +62,9 @@ class DetectorPlugin(ABC):
     publishes_scores: bool = True
     #: key of its own section in the backtest report (None: it has none)
     report_section: str | None = None
+    #: the model registry of its detectors (detector.registry.Registry), None when it keeps none;
+    #: the API's promote/rollback go through it
+    registry = None
 
     @abstractmethod
     def detector_names(self) -> list[str]:

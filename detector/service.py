@@ -87,6 +87,13 @@ class DetectorService:
     def models(self) -> list[dict[str, Any]]:
         return [m for plugin in self.plugins for m in plugin.models()]
 
+    def registry_for(self, detector: str):
+        """The model registry keeping `detector`'s versions; None when no plugin keeps one for it."""
+        for plugin in self.plugins:
+            if plugin.registry is not None and detector in plugin.detector_names():
+                return plugin.registry
+        return None
+
     def incidents(self) -> list[Incident]:
         """Recent incidents, oldest first, open ones included (`is_open` says which)."""
         with self._lock:

@@ -9,6 +9,8 @@ state version and its own artifact (never a path elsewhere), and the artifact's 
 returns the first usable one, so a crash mid-save, a truncated or garbled file or a state the code
 cannot use falls back to the previous version (each one skipped is logged with its file): store
 content never stops a start-up. The first touch of a store removes the temp files of saves cut short.
+Which version scores is the model registry's record (`detector.registry`): it loads through
+`load_usable(skip=...)` and prunes through `prune(protect=...)`, keeping its champion and rollback target.
 
 Side state that is no versioned model (the log side's scoring cursor and templates) sits beside the
 versions as plain blobs: `read_blob`/`write_blob`, or `BlobPersistence` for a component that takes a
@@ -25,7 +27,7 @@ import platform
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -161,8 +163,11 @@ class ModelStore:
     `state_version` is the engine's model-state format; a stored version written with another one
     (or another store format) is refused on load rather than half-read."""
 
-    def __init__(self, persistence: Persistence, *, state_version: int = 1, keep: int = 5, clock=time.time):
+    def __init__(self, persistence: Persistence, *, state_version: int = 1, keep: int = 5, clock=time.time,
+                 sole_writer: bool = True):
+        """`sole_writer` False (a CLI beside a running serve): temp files are never taken for orphans."""
         self.persistence = persistence
+        self.sole_writer = sole_writer
         self.state_version = state_version
         self.keep = keep
         self.clock = clock
@@ -177,7 +182,7 @@ class ModelStore:
             if self._opened:
                 return []
             self._opened = True
-            removed = self.persistence.remove_temp_files()
+            removed = self.persistence.remove_temp_files() if self.sole_writer else []
         for name in removed:
             log.info("removed the orphaned temp file %s (a save cut short)", self.persistence.describe(name))
         return removed
@@ -192,7 +197,10 @@ class ModelStore:
                 out.append(int(m.group(1)))
         return sorted(out)
 
-    def save(self, detector: str, state: Any, metadata: dict[str, Any] | None = None) -> ModelVersion:
+    def save(self, detector: str, state: Any, metadata: dict[str, Any] | None = None, *,
+             prune: bool = True) -> ModelVersion:
+        """A new version; `prune` False leaves pruning to the caller (the registry, which knows
+        which versions its aliases need)."""
         existing = self.versions(detector)
         version = (existing[-1] + 1) if existing else 1
         blob = pack_state(state)
@@ -207,11 +215,15 @@ class ModelStore:
         self.persistence.save_state(_artifact_path(detector, version), blob)
         self.persistence.save_state(_metadata_path(detector, version),
                                     json.dumps(meta, indent=1, default=str).encode())
-        self._prune(detector)
+        if prune:
+            self.prune(detector)
         return ModelVersion(detector, version, state, meta)
 
-    def _prune(self, detector: str) -> None:
+    def prune(self, detector: str, protect: Collection[int] = ()) -> None:
+        """Delete all but the newest `keep` versions, never one in `protect`."""
         for v in self.versions(detector)[:-self.keep]:
+            if v in protect:
+                continue
             # metadata first: a prune cut short leaves an uncommitted artifact, never a version
             # whose metadata names a missing artifact
             for ext in ("json", "npz"):
@@ -257,6 +269,10 @@ class ModelStore:
             raise self._unusable(name, f"artifact_sha256 {meta.get('artifact_sha256')!r} is no checksum")
         return meta
 
+    def metadata(self, detector: str, version: int) -> dict[str, Any]:
+        """The version's checked metadata, or IncompatibleVersion naming the file (the registry's view)."""
+        return self._metadata(detector, version)
+
     def load(self, detector: str, version: int) -> ModelVersion:
         """The version, or IncompatibleVersion naming the file that makes it unusable."""
         meta = self._metadata(detector, version)
@@ -270,12 +286,13 @@ class ModelStore:
             raise self._unusable(name, f"artifact unreadable ({type(e).__name__}: {e})") from None
         return ModelVersion(detector, version, state, meta)
 
-    def load_usable(self, detector: str, restore: Callable[[ModelVersion], T]) -> tuple[ModelVersion, T] | None:
+    def load_usable(self, detector: str, restore: Callable[[ModelVersion], T],
+                    skip: Collection[int] = ()) -> tuple[ModelVersion, T] | None:
         """The newest version that loads and that `restore` accepts, with what `restore` returned.
         Every version skipped is logged with the file it came from; None when none is usable (the
         caller refits). `restore` applies the state; any exception it raises marks the version
         unusable (stored content is untrusted: its errors are as varied as the code reading it), so
-        `restore` must leave its object unchanged when it raises."""
+        `restore` must leave its object unchanged when it raises. Versions in `skip` are passed over."""
         try:
             versions = self.versions(detector)
         except (OSError, ValueError) as e:  # an unreadable folder, a link out of the store
@@ -283,6 +300,8 @@ class ModelStore:
                         self.persistence.describe(detector), e)
             return None
         for v in reversed(versions):
+            if v in skip:
+                continue
             try:
                 mv = self.load(detector, v)
             except IncompatibleVersion as e:
@@ -303,12 +322,15 @@ class ModelStore:
         found = self.load_usable(detector, lambda mv: None)
         return found[0] if found else None
 
+    def detectors(self) -> list[str]:
+        """The store's detector folders (with or without versions)."""
+        self.open()
+        return sorted({n.split("/", 1)[0] for n in self.persistence.list_names("") if "/" in n})
+
     def list_metadata(self) -> list[dict[str, Any]]:
         """Each detector's newest metadata that passes the checks load() makes."""
-        self.open()
         out = []
-        detectors = sorted({n.split("/", 1)[0] for n in self.persistence.list_names("") if "/" in n})
-        for d in detectors:
+        for d in self.detectors():
             for v in reversed(self.versions(d)):
                 try:
                     out.append(self._metadata(d, v))

@@ -173,6 +173,8 @@ def write_synthetic_block(path: Path, start: int, end: int, gpus: list[dict], wo
     for det, model in (("gpu_thermal", "thermal"), ("gpu_power", "seasonal_esd")):
         add("rigwatch_detector_model_info", "gauge", {**det_self, "detector": det, "model": model, "version": "3"},
             lambda t: 1)
+    add("rigwatch_detector_challenger_info", "gauge",
+        {**det_self, "detector": "gpu_thermal", "version": "4", "state": "rejected"}, lambda t: 1)
     add("up", "gauge", det_self, lambda t: 1)
     log_streams = [
         {"detector": "log_novel", "job": "systemd-journal", "unit": "ssh.service", "identifier": "sshd",
@@ -270,6 +272,8 @@ def test_synthetic_block_is_limited_to_contract_names(sim_prometheus):
         "rigwatch_detector_query_ok", "rigwatch_detector_query_errors_total",
         "rigwatch_detector_config_last_reload_successful",
         "rigwatch_detector_config_last_reload_success_timestamp_seconds",
+        # added by the model lifecycle issue: a fit kept from scoring (the registry's challenger)
+        "rigwatch_detector_challenger_info",
     }
     synthetic = {n for n in sim_prometheus.names if n.startswith("rigwatch_")}
     assert synthetic == contract

@@ -28,6 +28,7 @@ from detector.logs.detector import INCIDENT_LABELS, LogDetector, LogDetectorConf
 from detector.logs.loki import LokiClient, LokiError
 from detector.plugin import BacktestPart, DetectorPlugin, ScorePass
 from detector.promclient import PromClient
+from detector.registry import Registry
 from detector.scores import ScoreBatch
 from detector.store import BlobPersistence, ModelStore, stored_number
 
@@ -114,7 +115,8 @@ class LogPlugin(DetectorPlugin):
     def load(self) -> int:
         if self.store is None:
             return 0
-        found = self.store.load_usable(STORE_NAME, self._restore)
+        # the registry's champion (a promotion or rollback of `logs` with the CLI takes effect at restart)
+        found = Registry(self.store).load(STORE_NAME, self._restore)
         if found is None:
             return 0  # nothing stored, or nothing usable: the first fit comes first
         self.detector, self.fitted_at = found[1]
@@ -209,7 +211,8 @@ class LogPlugin(DetectorPlugin):
         self._refresh_gpu_map(detector)
         metadata = {"training_window": {"start": now - self.lookback_s, "end": now}, "lines": len(entries),
                     "templates": len(detector.miner_.templates()), "params": self.config.__dict__}
-        self.store.save(STORE_NAME, detector.get_state(), metadata)
+        Registry(self.store).propose(STORE_NAME, self.store.save(STORE_NAME, detector.get_state(), metadata,
+                                                                 prune=False).version)
         with self._lock:
             self.detector = detector
             self.fitted_at = now

@@ -40,6 +40,7 @@ from detector.metric_detector import MetricDetector
 from detector.metric_plugin import MetricPlugin
 from detector.persistence import FilePersistence, is_temp_name
 from detector.promclient import PromClient
+from detector.registry import Registry
 from detector.store import ModelStore
 from harness.processes import free_port, wait_http_ok
 from harness.servers import PrometheusServer
@@ -215,6 +216,7 @@ def test_seeded_mutations_of_state_and_metadata_never_raise_and_fall_back(tmp_pa
     for case in range(200):
         mutate_state = case % 2 == 0
         store.save(NAME, _mutated(state, rng) if mutate_state else state, meta)
+        Registry(store).propose(NAME, 2)  # as a fit does: the new version is champion
         if not mutate_state:
             path = tmp_path / NAME / "v000002.json"
             path.write_text(json.dumps(_mutated(json.loads(path.read_text()), rng), default=str))
@@ -303,6 +305,59 @@ def test_kill_9_at_random_points_during_saves_keeps_the_newest_complete_version(
         saved_before = newest.version
     # the kills did land mid-write (6 of 12 here; a write may still finish between the look and the kill)
     assert orphans_seen >= 3
+
+
+PROMOTER = textwrap.dedent("""
+    import random, sys
+    import numpy as np
+    from detector.persistence import FilePersistence
+    from detector.registry import Registry
+    from detector.store import ModelStore
+
+    store = ModelStore(FilePersistence(sys.argv[1]), keep=3)
+    registry = Registry(store)
+    rng = random.Random(int(sys.argv[2]))
+    while True:  # fits proposed (promoted: no gate), operator promotions and rollbacks, back to back
+        n = (store.versions("d") or [0])[-1] + 1
+        mv = store.save("d", {"n": n, "a": np.random.default_rng(n).random(50_000)}, prune=False)
+        registry.propose("d", mv.version)
+        for _ in range(20):
+            if rng.random() < 0.3 and registry.rollback_target("d") is not None:
+                registry.rollback("d")
+            else:
+                registry.promote("d", rng.choice(store.versions("d")))
+        print(mv.version, flush=True)
+""")
+
+
+def test_kill_9_during_promotions_leaves_a_loadable_champion(tmp_path, caplog):
+    """A real process promoting, rolling back and fitting is SIGKILLed at random (seeded) points:
+    each time the registry record reads back whole and its champion (and rollback target) load."""
+    rng = random.Random(20261204)
+    root = tmp_path / "store"
+    champions = set()
+    for round_ in range(12):
+        child = subprocess.Popen([sys.executable, "-c", PROMOTER, str(root), str(round_)], cwd=REPO,
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline().strip(), "the promoter never promoted"
+            time.sleep(rng.uniform(0.0, 0.3))
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+        store = ModelStore(FilePersistence(root), keep=3)
+        registry = Registry(store)
+        with caplog.at_level(logging.WARNING):
+            record = registry.record("d")
+            found = registry.load("d", lambda mv: mv.state["n"])
+        assert caplog.records == [], caplog.text  # no torn record, no unusable champion
+        assert record["champion"] is not None and found[0].version == record["champion"] == found[1]
+        target = registry.rollback_target("d")
+        assert target is None or store.load("d", target).state["n"] == target
+        assert _orphans(root) == []
+        champions.add(record["champion"])
+    assert len(champions) > 3  # the kills landed at different points of the promotion loop
 
 
 # -- the real serve process on a store with garbage ------------------------------------------------
