@@ -17,6 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
 from detector.config import ConfigError
+from detector.label_api import register_label_routes
 from detector.metrics import DetectorCollector
 from detector.timefmt import iso, parse_rfc3339
 
@@ -67,7 +68,7 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
     def index():
         return jsonify({"service": "rigwatch-detector",
                         "endpoints": ["/metrics", "/healthz", "/readyz", "/api/v1/anomalies", "/api/v1/models",
-                                      "POST /api/v1/retrain"]})
+                                      "POST /api/v1/retrain", "/api/v1/feedback", "/api/v1/maintenance"]})
 
     @app.get("/metrics")
     def metrics():
@@ -124,17 +125,17 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
     def models():
         return jsonify({"models": service.models()})
 
-    @app.post("/api/v1/retrain")
-    def retrain():
+    def refused(what: str):
+        """None when the request carries the API token; else the 401/403/503 answer."""
         try:
             token = service.config.token(env)
         except ConfigError as e:  # RIGWATCH_API_TOKEN_FILE gone or unreadable since start-up
             # the message names the variable, the path and the OS error, never the token
-            log.error("POST /api/v1/retrain refused: API token unreadable: %s", e)
-            return error(503, f"retrain is unavailable: the API token cannot be read ({e}); "
+            log.error("%s %s refused: API token unreadable: %s", request.method, request.path, e)
+            return error(503, f"{what} is unavailable: the API token cannot be read ({e}); "
                               "restore the file, then retry")
         if not token:
-            return error(503, "retrain is disabled: no API token configured. Set RIGWATCH_API_TOKEN in the "
+            return error(503, f"{what} is disabled: no API token configured. Set RIGWATCH_API_TOKEN in the "
                               "environment or api_token in the config file, then send "
                               "'Authorization: Bearer <token>'")
         auth = request.headers.get("Authorization", "")
@@ -144,6 +145,12 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
             return resp, status
         if not hmac.compare_digest(auth[7:].strip().encode(), token.encode()):
             return error(403, "invalid token")
+        return None
+
+    @app.post("/api/v1/retrain")
+    def retrain():
+        if (denied := refused("retrain")) is not None:
+            return denied
         body = {}
         if request.data:
             body = request.get_json(silent=True)
@@ -162,5 +169,7 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
                 return error(404, f"detectors: unknown detector(s) {', '.join(missing)}")
         service.retrain(names)
         return jsonify({"status": "accepted", "detectors": names or sorted(service.detector_names())}), 202
+
+    register_label_routes(app, service, refused, error)
 
     return app
