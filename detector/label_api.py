@@ -36,16 +36,19 @@ def window_json(w: MaintenanceWindow) -> dict[str, Any]:
 def register_label_routes(app, service, refused, error) -> None:
     """`refused(what)`: the API's token check (None when allowed); `error(status, message)`."""
 
-    def body_or_error():
-        body = request.get_json(silent=True) if request.data else None
-        if not isinstance(body, dict):
-            return None, error(400, "body: expected a JSON object")
-        return body, None
-
     def unavailable(what: str):
         if service.labels is None:
             return error(503, f"{what} is unavailable: this service has no label store")
         return None
+
+    def mutation(what: str):
+        """(body, None) for an authorised request with a JSON object body, else (None, the answer)."""
+        if (denied := refused(what) or unavailable(what)) is not None:
+            return None, denied
+        body = request.get_json(silent=True) if request.data else None
+        if not isinstance(body, dict):
+            return None, error(400, "body: expected a JSON object")
+        return body, None
 
     @app.get("/api/v1/feedback")
     def feedback_list():
@@ -71,11 +74,9 @@ def register_label_routes(app, service, refused, error) -> None:
 
     @app.post("/api/v1/feedback")
     def feedback_add():
-        if (denied := refused("feedback") or unavailable("feedback")) is not None:
+        body, denied = mutation("feedback")
+        if denied is not None:
             return denied
-        body, bad = body_or_error()
-        if bad is not None:
-            return bad
         unknown = set(body) - _FEEDBACK_KEYS
         if unknown:
             return error(400, f"body: unknown key(s) {', '.join(sorted(unknown))}")
@@ -124,11 +125,9 @@ def register_label_routes(app, service, refused, error) -> None:
 
     @app.post("/api/v1/maintenance")
     def maintenance_add():
-        if (denied := refused("maintenance") or unavailable("maintenance")) is not None:
+        body, denied = mutation("maintenance")
+        if denied is not None:
             return denied
-        body, bad = body_or_error()
-        if bad is not None:
-            return bad
         try:
             window = maintenance_window(body, "", source="api")
         except ConfigError as e:
