@@ -66,6 +66,9 @@ def register_label_routes(app, service, refused, error) -> None:
         except ValueError as e:
             return error(400, str(e))
         detector = args.get("detector")
+        if detector is not None and detector not in service.detector_names() and \
+                detector not in {f.detector for f in service.labels.feedback()}:
+            return error(404, f"detector: unknown detector {detector!r}")
         if detector is not None:
             items = service.labels.labels_for(detector, since, until)
         else:

@@ -235,6 +235,8 @@ def test_feedback_api_validation(svc):
     r = c.post("/api/v1/feedback", data="[1]", content_type="application/json", headers=TOKEN)
     assert r.status_code == 400 and r.get_json()["error"].startswith("body")
     assert c.get("/api/v1/feedback?when=now").status_code == 400
+    r = c.get("/api/v1/feedback?detector=nope")
+    assert r.status_code == 404 and r.get_json()["error"].startswith("detector")
     assert svc.labels.feedback() == []
 
 
