@@ -17,6 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
 from detector.config import ConfigError
+from detector.label_api import register_label_routes
 from detector.metrics import DetectorCollector
 from detector.registry import NoRollbackTarget, RegistryError
 from detector.timefmt import iso, parse_rfc3339
@@ -69,7 +70,8 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
         return jsonify({"service": "rigwatch-detector",
                         "endpoints": ["/metrics", "/healthz", "/readyz", "/api/v1/anomalies", "/api/v1/models",
                                       "POST /api/v1/retrain", "POST /api/v1/models/<detector>/promote",
-                                      "POST /api/v1/models/<detector>/rollback"]})
+                                      "POST /api/v1/models/<detector>/rollback", "/api/v1/feedback",
+                                      "/api/v1/maintenance"]})
 
     @app.get("/metrics")
     def metrics():
@@ -133,7 +135,7 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
             token = service.config.token(env)
         except ConfigError as e:  # RIGWATCH_API_TOKEN_FILE gone or unreadable since start-up
             # the message names the variable, the path and the OS error, never the token
-            log.error("POST %s refused: API token unreadable: %s", request.path, e)
+            log.error("%s %s refused: API token unreadable: %s", request.method, request.path, e)
             return error(503, f"{action} is unavailable: the API token cannot be read ({e}); "
                               "restore the file, then retry")
         if not token:
@@ -224,5 +226,7 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
             return error(404, f"detector: {e}")
         return jsonify({"status": "rolled back", "detector": detector, "champion": decision.version,
                         "effective": "at the next scoring step"})
+
+    register_label_routes(app, service, refused, error)
 
     return app

@@ -18,6 +18,7 @@ import yaml
 
 from detector import config_values as cv
 from detector.config_values import ConfigError
+from detector.labels import MaintenanceWindow, maintenance_config
 from detector.logs.detector import LogDetectorConfig
 from detector.logs.loki import LokiClient
 from detector.models import FALLBACKS, FEATURE_KINDS, MODELS, RULES, make_model, model_class
@@ -88,6 +89,7 @@ class Config:
     store_path: str = "rigwatch-models"
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     detectors: list[DetectorConfig] = field(default_factory=list)
+    maintenance: tuple[MaintenanceWindow, ...] = ()  # windows from the file (the API adds stored ones)
     source: str = "<default preset>"
 
     def reloaded_over(self, running: Config) -> Config:
@@ -108,7 +110,8 @@ class Config:
         return tok or None
 
 
-_TOP_KEYS = {"prometheus", "loki", "logs", "listen", "api_token", "store", "schedule", "defaults", "detectors"}
+_TOP_KEYS = {"prometheus", "loki", "logs", "listen", "api_token", "store", "schedule", "defaults", "detectors",
+             "maintenance"}
 _DET_KEYS = {"name", "query", "model", "rule", "params", "sensitivity", "direction", "min_deviation",
              "min_duration", "merge_gap", "key", "features", "join_on", "heartbeat", "enabled", "fallback",
              "min_fit_r2"}
@@ -349,6 +352,7 @@ def parse_config(raw: Any, *, require_detectors: bool = False) -> Config:
             raise ConfigError(f"detectors[{i}].name", f"duplicate detector name {det.name!r}")
         seen.add(det.name)
         cfg.detectors.append(det)
+    cfg.maintenance = maintenance_config(top.get("maintenance"))
     if require_detectors and not cfg.detectors and cfg.loki is None:
         raise ConfigError("detectors", "nothing to detect: list at least one detector (or add a loki: "
                                        "section for log detection only)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from rigwatch import durations
@@ -76,7 +77,9 @@ LIMITS: dict[str, Limit] = {
     "detectors[].min_deviation": Limit(0, _BIG),  # in the metric's unit (bytes are large); finite
     "detectors[].min_duration": _dur(0, 30 * _D),  # > 0; an incident needing a month of scores never opens
     "detectors[].merge_gap": _dur(0, 30 * _D),  # > 0; runs a month apart are separate incidents
-    "detectors[].min_fit_r2": Limit(-1, 1),  # R² is <= 1; below -1 no fit is ever refused
+    "detectors[].min_fit_r2": Limit(-1, 1),
+    # a maintenance window longer than a year is a typo in a date, and would hide every incident
+    "maintenance[].duration": _dur(0, 366 * _D),  # R² is <= 1; below -1 no fit is ever refused
     # rule parameters, by the kind of check their class declares (models.rules PARAMS)
     "params.rule.duration": _dur(0, 30 * _D),  # a rule window / hold / max_age beyond a month sees nothing
     "params.rule.number": Limit(-_BIG, _BIG),  # a threshold in the metric's unit: finite
@@ -235,6 +238,22 @@ def labels(value: Any, key: str, *, empty: bool = True) -> list[str]:
     if not empty and not value:
         raise ConfigError(key, "expected at least one label name")
     return list(value)
+
+
+def timestamp(value: Any, key: str) -> float:
+    """An RFC3339 time with a zone (2026-12-01T10:00:00Z) -> epoch seconds. YAML reads an unquoted
+    time as a datetime: one with a zone is taken too; a zoneless one would be a guess, so refused."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(key, f"expected an RFC3339 time such as 2026-12-01T10:00:00Z "
+                                   f"(got {short(value)})") from None
+    if not isinstance(value, datetime):
+        raise ConfigError(key, f"expected an RFC3339 time such as 2026-12-01T10:00:00Z (got {short(value)})")
+    if value.tzinfo is None:
+        raise ConfigError(key, f"{value.isoformat()} has no time zone (add Z or +00:00)")
+    return value.timestamp()
 
 
 def boolean(value: Any, key: str) -> bool:

@@ -8,11 +8,13 @@ its last one (tight brackets: normal data around it is not part of the incident)
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from detector.labels import incident_id
 from detector.models import RULES
 from detector.scores import ScoreBatch, incident_labels, series_id
 
@@ -37,9 +39,14 @@ class Incident:
     def duration(self) -> float:
         return self.end - self.start + self.step
 
+    @property
+    def id(self) -> str:
+        """What POST /api/v1/feedback names it by (stable while it grows, and across a restart)."""
+        return incident_id(self.detector, series_id(self.series_labels), self.start)
+
     def to_dict(self, fmt_time=None) -> dict[str, Any]:
         f = fmt_time or (lambda x: x)
-        d = {"detector": self.detector, "model": self.model, "labels": dict(self.labels),
+        d = {"id": self.id, "detector": self.detector, "model": self.model, "labels": dict(self.labels),
              "start": f(self.start), "end": f(self.end), "peak_score": _finite(self.peak_score),
              "peak_time": f(self.peak_t), "summary": self.summary, "points": self.points,
              "series_labels": dict(self.series_labels)}
@@ -93,10 +100,13 @@ class IncidentTracker:
     """Feed ScoreBatches in time order per series; finished incidents land in `closed`.
 
     `policy` says per detector how runs merge (each plugin gives its detectors'); a detector not in
-    it gets `default`."""
+    it gets `default`. `quiet(detector, t)`: a mask of the points that open or extend no incident
+    (maintenance windows); None: every point counts."""
 
     def __init__(self, *, threshold: float = 1.0, policy: dict[str, IncidentPolicy] | None = None,
-                 default: IncidentPolicy = IncidentPolicy(), step: float = 60.0, keep: int | None = 1000):
+                 default: IncidentPolicy = IncidentPolicy(), step: float = 60.0, keep: int | None = 1000,
+                 quiet: Callable[[str, np.ndarray], np.ndarray] | None = None):
+        self.quiet = quiet
         self.threshold = threshold
         self.policy = dict(policy or {})
         self.default = default
@@ -116,6 +126,8 @@ class IncidentTracker:
         key = (batch.detector, sid)
         gap = self._policy(batch.detector).merge_gap
         score = np.nan_to_num(batch.score, nan=0.0)
+        if self.quiet is not None and len(score):
+            score = np.where(self.quiet(batch.detector, np.asarray(batch.t, float)), 0.0, score)
         for i in np.nonzero(score > self.threshold)[0]:
             t = float(batch.t[i])
             cur = self.open.get(key)

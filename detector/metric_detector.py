@@ -19,6 +19,7 @@ import numpy as np
 
 from detector.config import DetectorConfig
 from detector.fetch import SeriesData
+from detector.labels import Exclusions
 from detector.models import RULES, NoOpinion, kind_class, make_model, model_from_state
 from detector.scores import ScoreBatch
 from detector.store import fingerprint_arrays
@@ -86,15 +87,24 @@ class MetricDetector:
         return n_valid >= max(need, 1)
 
     # -- fit --------------------------------------------------------------------------------
-    def fit(self, data: dict[str, SeriesData], now: float) -> dict[str, Any]:
-        """Fit every series on its data up to `now` (the caller passes the lookback window)."""
+    def fit(self, data: dict[str, SeriesData], now: float, exclude: Exclusions | None = None) -> dict[str, Any]:
+        """Fit every series on its data up to `now` (the caller passes the lookback window).
+        `exclude`: labels whose points are left out (maintenance, confirmed incidents). The one place
+        every fit passes through (serve, retrain, backtest), so all of them respect the labels."""
         started = time.perf_counter()
-        n_real = n_fallback = n_failed = 0
+        n_real = n_fallback = n_failed = n_excluded = 0
         for sid, sd in data.items():
             keep = sd.t <= now
             sd = sd.slice(keep)
             if len(sd.t) == 0:
                 continue
+            if exclude is not None:
+                out = exclude.training_mask(self.cfg.name, sd.labels, sd.t)
+                if out.any():
+                    # a gap, as a missed scrape: every model already fits around missing values,
+                    # and the time grid (seasonal phase) stays as it was
+                    sd = SeriesData(sd.labels, sd.t, np.where(out, np.nan, sd.y), sd.X, sd.feature_names)
+                    n_excluded += int(out.sum())
             valid = np.isfinite(sd.y)
             kind = self.cfg.kind
             model = self.new_model(kind)
@@ -137,7 +147,7 @@ class MetricDetector:
         self.started = True
         self.last_fit = now
         self.fit_metrics = {"series": len(data), "fitted": n_real, "baseline": n_fallback,
-                            "failed": n_failed, "seconds": round(time.perf_counter() - started, 4)}
+                            "failed": n_failed, "excluded_points": n_excluded, "seconds": round(time.perf_counter() - started, 4)}
         return self.fit_metrics
 
     def needs_early_refit(self) -> bool:

@@ -30,6 +30,7 @@ from detector.fetch import DetectorQueryError, SeriesData, feature_queries, fetc
 from detector.health import QueryHealth, SourceHealth
 from detector.incident_plots import SeriesTrace, plot_incidents
 from detector.incidents import Incident, IncidentTracker
+from detector.labels import Exclusions, LabelStore
 from detector.metric_detector import MetricDetector
 from detector.models import kind_class
 from detector.plugin import BacktestPart, DetectorPlugin, IncidentPolicy, ScorePass
@@ -51,9 +52,12 @@ class MetricPlugin(DetectorPlugin):
     publishes_scores = True
 
     def __init__(self, config: Config, client: PromClient, *, store: ModelStore | None = None,
-                 health: SourceHealth | None = None, registry: Registry | None = None):
+                 health: SourceHealth | None = None, registry: Registry | None = None,
+                 labels: LabelStore | None = None):
         """`store` None (a backtest): models stay in memory. `registry` (default: one over `store`
-        with no gate) says which stored version scores."""
+        with no gate) says which stored version scores. `labels`: stored feedback and maintenance
+        windows, left out of fits (the config's windows always are)."""
+        self.labels = labels
         self.config = config
         self.client = client
         self.store = store
@@ -190,6 +194,10 @@ class MetricPlugin(DetectorPlugin):
                 raise ValueError(f"series {sid} cannot be scored with it")
         det.set_state(state)  # assigns only once the whole state is read
 
+    def exclusions(self) -> Exclusions:
+        """What a fit leaves out now: the running config's windows, the stored labels."""
+        return Exclusions.current(self.config.maintenance, self.labels)
+
     # -- live passes --------------------------------------------------------------------------
     def _grid_end(self, now: float) -> float:
         step = self.config.schedule.step
@@ -241,7 +249,7 @@ class MetricPlugin(DetectorPlugin):
             if data is None:
                 continue
             with self._lock:
-                det.fit(data, end)
+                det.fit(data, end, self.exclusions())
                 meta = det.fit_metadata(data, start, end)
             if self.store is None:
                 continue
@@ -322,8 +330,9 @@ class MetricPlugin(DetectorPlugin):
     def backtest(self, start: float, end: float, *, threshold: float, plot_dir: str | None = None,
                  progress=None) -> BacktestPart:
         config = self.config
+        exclusions = self.exclusions()
         tracker = IncidentTracker(threshold=threshold, policy=self.incident_policy(),
-                                  step=config.schedule.step, keep=None)
+                                  step=config.schedule.step, keep=None, quiet=exclusions.maintenance_mask)
         traces: dict | None = {} if plot_dir else None
         part = BacktestPart()
         for det in self.detectors.values():
@@ -331,7 +340,7 @@ class MetricPlugin(DetectorPlugin):
                 progress.set_postfix_str(det.cfg.name)
             t0 = time.perf_counter()
             data = fetch_series(self.client, det.cfg, start, end, config.schedule.step)
-            info = replay_detector(det, data, start, end, config, tracker, traces, progress)
+            info = replay_detector(det, data, start, end, config, tracker, traces, progress, exclusions)
             info.update({"detector": det.cfg.name, "kind": det.cfg.kind,
                          "seconds": round(time.perf_counter() - t0, 3)})
             part.detectors.append(info)
@@ -344,7 +353,8 @@ class MetricPlugin(DetectorPlugin):
 
 
 def replay_detector(det: MetricDetector, data: dict[str, SeriesData], start: float, end: float, config: Config,
-                    tracker: IncidentTracker, traces: dict | None = None, progress=None) -> dict[str, Any]:
+                    tracker: IncidentTracker, traces: dict | None = None, progress=None,
+                    exclusions: Exclusions | None = None) -> dict[str, Any]:
     """One detector over [start, end] with the live cadence: fits at warmup, every fit_every (sooner
     while a series lacks its real model), each point scored once by the model fitted before it."""
     sched = config.schedule
@@ -352,7 +362,7 @@ def replay_detector(det: MetricDetector, data: dict[str, SeriesData], start: flo
     fits = 0
     while fit_t < end or fits == 0:
         window = {sid: sd.slice((sd.t > fit_t - sched.lookback) & (sd.t <= fit_t)) for sid, sd in data.items()}
-        det.fit({k: v for k, v in window.items() if len(v.t)}, fit_t)
+        det.fit({k: v for k, v in window.items() if len(v.t)}, fit_t, exclusions)
         fits += 1
         seg_end = min(end, fit_t + (sched.fallback_refit if det.needs_early_refit() else sched.fit_every))
         segment = {sid: sd.slice((sd.t > fit_t) & (sd.t <= seg_end)) for sid, sd in data.items()}

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from detector.config import Config, ConfigWatcher
 from detector.health import SourceHealth
+from detector.labels import LabelStore
 from detector.logs.loki import LokiClient
 from detector.logs.plugin import LogPlugin
 from detector.metric_plugin import MetricPlugin
@@ -40,8 +41,8 @@ def query_checker(config: Config, client: PromClient | None = None) -> QueryChec
 
 
 def serve_plugins(config: Config, *, client: PromClient, store: ModelStore,
-                  health: SourceHealth) -> list[DetectorPlugin]:
-    plugins: list[DetectorPlugin] = [MetricPlugin(config, client, store=store, health=health)]
+                  health: SourceHealth, labels: LabelStore | None = None) -> list[DetectorPlugin]:
+    plugins: list[DetectorPlugin] = [MetricPlugin(config, client, store=store, health=health, labels=labels)]
     if config.loki is not None:
         loki_section = {k: v for k, v in config.loki.items() if k != "query"}
         loki = LokiClient.from_config(loki_section, on_error=health.counter("loki"))
@@ -68,5 +69,6 @@ def build_service(config: Config, *, client: PromClient | None = None, store: Mo
     client = client or prometheus_client(config, health)
     store = store or ModelStore(FilePersistence(config.store_path))
     watcher = ConfigWatcher(config_path, check=checker.check, clock=clock) if config_path else None
-    return DetectorService(config, serve_plugins(config, client=client, store=store, health=health),
-                           health=health, clock=clock, watcher=watcher)
+    labels = LabelStore(store, clock=clock)  # beside the models, in the same store
+    return DetectorService(config, serve_plugins(config, client=client, store=store, health=health, labels=labels),
+                           health=health, clock=clock, watcher=watcher, labels=labels)

@@ -19,6 +19,7 @@ from typing import Any
 from detector.config import Config, ConfigWatcher
 from detector.health import SourceHealth
 from detector.incidents import Incident, IncidentPolicy, IncidentTracker
+from detector.labels import Exclusions, LabelStore
 from detector.plugin import DetectorPlugin
 from detector.scores import ScoreBatch, series_id
 
@@ -53,8 +54,11 @@ class Snapshot:
 
 class DetectorService:
     def __init__(self, config: Config, plugins: Sequence[DetectorPlugin], *, health: SourceHealth | None = None,
-                 clock: Callable[[], float] = time.time, watcher: ConfigWatcher | None = None):
-        """`watcher`: hot reload of the config file (None: the config never changes)."""
+                 clock: Callable[[], float] = time.time, watcher: ConfigWatcher | None = None,
+                 labels: LabelStore | None = None):
+        """`watcher`: hot reload of the config file (None: the config never changes). `labels`:
+        feedback and maintenance windows (None: only the config's windows, no feedback API)."""
+        self.labels = labels
         self.config = config
         self.plugins = list(plugins)
         self.clock = clock
@@ -66,7 +70,7 @@ class DetectorService:
         self._reload_lock = threading.Lock()
         self.watcher = watcher
         self._loaded_at = clock()
-        self.tracker = IncidentTracker(policy=self._policy(), step=config.schedule.step)
+        self.tracker = IncidentTracker(policy=self._policy(), step=config.schedule.step, quiet=self._in_maintenance)
         self._latest: dict[tuple[str, str], ScoreSample] = {}
         self._last_success: dict[str, float] = {}
         self._durations: dict[str, float] = {}
@@ -79,6 +83,10 @@ class DetectorService:
         for plugin in self.plugins:
             policy.update(plugin.incident_policy())
         return policy
+
+    def _in_maintenance(self, detector: str, t):
+        # scores inside a window are still published; they only open no incident
+        return Exclusions.current(self.config.maintenance, self.labels).maintenance_mask(detector, t)
 
     # -- what the API reads -------------------------------------------------------------------
     def detector_names(self) -> list[str]:
