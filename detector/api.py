@@ -67,7 +67,7 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
     def index():
         return jsonify({"service": "rigwatch-detector",
                         "endpoints": ["/metrics", "/healthz", "/readyz", "/api/v1/anomalies", "/api/v1/models",
-                                      "POST /api/v1/retrain"]})
+                                      "/api/v1/drift", "POST /api/v1/retrain"]})
 
     @app.get("/metrics")
     def metrics():
@@ -123,6 +123,19 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
     @app.get("/api/v1/models")
     def models():
         return jsonify({"models": service.models()})
+
+    @app.get("/api/v1/drift")
+    @app.get("/api/v1/drift/<detector>")
+    def drift(detector: str | None = None):
+        if request.args:
+            return error(400, f"unknown query parameter(s): {', '.join(sorted(request.args))}")
+        entries = service.drift_report()
+        if detector is not None:
+            entries = [e for e in entries if e["detector"] == detector]
+            if not entries:
+                return error(404, f"detector: no drift figures for {detector!r} (an unknown detector, or "
+                                  "one of a family that measures no drift)")
+        return jsonify({"detectors": entries})
 
     @app.post("/api/v1/retrain")
     def retrain():

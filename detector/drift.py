@@ -40,7 +40,10 @@ HOURS = 24
 BINS = 10
 QUANTILES = (np.arange(20) + 0.5) / 20  # mid-points of 20 equal-mass slices: each stands for 5 %
 EPS = 1e-4  # floor of a bin's share in PSI: an empty bin costs a bounded amount, never log(0)
-MIN_POINTS = 10  # fewer finite points than this (training or recent): drift is unknown
+# fewer finite points than this (training or recent): drift is unknown. Two samples of one
+# distribution differ by chance: PSI's expected value is about (BINS - 1) / n, 0.09 at n = 100,
+# safely under PSI_THRESHOLD; at n = 20 chance alone would cross it.
+MIN_POINTS = 100
 SCALE_FLOOR = 1e-9  # absolute floor of the robust scale (a constant series divides by this)
 SCALE_REL_FLOOR = 1e-3  # ... and relative to the training median: 0.1 % of the level
 PSI_THRESHOLD = 0.25

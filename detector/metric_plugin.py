@@ -24,6 +24,8 @@ import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from detector.config import Config, DetectorConfig
+from detector.drift_book import STATE_KEY as DRIFT_KEY
+from detector.drift_book import DriftBook
 from detector.fetch import DetectorQueryError, SeriesData, feature_queries, fetch_series
 from detector.health import QueryHealth, SourceHealth
 from detector.incident_plots import SeriesTrace, plot_incidents
@@ -55,12 +57,13 @@ class MetricPlugin(DetectorPlugin):
         self.store = store
         self.health = health or SourceHealth()
         self.queries = QueryHealth()
+        self.drift = DriftBook()  # training references and drift measured at each fit
         self.detectors: dict[str, MetricDetector] = {}
         self._lock = threading.RLock()
         self._build(config)
 
     def _build(self, config: Config) -> None:
-        dets = {}
+        dets, same = {}, set()
         for d in config.detectors:
             if not d.enabled:
                 continue
@@ -68,9 +71,11 @@ class MetricPlugin(DetectorPlugin):
             if old is not None and _same_model(old.cfg, d):
                 old.cfg = d
                 dets[d.name] = old
+                same.add(d.name)
             else:
                 dets[d.name] = MetricDetector(d, config.schedule.step)
         self.detectors = dets
+        self.drift.forget(same)  # a removed detector, or a new model of it: its reference is void
 
     # -- what the service asks ----------------------------------------------------------------
     def detector_names(self) -> list[str]:
@@ -97,10 +102,21 @@ class MetricPlugin(DetectorPlugin):
                                "last time, 0 while it refuses one (the detector is paused)", labels=["detector"])
         refused = CounterMetricFamily("rigwatch_detector_query_errors", "Queries of the detector that "
                                       "Prometheus refused (bad_data, execution errors)", labels=["detector"])
+        fitted = GaugeMetricFamily("rigwatch_detector_model_fit_timestamp_seconds", "Unix time the model the "
+                                   "detector scores with was fitted (what DetectorChampionStale watches)",
+                                   labels=["detector"])
         for name in self.detector_names():
             ok.add_metric([name], 0 if name in failing else 1)
             refused.add_metric([name], errors.get(name, 0))
-        return (ok, refused)
+            last_fit = self.detectors[name].last_fit if name in self.detectors else None
+            if last_fit is not None:
+                fitted.add_metric([name], last_fit)
+        every = GaugeMetricFamily("rigwatch_detector_fit_interval_seconds", "The configured refit cadence "
+                                  "(schedule.fit_every)", value=self.config.schedule.fit_every)
+        return (ok, refused, fitted, every, *self.drift.families())
+
+    def drift_report(self) -> list[dict[str, Any]]:
+        return self.drift.report(self.detector_names())
 
     def reconfigure(self, config: Config) -> list[str]:
         with self._lock:
@@ -158,6 +174,7 @@ class MetricPlugin(DetectorPlugin):
             if not probe.score({sid: SeriesData(sm.labels, t, np.ones(1), X, names)}):
                 raise ValueError(f"series {sid} cannot be scored with it")
         det.set_state(state)  # assigns only once the whole state is read
+        self.drift.restore(det.cfg.name, state.get(DRIFT_KEY))
 
     # -- live passes --------------------------------------------------------------------------
     def _grid_end(self, now: float) -> float:
@@ -209,13 +226,18 @@ class MetricPlugin(DetectorPlugin):
                 return False
             if data is None:
                 continue
+            self.drift.measure(det.cfg, data, end)  # the model fitted so far against what came since
             with self._lock:
                 det.fit(data, end)
                 meta = det.fit_metadata(data, start, end)
+            reference = self.drift.train(det.cfg, data, end)
             if self.store is None:
                 continue
+            state = det.get_state()
+            if reference is not None:
+                state[DRIFT_KEY] = reference
             try:
-                mv = self.store.save(name, det.get_state(), meta)
+                mv = self.store.save(name, state, meta)
                 det.version = mv.version
             except OSError as e:
                 log.error("saving model %s failed: %s (the previous version stays current)", name, e)

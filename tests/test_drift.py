@@ -68,22 +68,23 @@ def test_a_constant_series_divides_by_no_zero():
     t = _times(0, 2 * DAY)
     ref = drift.reference(t, np.full(len(t), 3.0))
     assert ref.scale > 0
-    same = drift.drift(ref, _times(2 * DAY, 3600), np.full(60, 3.0))
+    hours = _times(2 * DAY, 2 * 3600)
+    same = drift.drift(ref, hours, np.full(120, 3.0))
     assert same == {"psi": 0.0, "wasserstein": 0.0}
-    moved = drift.drift(ref, _times(2 * DAY, 3600), np.full(60, 4.0))
+    moved = drift.drift(ref, hours, np.full(120, 4.0))
     assert np.isfinite(moved["wasserstein"]) and drift.drifted(moved)  # one bin, but a large move
     zero = drift.reference(t, np.zeros(len(t)))
-    assert drift.drift(zero, _times(2 * DAY, 3600), np.zeros(60)) == {"psi": 0.0, "wasserstein": 0.0}
+    assert drift.drift(zero, hours, np.zeros(120)) == {"psi": 0.0, "wasserstein": 0.0}
 
 
 def test_too_little_data_or_unseen_hours_is_unknown_not_zero():
-    t = _times(0, 3600)  # training saw only hour 0
-    assert drift.reference(t[:5], np.ones(5)) is None
+    t = _times(0, 2 * 3600)  # training saw only hours 0 and 1
+    assert drift.reference(t[:drift.MIN_POINTS - 1], np.ones(drift.MIN_POINTS - 1)) is None
     ref = drift.reference(t, np.arange(len(t), dtype=float))
-    assert drift.drift(ref, _times(5 * 3600, 3600), np.ones(60)) is None  # hour 5: nothing to compare
-    assert drift.drift(ref, t[:3], np.ones(3)) is None
-    nan = np.full(60, np.nan)
-    assert drift.drift(ref, t, nan) is None
+    assert drift.drift(ref, _times(5 * 3600, 2 * 3600), np.ones(120)) is None  # hours 5, 6: nothing to compare
+    assert drift.drift(ref, t[:drift.MIN_POINTS - 1], np.ones(drift.MIN_POINTS - 1)) is None
+    assert drift.drift(ref, t[:drift.MIN_POINTS], np.ones(drift.MIN_POINTS)) is not None
+    assert drift.drift(ref, t, np.full(len(t), np.nan)) is None
 
 
 def test_psi_is_zero_for_equal_shares_and_finite_for_an_empty_bin():
@@ -99,7 +100,7 @@ def test_the_packed_reference_survives_the_store_format_and_old_versions_have_no
     doc = unpack_state(pack_state({"drift_reference": drift.pack(refs, DAY)}))["drift_reference"]
     back, until = drift.unpack(doc)
     assert until == DAY and set(back["value"]) == {"a", "b"}
-    recent = _times(DAY, 3600)
+    recent = _times(DAY, 2 * 3600)
     x = rng.normal(5, 1, len(recent))
     assert drift.drift(back["value"]["b"], recent, x) == pytest.approx(drift.drift(refs["value"]["b"], recent, x))
     assert drift.unpack(None) is None
