@@ -38,6 +38,10 @@ from detector.timefmt import iso
 log = logging.getLogger(__name__)
 STATE_KEY = "drift_reference"  # beside the engine state in the version's npz; set_state ignores it
 DRIFT_WINDOW = 86400.0  # the recent window compared: at most the last 24 h
+# refit_on_drift: between fits, drift is checked every CHECK_EVERY; HOLD_CHECKS drifted checks in a
+# row refit at once (one check over may be a passing burst that the scores already report)
+CHECK_EVERY = 3600.0
+HOLD_CHECKS = 2
 VALUE = "value"
 
 
@@ -61,18 +65,21 @@ class DriftBook:
     def __init__(self):
         self._refs: dict[str, tuple[dict[str, dict[str, drift.Reference]], float]] = {}
         self._measured: dict[str, _Measured] = {}
+        self._checked: dict[str, float] = {}  # refit_on_drift: last check (or fit)
+        self._held: dict[str, int] = {}  # refit_on_drift: drifted checks in a row
         self._lock = threading.Lock()
 
     # -- the fit cycle ------------------------------------------------------------------------
-    def measure(self, cfg: DetectorConfig, data: dict[str, SeriesData], now: float) -> None:
-        """Drift of `data` since the current model's training against its reference (none: the
-        detector's figures are dropped, unknown)."""
+    def measure(self, cfg: DetectorConfig, data: dict[str, SeriesData], now: float, *,
+                keep_known: bool = False) -> int | None:
+        """Drift of `data` since the current model's training against its reference; how many series
+        drifted (None: unknown, and the detector's figures are dropped unless `keep_known`)."""
         with self._lock:
             held = self._refs.get(cfg.name)
         if held is None:
             with self._lock:
                 self._measured.pop(cfg.name, None)
-            return
+            return None
         refs, trained_until = held
         since = max(trained_until, now - DRIFT_WINDOW)
         out = _Measured(now, trained_until)
@@ -89,8 +96,24 @@ class DriftBook:
             if stats:
                 out.series[sid] = {"labels": dict(sd.labels), "features": stats,
                                    "drifted": any(drift.drifted(s) for s in stats.values())}
+        if not out.series and keep_known:
+            return None
         with self._lock:
             self._measured[cfg.name] = out
+        return sum(s["drifted"] for s in out.series.values()) if out.series else None
+
+    def check_due(self, name: str, now: float) -> bool:
+        with self._lock:
+            return name in self._refs and now - self._checked.get(name, -np.inf) >= CHECK_EVERY
+
+    def check(self, cfg: DetectorConfig, data: dict[str, SeriesData], now: float) -> bool:
+        """refit_on_drift's check between fits (it also refreshes the published figures when it
+        measured something): True once drift has held HOLD_CHECKS checks in a row."""
+        drifted = self.measure(cfg, data, now, keep_known=True)
+        with self._lock:
+            self._checked[cfg.name] = now
+            held = self._held[cfg.name] = self._held.get(cfg.name, 0) + 1 if drifted else 0
+        return held >= HOLD_CHECKS
 
     def train(self, cfg: DetectorConfig, data: dict[str, SeriesData], trained_until: float) -> dict[str, Any] | None:
         """The reference of a fit on `data` (kept for the next `measure`), as the document stored
@@ -105,6 +128,7 @@ class DriftBook:
                     refs.setdefault(feature, {})[sid] = ref
         with self._lock:
             self._refs[cfg.name] = (refs, trained_until)
+            self._checked[cfg.name], self._held[cfg.name] = trained_until, 0
         return drift.pack(refs, trained_until)
 
     def restore(self, name: str, doc: Any) -> None:
@@ -126,7 +150,7 @@ class DriftBook:
         """Drop detectors no longer configured."""
         keep = set(keep)
         with self._lock:
-            for d in (self._refs, self._measured):
+            for d in (self._refs, self._measured, self._checked, self._held):
                 for name in [n for n in d if n not in keep]:
                     del d[name]
 

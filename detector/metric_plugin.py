@@ -24,8 +24,8 @@ import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from detector.config import Config, DetectorConfig
+from detector.drift_book import DRIFT_WINDOW, DriftBook
 from detector.drift_book import STATE_KEY as DRIFT_KEY
-from detector.drift_book import DriftBook
 from detector.fetch import DetectorQueryError, SeriesData, feature_queries, fetch_series
 from detector.health import QueryHealth, SourceHealth
 from detector.incident_plots import SeriesTrace, plot_incidents
@@ -251,6 +251,7 @@ class MetricPlugin(DetectorPlugin):
         early = set(self._never_fitted()) | {
             n for n, d in self.detectors.items()
             if d.last_fit is not None and d.needs_early_refit() and now - d.last_fit >= sched.fallback_refit}
+        early |= self._drift_refits(now)
         if early:
             self.fit(now, only=early)
         end = self._grid_end(now)
@@ -271,6 +272,23 @@ class MetricPlugin(DetectorPlugin):
                 continue
             with self._lock:
                 out.batches.extend(det.score(data))
+        return out
+
+    def _drift_refits(self, now: float) -> set[str]:
+        """Detectors with `refit_on_drift` whose drift, checked hourly between fits on what came
+        since their model's training, has held high (drift_book.HOLD_CHECKS checks in a row)."""
+        out = set()
+        end = self._grid_end(now)
+        for name, det in list(self.detectors.items()):
+            if not det.cfg.refit_on_drift or det.last_fit is None or not self.drift.check_due(name, now):
+                continue
+            try:
+                data = self._fetch("drift", det, max(det.last_fit, end - DRIFT_WINDOW), end)
+            except PromError:
+                break  # the scoring pass that follows meets the same outage
+            if data is not None and self.drift.check(det.cfg, data, end):
+                log.info("%s: drift held high at consecutive checks: refitting now (refit_on_drift)", name)
+                out.add(name)
         return out
 
     # -- backtest -----------------------------------------------------------------------------

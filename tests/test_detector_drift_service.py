@@ -24,6 +24,7 @@ detectors:
   - {name: gpu_temperature, query: gpu_temperature_celsius, model: robust_z, params: {min_periods: 5}}
   - {name: gpu_xid, query: gpu_xid_errors_total, rule: counter_increase}
 """
+REFIT_CFG = CFG.replace("params: {min_periods: 5}}", "params: {min_periods: 5}, refit_on_drift: true}")
 T0 = 1_800_000_000.0  # the first fit
 LATER = T0 + 6 * 3600  # the next fit
 
@@ -43,10 +44,10 @@ def temperatures(shift_after: float | None):
     return values
 
 
-def serve(store, clock, data):
+def serve(store, clock, data, cfg=CFG):
     responses.reset()  # this Prometheus now answers with `data`
     responses.add_callback(responses.GET, PROM + "/api/v1/query_range", callback=matrix_handler(data))
-    svc = service_for(load_config(text=CFG), store, lambda: clock[0])
+    svc = service_for(load_config(text=cfg), store, lambda: clock[0])
     svc.load_models()
     return svc
 
@@ -181,3 +182,38 @@ def test_anomaly_rates_count_by_point_time_and_forget_what_left_the_window():
     assert len(rates._buckets["d"]) == 1
     rates.forget([])
     assert rates.rates() == {}
+
+
+
+@responses.activate
+@pytest.mark.parametrize("shift", [True, False])
+def test_refit_on_drift_refits_once_drift_held_at_two_hourly_checks(store, shift):
+    clock = [T0]
+    svc = serve(store, clock, temperatures(T0 if shift else None), REFIT_CFG)
+    assert svc.config.detectors[0].refit_on_drift
+    assert svc.fit()
+    assert store.versions("gpu_temperature") == [1]
+    clock[0] = T0 + 4 * 3600  # 120 new points: the first check measures
+    assert svc.score()
+    assert store.versions("gpu_temperature") == [1]  # once over is not yet "held"
+    if shift:
+        assert registry(svc).get_sample_value("rigwatch_drifted_series", {"detector": "gpu_temperature"}) == 1
+    clock[0] = T0 + 4.5 * 3600
+    assert svc.score()  # not due: checked half an hour ago
+    assert store.versions("gpu_temperature") == [1]
+    clock[0] = T0 + 5 * 3600
+    assert svc.score()
+    assert store.versions("gpu_temperature") == ([1, 2] if shift else [1])
+
+
+@pytest.mark.parametrize("detector, message", [
+    ("{name: a, query: up, model: robust_z, refit_on_drift: 'yes'}", "detectors[0].refit_on_drift"),
+    ("{name: a, query: up, rule: counter_increase, refit_on_drift: true}", "detectors[0].refit_on_drift: a rule"),
+])
+def test_refit_on_drift_is_validated(detector, message):
+    from detector.config_values import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(text=f"detectors:\n  - {detector}\n")
+    assert load_config(text="defaults: {refit_on_drift: true}\ndetectors:\n"
+                            "  - {name: a, query: up, model: robust_z}\n").detectors[0].refit_on_drift
