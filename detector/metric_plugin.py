@@ -7,6 +7,9 @@
             errors counted, a log line naming `detectors[N].<key>`); the others go on, the source
             stays up, and the paused one is retried every pass: fixing its data brings it back.
             Only an unavailable source (transport errors, 5xx) ends a pass.
+    drift   at each fit, before refitting, what came since the model's training against the reference
+            stored with its version (detector/drift_book.py); with refit_on_drift, also checked
+            hourly between fits, and a drift held at two checks refits at once
     backtest  each detector's data for the whole range fetched once, then replayed: the first fit at
             start + schedule.warmup, a refit every fit_every over the lookback window, every point
             scored once, in order, by the model fitted before it (causal)
