@@ -132,6 +132,22 @@ def test_a_version_stored_before_drift_existed_loads_with_drift_unknown(store):
 
 
 @responses.activate
+def test_an_unreadable_reference_leaves_the_model_usable_and_drift_unknown(store, caplog):
+    clock = [T0]
+    assert serve(store, clock, temperatures(None)).fit()
+    old = store.load_latest("gpu_temperature")
+    state = dict(old.state)
+    state[STATE_KEY] = {**state[STATE_KEY], "features": {"value": {"series": ["x"], "edges": np.ones(3)}}}
+    store.save("gpu_temperature", state, old.metadata)
+    svc = serve(store, clock, temperatures(None))  # loads v2
+    assert [m["version"] for m in svc.models() if m["detector"] == "gpu_temperature"] == [2]
+    assert "stored drift reference ignored" in caplog.text
+    clock[0] = LATER
+    assert svc.fit()
+    assert drift_value(registry(svc), "psi") is None
+
+
+@responses.activate
 def test_drift_api_refuses_what_it_does_not_know(store):
     svc = serve(store, [T0], temperatures(None))
     api = create_app(svc, registry=CollectorRegistry()).test_client()
