@@ -71,7 +71,7 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
                         "endpoints": ["/metrics", "/healthz", "/readyz", "/api/v1/anomalies", "/api/v1/models",
                                       "POST /api/v1/retrain", "POST /api/v1/models/<detector>/promote",
                                       "POST /api/v1/models/<detector>/rollback", "/api/v1/feedback",
-                                      "/api/v1/maintenance"]})
+                                      "/api/v1/maintenance", "/api/v1/drift"]})
 
     @app.get("/metrics")
     def metrics():
@@ -127,6 +127,19 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
     @app.get("/api/v1/models")
     def models():
         return jsonify({"models": service.models()})
+
+    @app.get("/api/v1/drift")
+    @app.get("/api/v1/drift/<detector>")
+    def drift(detector: str | None = None):
+        if request.args:
+            return error(400, f"unknown query parameter(s): {', '.join(sorted(request.args))}")
+        entries = service.drift_report()
+        if detector is not None:
+            entries = [e for e in entries if e["detector"] == detector]
+            if not entries:
+                return error(404, f"detector: no drift figures for {detector!r} (an unknown detector, or "
+                                  "one of a family that measures no drift)")
+        return jsonify({"detectors": entries})
 
     def refused(action: str):
         """The error response when the request may not mutate (no token configured, none sent, a

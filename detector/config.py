@@ -73,6 +73,7 @@ class DetectorConfig:
     min_fit_r2: float | None = None  # a fit explaining less of the variance falls back (models with r2_)
     heartbeat: str | None = None  # series_vanished: a query that proves the exporter is alive
     enabled: bool = True
+    refit_on_drift: bool = False  # drift held high between fits refits at once (detector/drift_book.py)
 
     @property
     def kind(self) -> str:
@@ -114,7 +115,7 @@ _TOP_KEYS = {"prometheus", "loki", "logs", "listen", "api_token", "store", "sche
              "maintenance"}
 _DET_KEYS = {"name", "query", "model", "rule", "params", "sensitivity", "direction", "min_deviation",
              "min_duration", "merge_gap", "key", "features", "join_on", "heartbeat", "enabled", "fallback",
-             "min_fit_r2"}
+             "min_fit_r2", "refit_on_drift"}
 _DEFAULTS_KEYS = _DET_KEYS - {"name", "query", "rule", "key", "features", "heartbeat"}
 _SCHEDULE_KEYS = ("step", "fit_every", "lookback", "context", "warmup", "fallback_refit")
 # what `params:` of a model may hold besides the numbers LIMITS bounds (params.<model>.<name>)
@@ -159,6 +160,8 @@ def _common_fields(d: dict, key: str) -> dict:
         out["enabled"] = cv.boolean(d["enabled"], f"{key}.enabled")
     if "fallback" in d:
         out["fallback"] = cv.one_of(d["fallback"], f"{key}.fallback", FALLBACKS)
+    if "refit_on_drift" in d:
+        out["refit_on_drift"] = cv.boolean(d["refit_on_drift"], f"{key}.refit_on_drift")
     return out
 
 
@@ -174,6 +177,8 @@ def _detector(raw: Any, key: str, defaults: dict) -> DetectorConfig:
         rule = _kind(d["rule"], f"{key}.rule", RULES, "rule")
         if "model" in own:
             raise ConfigError(f"{key}.rule", "set either model or rule, not both")
+        if own.get("refit_on_drift"):
+            raise ConfigError(f"{key}.refit_on_drift", "a rule fits no model: there is nothing to refit")
         model = None
     else:
         rule, model = None, own.get("model", defaults.get("model"))
@@ -202,6 +207,7 @@ def _detector(raw: Any, key: str, defaults: dict) -> DetectorConfig:
         join_on=merged.get("join_on", ["uuid"]), heartbeat=_optional(d, "heartbeat", key, cv.string),
         enabled=merged.get("enabled", True), fallback=merged.get("fallback", "robust_z"),
         min_fit_r2=merged.get("min_fit_r2"),
+        refit_on_drift=bool(merged.get("refit_on_drift", False)) and rule is None,
     )
     if model is not None:
         _check_model_params(out, f"{key}.params")

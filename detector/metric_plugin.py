@@ -9,6 +9,9 @@
             errors counted, a log line naming `detectors[N].<key>`); the others go on, the source
             stays up, and the paused one is retried every pass: fixing its data brings it back.
             Only an unavailable source (transport errors, 5xx) ends a pass.
+    drift   at each fit, before refitting, what came since the model's training against the reference
+            stored with its version (detector/drift_book.py); with refit_on_drift, also checked
+            hourly between fits, and a drift held at two checks refits at once
     backtest  each detector's data for the whole range fetched once, then replayed: the first fit at
             start + schedule.warmup, a refit every fit_every over the lookback window, every point
             scored once, in order, by the model fitted before it (causal)
@@ -26,6 +29,8 @@ import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from detector.config import Config, DetectorConfig
+from detector.drift_book import DRIFT_WINDOW, DriftBook
+from detector.drift_book import STATE_KEY as DRIFT_KEY
 from detector.fetch import DetectorQueryError, SeriesData, feature_queries, fetch_series
 from detector.health import QueryHealth, SourceHealth
 from detector.incident_plots import SeriesTrace, plot_incidents
@@ -65,12 +70,13 @@ class MetricPlugin(DetectorPlugin):
         self._unfollowable: dict[str, int] = {}  # champion versions that failed to load (warned once)
         self.health = health or SourceHealth()
         self.queries = QueryHealth()
+        self.drift = DriftBook()  # training references and drift measured at each fit
         self.detectors: dict[str, MetricDetector] = {}
         self._lock = threading.RLock()
         self._build(config)
 
     def _build(self, config: Config) -> None:
-        dets = {}
+        dets, same = {}, set()
         for d in config.detectors:
             if not d.enabled:
                 continue
@@ -78,9 +84,11 @@ class MetricPlugin(DetectorPlugin):
             if old is not None and _same_model(old.cfg, d):
                 old.cfg = d
                 dets[d.name] = old
+                same.add(d.name)
             else:
                 dets[d.name] = MetricDetector(d, config.schedule.step)
         self.detectors = dets
+        self.drift.forget(same)  # a removed detector, or a new model of it: its reference is void
 
     # -- what the service asks ----------------------------------------------------------------
     def detector_names(self) -> list[str]:
@@ -107,10 +115,21 @@ class MetricPlugin(DetectorPlugin):
                                "last time, 0 while it refuses one (the detector is paused)", labels=["detector"])
         refused = CounterMetricFamily("rigwatch_detector_query_errors", "Queries of the detector that "
                                       "Prometheus refused (bad_data, execution errors)", labels=["detector"])
+        fitted = GaugeMetricFamily("rigwatch_detector_model_fit_timestamp_seconds", "Unix time the model the "
+                                   "detector scores with was fitted (what DetectorChampionStale watches)",
+                                   labels=["detector"])
         for name in self.detector_names():
             ok.add_metric([name], 0 if name in failing else 1)
             refused.add_metric([name], errors.get(name, 0))
-        return (ok, refused, self._challenger_family())
+            last_fit = self.detectors[name].last_fit if name in self.detectors else None
+            if last_fit is not None:
+                fitted.add_metric([name], last_fit)
+        every = GaugeMetricFamily("rigwatch_detector_fit_interval_seconds", "The configured refit cadence "
+                                  "(schedule.fit_every)", value=self.config.schedule.fit_every)
+        return (ok, refused, fitted, every, *self.drift.families(), self._challenger_family())
+
+    def drift_report(self) -> list[dict[str, Any]]:
+        return self.drift.report(self.detector_names())
 
     def _challenger_family(self) -> Metric:
         fam = GaugeMetricFamily("rigwatch_detector_challenger_info", "1 per challenger version present "
@@ -193,6 +212,7 @@ class MetricPlugin(DetectorPlugin):
             if not probe.score({sid: SeriesData(sm.labels, t, np.ones(1), X, names)}):
                 raise ValueError(f"series {sid} cannot be scored with it")
         det.set_state(state)  # assigns only once the whole state is read
+        self.drift.restore(det.cfg.name, state.get(DRIFT_KEY))
 
     def exclusions(self) -> Exclusions:
         """What a fit leaves out now: the running config's windows, the stored labels."""
@@ -248,14 +268,19 @@ class MetricPlugin(DetectorPlugin):
                 return False
             if data is None:
                 continue
+            self.drift.measure(det.cfg, data, end)  # the model fitted so far against what came since
             with self._lock:
                 det.fit(data, end, self.exclusions())
                 meta = det.fit_metadata(data, start, end)
+            reference = self.drift.train(det.cfg, data, end)
             if self.store is None:
                 continue
+            state = det.get_state()
+            if reference is not None:
+                state[DRIFT_KEY] = reference
             try:
                 with self._lock:
-                    mv = self.store.save(name, det.get_state(), meta, prune=False)
+                    mv = self.store.save(name, state, meta, prune=False)
                     decision = self.registry.propose(name, mv.version)
                     if decision.outcome == "promoted":
                         det.version = mv.version
@@ -299,6 +324,7 @@ class MetricPlugin(DetectorPlugin):
         early = set(self._never_fitted()) | {
             n for n, d in self.detectors.items()
             if d.last_fit is not None and d.needs_early_refit() and now - d.last_fit >= sched.fallback_refit}
+        early |= self._drift_refits(now)
         self._follow_champions()
         if early:
             self.fit(now, only=early)
@@ -320,6 +346,23 @@ class MetricPlugin(DetectorPlugin):
                 continue
             with self._lock:
                 out.batches.extend(det.score(data))
+        return out
+
+    def _drift_refits(self, now: float) -> set[str]:
+        """Detectors with `refit_on_drift` whose drift, checked hourly between fits on what came
+        since their model's training, has held high (drift_book.HOLD_CHECKS checks in a row)."""
+        out = set()
+        end = self._grid_end(now)
+        for name, det in list(self.detectors.items()):
+            if not det.cfg.refit_on_drift or det.last_fit is None or not self.drift.check_due(name, now):
+                continue
+            try:
+                data = self._fetch("drift", det, max(det.last_fit, end - DRIFT_WINDOW), end)
+            except PromError:
+                break  # the scoring pass that follows meets the same outage
+            if data is not None and self.drift.check(det.cfg, data, end):
+                log.info("%s: drift held high at consecutive checks: refitting now (refit_on_drift)", name)
+                out.add(name)
         return out
 
     # -- backtest -----------------------------------------------------------------------------

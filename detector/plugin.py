@@ -113,6 +113,10 @@ class DetectorPlugin(ABC):
         """GET /api/v1/models entries."""
         return []
 
+    def drift_report(self) -> list[dict[str, Any]]:
+        """GET /api/v1/drift entries: per detector, its series' drift figures (default: none)."""
+        return []
+
     def model_info(self) -> list[tuple[str, str, str]]:
         """(detector, model kind, stored version) for rigwatch_detector_model_info."""
         return []

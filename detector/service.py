@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
+from detector.anomaly_rate import AnomalyRates
 from detector.config import Config, ConfigWatcher
 from detector.health import SourceHealth
 from detector.incidents import Incident, IncidentPolicy, IncidentTracker
@@ -71,6 +72,7 @@ class DetectorService:
         self.watcher = watcher
         self._loaded_at = clock()
         self.tracker = IncidentTracker(policy=self._policy(), step=config.schedule.step, quiet=self._in_maintenance)
+        self.rates = AnomalyRates(clock)  # rigwatch_anomaly_rate{detector,window}
         self._latest: dict[tuple[str, str], ScoreSample] = {}
         self._last_success: dict[str, float] = {}
         self._durations: dict[str, float] = {}
@@ -102,6 +104,9 @@ class DetectorService:
                 return plugin.registry
         return None
 
+    def drift_report(self) -> list[dict[str, Any]]:
+        return [d for plugin in self.plugins for d in plugin.drift_report()]
+
     def incidents(self) -> list[Incident]:
         """Recent incidents, oldest first, open ones included (`is_open` says which)."""
         with self._lock:
@@ -110,6 +115,7 @@ class DetectorService:
     def extra_families(self) -> Iterable:
         for plugin in self.plugins:
             yield from plugin.families()
+        yield self.rates.family()
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         snap = self.snapshot
@@ -127,6 +133,7 @@ class DetectorService:
         with self._lock:
             for b in batches:
                 self.tracker.update(b)
+                self.rates.add(b.detector, b.t, b.score)
                 if publish and len(b.t):
                     i = len(b.t) - 1
                     self._latest[(b.detector, series_id(b.labels))] = ScoreSample(
@@ -213,6 +220,7 @@ class DetectorService:
                 self.config = cfg
                 refit = {plugin: plugin.reconfigure(cfg) for plugin in self.plugins}
                 self.tracker.set_policy(self._policy())
+                self.rates.forget(self.detector_names())  # a removed detector's rate goes with it
         for plugin, names in refit.items():
             if names:
                 self._fit(plugin, set(names))

@@ -19,7 +19,7 @@ from tests.test_stack_helpers import (
     load_yaml,
 )
 
-EXPECTED_DASHBOARDS = {"aibox-overview.json", "logs.json", "detector-health.json"}
+EXPECTED_DASHBOARDS = {"aibox-overview.json", "logs.json", "detector-health.json", "model-health.json"}
 LOKI_STREAM_LABELS = {"job", "unit", "identifier", "priority", "transport", "container"}
 
 

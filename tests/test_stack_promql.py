@@ -175,6 +175,19 @@ def write_synthetic_block(path: Path, start: int, end: int, gpus: list[dict], wo
             lambda t: 1)
     add("rigwatch_detector_challenger_info", "gauge",
         {**det_self, "detector": "gpu_thermal", "version": "4", "state": "rejected"}, lambda t: 1)
+    # added by the model lifecycle issue: drift, anomaly rate, model age (the model-health dashboard)
+    for det, model in (("gpu_thermal", "thermal"), ("gpu_power", "seasonal_esd")):
+        for feature in (("value", "power_watts") if model == "thermal" else ("value",)):
+            add("rigwatch_feature_drift", "gauge", {**det_self, "detector": det, "feature": feature,
+                                                    "statistic": "psi"}, lambda t: 0.08)
+            add("rigwatch_feature_drift", "gauge", {**det_self, "detector": det, "feature": feature,
+                                                    "statistic": "wasserstein"}, lambda t: 0.3)
+        add("rigwatch_drifted_series", "gauge", {**det_self, "detector": det}, lambda t: 0)
+        for window in ("1h", "24h"):
+            add("rigwatch_anomaly_rate", "gauge", {**det_self, "detector": det, "window": window}, lambda t: 0.01)
+        add("rigwatch_detector_model_fit_timestamp_seconds", "gauge", {**det_self, "detector": det},
+            lambda t: t - t % 21600)
+    add("rigwatch_detector_fit_interval_seconds", "gauge", det_self, lambda t: 21600)
     add("up", "gauge", det_self, lambda t: 1)
     log_streams = [
         {"detector": "log_novel", "job": "systemd-journal", "unit": "ssh.service", "identifier": "sshd",
@@ -274,6 +287,9 @@ def test_synthetic_block_is_limited_to_contract_names(sim_prometheus):
         "rigwatch_detector_config_last_reload_success_timestamp_seconds",
         # added by the model lifecycle issue: a fit kept from scoring (the registry's challenger)
         "rigwatch_detector_challenger_info",
+        # added by the model lifecycle issue (drift): bounded labels, no per-series ones
+        "rigwatch_feature_drift", "rigwatch_drifted_series", "rigwatch_anomaly_rate",
+        "rigwatch_detector_model_fit_timestamp_seconds", "rigwatch_detector_fit_interval_seconds",
     }
     synthetic = {n for n in sim_prometheus.names if n.startswith("rigwatch_")}
     assert synthetic == contract
