@@ -12,7 +12,6 @@ import signal
 import sys
 import threading
 
-from detector import dataset_cli
 from detector.config import ConfigError, apply_overrides, load_config
 from detector.config_values import host_port
 from detector.logs import templates_cli
@@ -44,9 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("backtest", help="replay a time range and write an incident report")
-    b.add_argument("--prometheus-url", required=True)
-    b.add_argument("--start", required=True, help="RFC3339, e.g. 2026-11-20T00:00:00Z")
-    b.add_argument("--end", required=True, help="RFC3339")
+    add_range_args(b)
     b.add_argument("--output", required=True, help="report.json")
     b.add_argument("--config", help="detector.yml (default: the built-in preset)")
     b.add_argument("--journal-file", help="journalctl -o json lines (log detection)")
@@ -57,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_backtest)
 
     templates_cli.add_parser(sub)
+    from detector import dataset_cli  # here, not at the top: it builds on this module's helpers
+
     dataset_cli.add_parsers(sub)
     return p
 
@@ -68,6 +67,13 @@ def _usage_error(msg: str) -> int:
 
 class UsageError(Exception):
     """A flag's value refused; the message names the flag (exit 2)."""
+
+
+def add_range_args(p: argparse.ArgumentParser) -> None:
+    """--prometheus-url, --start, --end: a range read from Prometheus (backtest, dataset export)."""
+    p.add_argument("--prometheus-url", required=True)
+    p.add_argument("--start", required=True, help="RFC3339, e.g. 2026-11-20T00:00:00Z")
+    p.add_argument("--end", required=True, help="RFC3339")
 
 
 def range_args(args) -> tuple[float, float]:

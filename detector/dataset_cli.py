@@ -15,6 +15,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from detector.cli import UsageError, add_range_args, range_args
 from detector.config import ConfigError, load_config
 from rigwatch.redact import redact_text, redact_url
 
@@ -23,9 +24,7 @@ def add_parsers(sub) -> None:
     d = sub.add_parser("dataset", help="export the data stages the models see (Parquet + manifest)")
     dsub = d.add_subparsers(dest="dataset_command", required=True, parser_class=type(d))
     e = dsub.add_parser("export", help="write ingested/, processed/, features/ and manifest.json")
-    e.add_argument("--prometheus-url", required=True)
-    e.add_argument("--start", required=True, help="RFC3339, e.g. 2026-11-20T00:00:00Z")
-    e.add_argument("--end", required=True, help="RFC3339")
+    add_range_args(e)
     e.add_argument("--out", required=True, help="directory to create (must not exist or be empty)")
     e.add_argument("--config", help="detector.yml (default: the built-in preset)")
     e.set_defaults(func=cmd_export)
@@ -43,15 +42,17 @@ def _error(msg: str) -> int:
 
 
 def _config(path: str | None):
-    """The config and its text (the manifest records the text's sha256)."""
-    cfg = load_config(path)
+    """The config and its text (the manifest records the text's sha256); UsageError naming the key."""
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        raise UsageError(f"config {path or '<default preset>'}: {e}") from None
     text = Path(path).read_text() if path else \
         resources.files("detector").joinpath("default_preset.yml").read_text()
     return cfg, text
 
 
 def cmd_export(args) -> int:
-    from detector.cli import UsageError, range_args
     from detector.dataset import export_dataset
     from detector.fetch import DetectorQueryError
     from detector.plugins import prometheus_client
@@ -59,9 +60,6 @@ def cmd_export(args) -> int:
 
     try:
         cfg, text = _config(args.config)
-    except ConfigError as e:
-        return _error(f"config {args.config or '<default preset>'}: {e}")
-    try:
         start, end = range_args(args)
     except UsageError as e:
         return _error(str(e))
@@ -95,11 +93,10 @@ def cmd_fit(args) -> int:
 
     try:
         cfg, _ = _config(args.config)
-    except ConfigError as e:
-        return _error(f"config {args.config or '<default preset>'}: {e}")
-    try:
         ds = open_dataset(args.dataset)
         ds.check_config(cfg)
+    except UsageError as e:
+        return _error(str(e))
     except DatasetError as e:
         return _error(f"--dataset: {e}")
     store = ModelStore(FilePersistence(args.store))
