@@ -64,8 +64,11 @@ def exported(tmp_path_factory):
                   for det in cfg.detectors if det.enabled}
         thermal = next(det for det in cfg.detectors if det.name == "gpu_thermal")
         answer = client.query_range(thermal.query, start, end, cfg.schedule.step)
+        r = _cli("backtest", "--prometheus-url", prom.url, "--start", iso(start), "--end", iso(end),
+                 "--output", str(d / "report.json"), "--no-progress")
+        assert r.returncode == 0, r.stderr[-3000:]
     return {"dir": d, "ds": d / "ds", "cfg": cfg, "start": start, "end": end, "direct": direct,
-            "thermal_answer": answer}
+            "thermal_answer": answer, "report": json.loads((d / "report.json").read_text())}
 
 
 def test_export_writes_three_stages_and_a_manifest_whose_hashes_hold(exported):
@@ -223,3 +226,22 @@ def test_training_fingerprint_follows_every_value_time_and_series():
     ]
     for data in changed:
         assert training_data(data, t[-1] + 60)["fingerprint"] != fp
+
+
+def test_explore_notebook_runs_on_an_exported_sim_dataset(exported, monkeypatch):
+    """notebooks/explore.ipynb through nbclient on the dataset: every cell runs, the band is drawn, and
+    the incidents it finds from the dataset alone are the backtest's from Prometheus."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = Path(__file__).parents[1]
+    nb = nbformat.read(root / "notebooks/explore.ipynb", as_version=4)
+    monkeypatch.setenv("RIGWATCH_DATASET", str(exported["ds"]))
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    manifest = json.loads((exported["ds"] / "manifest.json").read_text())
+    assert f"series in total: {sum(d['series'] for d in manifest['detectors'].values())}" in text
+    assert "bands drawn: 2" in text  # the sim's two GPUs
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert f"incidents: {len(exported['report']['incidents'])}\n" in text, text
