@@ -3,6 +3,7 @@
     export_dataset()  every enabled detector's data over [start, end] from Prometheus, in three stages
         ingested/<detector>/<key>.parquet  each query's answer as read (key: `query`, `features.NAME`,
                                            `heartbeat`, as in the detector's config section)
+        ingested/logs.parquet              with --loki-url: the log lines as read (t, labels, message)
         processed/<detector>.parquet       the series fetch_series makes of them: joined, on the step
                                            grid, gaps as NaN (the very SeriesData the detector gets)
         features/<detector>.parquet        what the configured model is fitted on: t, y and its design
@@ -28,6 +29,7 @@ import pandas as pd
 
 from detector.config import Config, DetectorConfig
 from detector.fetch import SeriesData, detector_queries, feature_queries, fetch_series
+from detector.logs.loki import LokiClient
 from detector.models import kind_class
 from detector.promclient import PromClient, Series
 from detector.timefmt import iso
@@ -124,12 +126,30 @@ def _write(df: pd.DataFrame, out: Path, rel: str, files: dict[str, str]) -> None
     files[rel] = sha256_file(path)
 
 
+def _export_logs(loki: LokiClient, query: str, start: float, end: float, out: Path,
+                 files: dict[str, str]) -> dict[str, Any]:
+    """The log lines of [start, end) as the log side reads them (ingested only: its templates and
+    models are not exported yet)."""
+    entries = loki.query_range(query, start, end)
+    df = pd.DataFrame({"t": np.array([e.ts for e in entries], float),
+                       "labels": pd.Series([json.dumps(e.labels) for e in entries], dtype=object),
+                       "message": pd.Series([e.message for e in entries], dtype=object)})
+    _write(df, out, "ingested/logs.parquet", files)
+    return {"query": query, "lines": len(entries)}
+
+
 def export_dataset(config: Config, client: PromClient, start: float, end: float, out: Path, *,
-                   config_text: str, source_url: str) -> dict[str, Any]:
+                   config_text: str, source_url: str, loki: LokiClient | None = None,
+                   loki_url: str | None = None) -> dict[str, Any]:
     """Write the three stages and the manifest under `out` (created; must be empty); returns the
-    manifest. Raises PromError (DetectorQueryError for a refused query) as fetch_series does."""
+    manifest. Raises PromError (DetectorQueryError for a refused query) as fetch_series does, and with
+    `loki`, LokiError."""
     step = config.schedule.step
     files: dict[str, str] = {}
+    logs = None
+    if loki is not None:
+        logs = {"loki_url": loki_url, **_export_logs(loki, LokiClient.query_from_config(config.loki), start, end,
+                                                    out, files)}
     detectors: dict[str, Any] = {}
     for det in (d for d in config.detectors if d.enabled):
         rec = _RecordingClient(client)
@@ -146,7 +166,7 @@ def export_dataset(config: Config, client: PromClient, start: float, end: float,
         detectors[det.name] = {"kind": det.kind, "queries": queries, "feature_names": names,
                                "series": len(data), "points": int(sum(len(sd.t) for sd in data.values()))}
     manifest = {"format": FORMAT, "rigwatch_version": _rigwatch_version(), "created": iso(time.time()),
-                "source": {"prometheus_url": source_url},
+                "source": {"prometheus_url": source_url}, "logs": logs,
                 "range": {"start": start, "end": end, "start_iso": iso(start), "end_iso": iso(end)},
                 "step": step, "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
                 "detectors": detectors, "files": dict(sorted(files.items())),

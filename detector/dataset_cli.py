@@ -1,6 +1,7 @@
 """`dataset export` and `fit --dataset`: the reproducible data stages on the command line.
 
-    rigwatch-detector dataset export --prometheus-url URL --start T --end T --out DIR [--config FILE]
+    rigwatch-detector dataset export --prometheus-url URL [--loki-url URL] --start T --end T --out DIR
+                                     [--config FILE]
         the stages the metric models see over [start, end] (detector.dataset), with DIR/manifest.json
     rigwatch-detector fit --dataset DIR --store DIR [--config FILE]
         fits every enabled detector on the dataset's whole range, as the live fit does on its lookback
@@ -25,6 +26,7 @@ def add_parsers(sub) -> None:
     dsub = d.add_subparsers(dest="dataset_command", required=True, parser_class=type(d))
     e = dsub.add_parser("export", help="write ingested/, processed/, features/ and manifest.json")
     add_range_args(e)
+    e.add_argument("--loki-url", help="also export the log lines of the range (the config's loki query)")
     e.add_argument("--out", required=True, help="directory to create (must not exist or be empty)")
     e.add_argument("--config", help="detector.yml (default: the built-in preset)")
     e.set_defaults(func=cmd_export)
@@ -55,6 +57,7 @@ def _config(path: str | None):
 def cmd_export(args) -> int:
     from detector.dataset import export_dataset
     from detector.fetch import DetectorQueryError
+    from detector.logs.loki import LokiClient, LokiError
     from detector.plugins import prometheus_client
     from detector.promclient import PromError
 
@@ -70,14 +73,25 @@ def cmd_export(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         return _error(f"--out: {e}")
+    loki = None
+    if args.loki_url:
+        try:
+            section = {k: v for k, v in (cfg.loki or {}).items() if k != "query"}
+            loki = LokiClient.from_config({**section, "url": args.loki_url})
+        except ConfigError as e:
+            return _error(f"--loki-url: {e}")
     try:
         manifest = export_dataset(cfg, prometheus_client(cfg, url=args.prometheus_url), start, end, out,
-                                  config_text=text, source_url=redact_url(args.prometheus_url))
+                                  config_text=text, source_url=redact_url(args.prometheus_url), loki=loki,
+                                  loki_url=redact_url(args.loki_url) if args.loki_url else None)
     except DetectorQueryError as e:  # the config's fault: name its key
         index = next(i for i, d in enumerate(cfg.detectors) if d.name == e.detector)
         return _error(f"config detectors[{index}].{e.key}: {redact_text(str(e))}")
     except PromError as e:
         print(f"rigwatch-detector: dataset export failed: prometheus: {redact_text(str(e))}", file=sys.stderr)
+        return 1
+    except LokiError as e:
+        print(f"rigwatch-detector: dataset export failed: loki: {redact_text(str(e))}", file=sys.stderr)
         return 1
     n = sum(d["series"] for d in manifest["detectors"].values())
     print(f"{len(manifest['detectors'])} detector(s), {n} series, {len(manifest['files'])} files written "

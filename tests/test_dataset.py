@@ -245,3 +245,35 @@ def test_explore_notebook_runs_on_an_exported_sim_dataset(exported, monkeypatch)
     assert "bands drawn: 2" in text  # the sim's two GPUs
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert f"incidents: {len(exported['report']['incidents'])}\n" in text, text
+
+
+def test_export_with_loki_adds_the_log_lines_as_read(tmp_path):
+    """--loki-url: the range's log lines (the config's loki query) in ingested/logs.parquet, hashed in
+    the manifest like every other file; lines outside the range are not exported."""
+    import requests
+
+    from harness.loki_standin import LokiTestServer
+
+    t0 = 1_790_000_000
+    lines = [(t0 + 10, "ssh.service", "Failed password for root from 203.0.113.7 port 22 ssh2"),
+             (t0 + 20, "ollama.service", 'level=ERROR msg="CUDA error: out of memory"'),
+             (t0 + 30, "ssh.service", "Accepted publickey for admin"),
+             (t0 + 7200, "ssh.service", "after the range")]
+    with LokiTestServer() as loki, PrometheusServer(tmp_path / "prom", "global: {scrape_interval: 1h}\n") as prom:
+        streams = [{"stream": {"job": "systemd-journal", "unit": unit}, "values": [[str(t * 10**9), msg]]}
+                   for t, unit, msg in lines]
+        assert requests.post(loki.url + "/loki/api/v1/push", json={"streams": streams}, timeout=5).status_code == 204
+        r = _cli("dataset", "export", "--prometheus-url", prom.url, "--loki-url", loki.url, "--start", iso(t0),
+                 "--end", iso(t0 + 3600), "--out", str(tmp_path / "ds"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        bad = _cli("dataset", "export", "--prometheus-url", prom.url, "--loki-url", "loki:3100", "--start",
+                   iso(t0), "--end", iso(t0 + 3600), "--out", str(tmp_path / "ds2"))
+        assert bad.returncode == 2 and "--loki-url" in bad.stderr and "loki.url" in bad.stderr
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["logs"]["lines"] == 3 and manifest["logs"]["loki_url"] == loki.url
+    assert manifest["files"]["ingested/logs.parquet"] == \
+        hashlib.sha256((tmp_path / "ds/ingested/logs.parquet").read_bytes()).hexdigest()
+    df = pd.read_parquet(tmp_path / "ds/ingested/logs.parquet")
+    assert list(df["t"]) == [t for t, *_ in lines[:3]]
+    assert list(df["message"]) == [m for *_, m in lines[:3]]
+    assert [json.loads(x)["unit"] for x in df["labels"]] == [u for _, u, _ in lines[:3]]
