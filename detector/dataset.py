@@ -231,6 +231,9 @@ def open_dataset(root: str | Path) -> Dataset:
             raise DatasetError(f"{path}: listed in the manifest but missing")
         if sha256_file(path) != digest:
             raise DatasetError(f"{path}: sha256 does not match the manifest (changed after export)")
+    for name in manifest["detectors"]:
+        if f"processed/{name}.parquet" not in manifest["files"]:
+            raise DatasetError(f"{mpath}: detector {name!r} has no processed/{name}.parquet in its files")
     if dataset_fingerprint(manifest["files"]) != manifest.get("fingerprint"):
         raise DatasetError(f"{mpath}: fingerprint does not match its file hashes")
     return Dataset(root, manifest)
