@@ -45,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("backtest", help="replay a time range and write an incident report")
-    b.add_argument("--prometheus-url", required=True)
-    b.add_argument("--start", required=True, help="RFC3339, e.g. 2026-11-20T00:00:00Z")
-    b.add_argument("--end", required=True, help="RFC3339")
+    add_range_args(b)
     b.add_argument("--output", required=True, help="report.json")
     b.add_argument("--config", help="detector.yml (default: the built-in preset)")
     b.add_argument("--journal-file", help="journalctl -o json lines (log detection)")
@@ -59,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     templates_cli.add_parser(sub)
     registry_cli.add_parser(sub)
+
+    from detector import dataset_cli  # here, not at the top: it builds on this module's helpers
+
+    dataset_cli.add_parsers(sub)
     return p
 
 
@@ -67,8 +69,40 @@ def _usage_error(msg: str) -> int:
     return 2
 
 
+class UsageError(Exception):
+    """A flag's value refused; the message names the flag (exit 2)."""
+
+
+def add_range_args(p: argparse.ArgumentParser) -> None:
+    """--prometheus-url, --start, --end: a range read from Prometheus (backtest, dataset export)."""
+    p.add_argument("--prometheus-url", required=True)
+    p.add_argument("--start", required=True, help="RFC3339, e.g. 2026-11-20T00:00:00Z")
+    p.add_argument("--end", required=True, help="RFC3339")
+
+
+def range_args(args) -> tuple[float, float]:
+    """--start/--end as epoch seconds, --prometheus-url checked: the flags backtest and dataset
+    export share."""
+    from detector.timefmt import parse_rfc3339
+
+    try:
+        start = parse_rfc3339(args.start)
+    except ValueError as e:
+        raise UsageError(f"--start: expected RFC3339 such as 2026-11-20T00:00:00Z ({e})") from None
+    try:
+        end = parse_rfc3339(args.end)
+    except ValueError as e:
+        raise UsageError(f"--end: expected RFC3339 such as 2026-11-21T00:00:00Z ({e})") from None
+    if end <= start:
+        raise UsageError("--end: must be after --start")
+    if not args.prometheus_url.startswith(("http://", "https://")):
+        raise UsageError(f"--prometheus-url: must start with http:// or https:// "
+                         f"(got {redact_url(args.prometheus_url)!r})")
+    return start, end
+
+
 def cmd_backtest(args) -> int:
-    from detector.backtest import parse_rfc3339, run_backtest, write_report
+    from detector.backtest import run_backtest, write_report
     from detector.plugins import backtest_plugins, prometheus_client
     from detector.promclient import PromError
 
@@ -77,18 +111,9 @@ def cmd_backtest(args) -> int:
     except ConfigError as e:
         return _usage_error(f"config {args.config or '<default preset>'}: {e}")
     try:
-        start = parse_rfc3339(args.start)
-    except ValueError as e:
-        return _usage_error(f"--start: expected RFC3339 such as 2026-11-20T00:00:00Z ({e})")
-    try:
-        end = parse_rfc3339(args.end)
-    except ValueError as e:
-        return _usage_error(f"--end: expected RFC3339 such as 2026-11-21T00:00:00Z ({e})")
-    if end <= start:
-        return _usage_error("--end: must be after --start")
-    if not args.prometheus_url.startswith(("http://", "https://")):
-        return _usage_error(f"--prometheus-url: must start with http:// or https:// "
-                            f"(got {redact_url(args.prometheus_url)!r})")
+        start, end = range_args(args)
+    except UsageError as e:
+        return _usage_error(str(e))
     if args.threshold <= 0:
         return _usage_error("--threshold: must be > 0")
     if args.journal_file and not os.path.isfile(args.journal_file):

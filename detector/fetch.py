@@ -4,11 +4,14 @@
                     models, a rule's heartbeat) averaged per join key and aligned on the target's steps
     detector_queries()  every PromQL a detector runs, by its key in the detector's config section
     DetectorQueryError  one of them refused by Prometheus, naming which
+    PrometheusSource  fetch_series over a client: the metric plugin's data source when live (an
+                    exported dataset, detector.dataset.DatasetSource, stands in for it offline)
 """
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -147,3 +150,25 @@ def fetch_series(client: PromClient, det: DetectorConfig, start: float, end: flo
             out.setdefault(series_id(hb.labels), SeriesData(dict(hb.labels), full_grid,
                                                             np.full(len(full_grid), np.nan), X, names))
     return out
+
+
+class SeriesSource(Protocol):
+    """Where the metric plugin reads a detector's series: the one seam between the models and the
+    data, so fitting from Prometheus and fitting from an exported dataset share every other line."""
+
+    def fetch(self, det: DetectorConfig, start: float, end: float, step: float) -> dict[str, SeriesData]: ...
+
+    def provenance(self) -> dict[str, Any]: ...
+
+
+class PrometheusSource:
+    """The live source: a detector's queries run against Prometheus (fetch_series)."""
+
+    def __init__(self, client: PromClient):
+        self.client = client
+
+    def fetch(self, det: DetectorConfig, start: float, end: float, step: float) -> dict[str, SeriesData]:
+        return fetch_series(self.client, det, start, end, step)
+
+    def provenance(self) -> dict[str, Any]:
+        return {"source": "prometheus"}

@@ -22,7 +22,7 @@ from detector.fetch import SeriesData
 from detector.labels import Exclusions
 from detector.models import RULES, NoOpinion, kind_class, make_model, model_from_state
 from detector.scores import ScoreBatch
-from detector.store import fingerprint_arrays
+from detector.store import fingerprint_arrays, sha256_arrays
 
 log = logging.getLogger(__name__)
 ENGINE_STATE_VERSION = 1
@@ -242,6 +242,7 @@ class MetricDetector:
         ys = [sd.y for sd in data.values()]
         return {"training_window": {"start": start, "end": end},
                 "data_fingerprint": fingerprint_arrays(*ys) if ys else None,
+                "training_data": training_data(data, end),
                 "params": {"model": self.cfg.model, "rule": self.cfg.rule, "query": self.cfg.query,
                            "features": self.cfg.features, "params": self.cfg.params,
                            "direction": self.cfg.direction, "min_deviation": self.cfg.min_deviation,
@@ -249,3 +250,17 @@ class MetricDetector:
                 "fit_metrics": dict(self.fit_metrics)}
 
 
+
+
+def training_data(data: dict[str, SeriesData], end: float) -> dict[str, Any]:
+    """What a fit was given, as a fingerprint that changes with any value, timestamp or series
+    identity: sha256 over each series' id, t, y and X (the points up to `end`, in fit order)."""
+    arrays: list[Any] = []
+    points = 0
+    for sid, sd in data.items():
+        keep = sd.t <= end
+        arrays += [np.frombuffer(sid.encode(), np.uint8), sd.t[keep], sd.y[keep]]
+        if sd.X is not None:
+            arrays.append(sd.X[keep])
+        points += int(keep.sum())
+    return {"fingerprint": sha256_arrays(*arrays), "series": len(data), "points": points}

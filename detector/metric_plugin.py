@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from detector.config import Config, DetectorConfig
 from detector.drift_book import DRIFT_WINDOW, DriftBook
 from detector.drift_book import STATE_KEY as DRIFT_KEY
-from detector.fetch import DetectorQueryError, SeriesData, feature_queries, fetch_series
+from detector.fetch import DetectorQueryError, PrometheusSource, SeriesData, SeriesSource, feature_queries
 from detector.health import QueryHealth, SourceHealth
 from detector.incident_plots import SeriesTrace, plot_incidents
 from detector.incidents import Incident, IncidentTracker
@@ -56,15 +56,17 @@ class MetricPlugin(DetectorPlugin):
     required_sources = (SOURCE,)
     publishes_scores = True
 
-    def __init__(self, config: Config, client: PromClient, *, store: ModelStore | None = None,
+    def __init__(self, config: Config, client: PromClient | None, *, store: ModelStore | None = None,
                  health: SourceHealth | None = None, registry: Registry | None = None,
-                 labels: LabelStore | None = None):
+                 labels: LabelStore | None = None, source: SeriesSource | None = None):
         """`store` None (a backtest): models stay in memory. `registry` (default: one over `store`
         with no gate) says which stored version scores. `labels`: stored feedback and maintenance
-        windows, left out of fits (the config's windows always are)."""
+        windows, left out of fits (the config's windows always are). `source`: where the series
+        come from (default: Prometheus over `client`; an exported dataset for `fit --dataset`)."""
         self.labels = labels
         self.config = config
         self.client = client
+        self.source = source if source is not None else PrometheusSource(client)
         self.store = store
         self.registry = registry or (Registry(store) if store is not None else None)
         self._unfollowable: dict[str, int] = {}  # champion versions that failed to load (warned once)
@@ -230,7 +232,7 @@ class MetricPlugin(DetectorPlugin):
         is unavailable (the outage is logged and shows in source_up; the caller ends this pass and
         the next one retries)."""
         try:
-            data = fetch_series(self.client, det.cfg, start, end, self.config.schedule.step)
+            data = self.source.fetch(det.cfg, start, end, self.config.schedule.step)
         except DetectorQueryError as e:
             self.health.set_up(SOURCE, True)  # it answered: the query is wrong, not the source
             # an error when the detector pauses; every pass's retry after that only at debug level
@@ -256,7 +258,11 @@ class MetricPlugin(DetectorPlugin):
 
     def fit(self, now: float, only: set[str] | None = None) -> bool:
         end = self._grid_end(now)
-        start = end - self.config.schedule.lookback
+        return self.fit_window(end - self.config.schedule.lookback, end, only)
+
+    def fit_window(self, start: float, end: float, only: set[str] | None = None) -> bool:
+        """Fit every detector (or `only` these) on its series over [start, end]: the live fit's
+        lookback window, or an exported dataset's whole range (`fit --dataset`)."""
         ok = True
         for name in [n for n in self.detectors if only is None or n in only]:
             det = self.detectors.get(name)
@@ -272,6 +278,7 @@ class MetricPlugin(DetectorPlugin):
             with self._lock:
                 det.fit(data, end, self.exclusions())
                 meta = det.fit_metadata(data, start, end)
+                meta["training_data"].update(self.source.provenance())
             reference = self.drift.train(det.cfg, data, end)
             if self.store is None:
                 continue
@@ -382,7 +389,7 @@ class MetricPlugin(DetectorPlugin):
             if progress is not None:
                 progress.set_postfix_str(det.cfg.name)
             t0 = time.perf_counter()
-            data = fetch_series(self.client, det.cfg, start, end, config.schedule.step)
+            data = self.source.fetch(det.cfg, start, end, config.schedule.step)
             info = replay_detector(det, data, start, end, config, tracker, traces, progress, exclusions)
             info.update({"detector": det.cfg.name, "kind": det.cfg.kind,
                          "seconds": round(time.perf_counter() - t0, 3)})

@@ -136,6 +136,20 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def sha256_arrays(*arrays: np.ndarray) -> str:
+    """sha256 (hex) over the arrays' raw bytes, each preceded by its dtype and shape (so [1, 2] + [3]
+    and [1] + [2, 3] differ). NaN is hashed as one canonical NaN: a gap is a gap whether it came
+    from 0/0 (x86's NaN has its sign bit set) or a parsed "NaN", or went through Parquet as a null."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        if a.dtype.kind == "f":
+            a = np.where(np.isnan(a), np.nan, a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def fingerprint_arrays(*arrays: np.ndarray) -> str:
     """Data fingerprint of a training set (sha256 over the raw bytes, first 16 hex digits)."""
     h = hashlib.sha256()
