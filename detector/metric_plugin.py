@@ -35,6 +35,7 @@ from detector.promclient import PromClient, PromError
 from detector.scores import series_id
 from detector.store import ModelStore, stored_number
 from detector.timefmt import iso
+from detector.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 SOURCE = "prometheus"
@@ -48,13 +49,15 @@ class MetricPlugin(DetectorPlugin):
     publishes_scores = True
 
     def __init__(self, config: Config, client: PromClient, *, store: ModelStore | None = None,
-                 health: SourceHealth | None = None):
-        """`store` None (a backtest): models stay in memory."""
+                 health: SourceHealth | None = None, tracker: Tracker | None = None):
+        """`store` None (a backtest): models stay in memory. `tracker`: where each saved fit is
+        logged (detector.tracking; None: nowhere)."""
         self.config = config
         self.client = client
         self.store = store
         self.health = health or SourceHealth()
         self.queries = QueryHealth()
+        self.tracker = tracker or NullTracker()
         self.detectors: dict[str, MetricDetector] = {}
         self._lock = threading.RLock()
         self._build(config)
@@ -100,7 +103,7 @@ class MetricPlugin(DetectorPlugin):
         for name in self.detector_names():
             ok.add_metric([name], 0 if name in failing else 1)
             refused.add_metric([name], errors.get(name, 0))
-        return (ok, refused)
+        return (ok, refused, *self.tracker.families())
 
     def reconfigure(self, config: Config) -> list[str]:
         with self._lock:
@@ -220,7 +223,19 @@ class MetricPlugin(DetectorPlugin):
             except OSError as e:
                 log.error("saving model %s failed: %s (the previous version stays current)", name, e)
                 ok = False
+                continue
+            self._track(det, mv.metadata)
         return ok
+
+    def _track(self, det: MetricDetector, meta: dict) -> None:
+        if isinstance(self.tracker, NullTracker):
+            return
+        try:  # tracking is optional: a record it cannot build never fails the fit
+            from detector.fit_records import metric_fit_record
+
+            self.tracker.log_fit(metric_fit_record(det, meta, self.config))
+        except Exception as e:
+            log.warning("tracking %s: %s (fit kept, not logged)", det.cfg.name, e)
 
     def score(self, now: float) -> ScorePass:
         sched = self.config.schedule

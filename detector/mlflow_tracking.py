@@ -1,0 +1,86 @@
+"""The MLflow sink of detector.tracking: one run per detector per fit cycle. Imported only when
+tracking is configured, and mlflow itself only at the first record, in the tracking worker thread.
+
+A run: params (config hash, model and its parameters, lookback, step), metrics (series fitted /
+baseline / failed / skipped, fit seconds), tags (rigwatch version, store version, training-data
+fingerprint), artifacts (the version's metadata.json and series.csv, one row per series: thousands
+of tiny per-series models are one detector version, never one MLflow model each).
+
+With a sqlite:/// backend this process is the only writer (SQLite locks with several); artifacts go
+to `mlartifacts/` beside the database file. A tracking server stores them where it is told to.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from pathlib import Path
+
+from detector.config import TrackingConfig
+from detector.tracking import BackgroundTracker, FitRecord
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite database (MLflow's default is
+    ./mlruns under whatever the working directory is); a server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def series_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    if rows:
+        w = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return out.getvalue()
+
+
+class MlflowSink:
+    def __init__(self, cfg: TrackingConfig):
+        self.cfg = cfg
+        self._client = None
+        self._experiment_id: str | None = None
+
+    def _connect(self):
+        if self._client is None:
+            # one request's time limit, and no retries inside MLflow's HTTP client: the worker retries
+            # with its own backoff, so a dead server costs a try, not minutes (setdefault: the
+            # environment of the process wins)
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(self.cfg.timeout))))
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.cfg.uri)
+        if self._experiment_id is None:
+            exp = self._client.get_experiment_by_name(self.cfg.experiment)
+            self._experiment_id = exp.experiment_id if exp is not None else self._client.create_experiment(
+                self.cfg.experiment, artifact_location=artifact_location(self.cfg.uri))
+        return self._client
+
+    def __call__(self, record: FitRecord, attempt: dict) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = self._connect()
+        if "run_id" not in attempt:  # a retry completes the run it created, never starts a second
+            run = client.create_run(self._experiment_id, run_name=f"{record.detector}-v{record.version}",
+                                    tags=record.tags)
+            attempt["run_id"] = run.info.run_id
+        run_id = attempt["run_id"]
+        if not attempt.get("logged"):
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in record.metrics.items()],
+                             params=[Param(k, v) for k, v in record.params.items()],
+                             tags=[RunTag(k, v) for k, v in record.tags.items()])
+            attempt["logged"] = True
+        if self.cfg.artifacts and not attempt.get("artifacts"):
+            client.log_dict(run_id, record.metadata, "metadata.json")
+            client.log_text(run_id, series_csv(record.series), "series.csv")
+            attempt["artifacts"] = True
+        client.set_terminated(run_id, "FINISHED")
+
+
+def mlflow_tracker(cfg: TrackingConfig, **kw) -> BackgroundTracker:
+    return BackgroundTracker(MlflowSink(cfg), **kw)
