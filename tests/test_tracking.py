@@ -204,3 +204,18 @@ def test_fit_tracked_over_http_and_survives_the_server_stopping(mlflow_server): 
     assert reg.get_sample_value("rigwatch_detector_tracking_queue") == 0
     assert (tracker.skipped, tracker.logged) == (2, 2)
     tracker.close()
+
+
+def test_compose_mlflow_service_is_optional_local_and_on_a_volume():
+    from tests.test_stack_compose import compose
+
+    doc = compose()
+    svc = doc["services"]["mlflow"]
+    assert svc["profiles"] == ["tracking"]  # optional: the base stack is unchanged
+    assert svc["image"].rsplit(":", 1)[1].startswith("v3.")
+    args = dict(a.split("=", 1) for a in svc["command"][2:])
+    assert args["--backend-store-uri"].startswith("sqlite:////mlflow/")  # not the deprecated file store
+    assert args["--artifacts-destination"].startswith("/mlflow/")
+    assert "mlflow:5000" in args["--allowed-hosts"].split(",")  # the detector reaches it by that name
+    assert svc["volumes"] == ["mlflow-data:/mlflow"] and "mlflow-data" in doc["volumes"]
+    assert all(str(p).startswith("127.0.0.1:") for p in svc["ports"])
