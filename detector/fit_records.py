@@ -10,6 +10,7 @@ from typing import Any
 
 from detector.config import Config
 from detector.metric_detector import MetricDetector
+from detector.store import ModelStore, pack_state
 from detector.tracking import FitRecord
 
 MAX_PARAM = 500  # MLflow keeps params short (6000 characters); a long query is in the metadata artifact
@@ -37,7 +38,19 @@ def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = str(value)[:MAX_PARAM]
 
 
-def metric_fit_record(det: MetricDetector, meta: dict[str, Any], config: Config) -> FitRecord:
+def stored_state(store: ModelStore, detector: str, version: int):
+    """The saved version's packed state, read back from the store (immutable, checksummed) by the
+    tracking worker; None once pruned."""
+    def read() -> bytes | None:
+        try:
+            return pack_state(store.load(detector, version).state)
+        except Exception:
+            return None
+    return read
+
+
+def metric_fit_record(det: MetricDetector, meta: dict[str, Any], config: Config,
+                      store: ModelStore | None = None) -> FitRecord:
     cfg = det.cfg
     params: dict[str, str] = {"config_hash": config_hash(det, config), "model": cfg.kind,
                               "lookback": str(config.schedule.lookback), "step": str(config.schedule.step)}
@@ -56,5 +69,7 @@ def metric_fit_record(det: MetricDetector, meta: dict[str, Any], config: Config)
             tags[tag] = str(meta[key])
     rows = [{"series": sid, "model": sm.kind, "fit_points": sm.fit_points,
              "labels": json.dumps(sm.labels, sort_keys=True)} for sid, sm in sorted(det.series.items())]
-    return FitRecord(cfg.name, meta.get("version"), params, {k: float(v) for k, v in metrics.items()},
-                     tags, meta, rows)
+    version = meta.get("version")
+    state = stored_state(store, cfg.name, version) if store is not None and version is not None else None
+    return FitRecord(cfg.name, version, params, {k: float(v) for k, v in metrics.items()},
+                     tags, meta, rows, state)

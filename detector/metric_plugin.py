@@ -233,7 +233,7 @@ class MetricPlugin(DetectorPlugin):
         try:  # tracking is optional: a record it cannot build never fails the fit
             from detector.fit_records import metric_fit_record
 
-            self.tracker.log_fit(metric_fit_record(det, meta, self.config))
+            self.tracker.log_fit(metric_fit_record(det, meta, self.config, self.store))
         except Exception as e:
             log.warning("tracking %s: %s (fit kept, not logged)", det.cfg.name, e)
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
 from detector.config import TrackingConfig
 from detector.tracking import BackgroundTracker, FitRecord
+
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # a path: MLflow runs it at load time
 
 
 def artifact_location(uri: str) -> str | None:
@@ -79,7 +83,42 @@ class MlflowSink:
             client.log_dict(run_id, record.metadata, "metadata.json")
             client.log_text(run_id, series_csv(record.series), "series.csv")
             attempt["artifacts"] = True
+        if self.cfg.artifacts and record.state is not None and not attempt.get("model"):
+            self._log_model(client, run_id, record)
+            attempt["model"] = True
         client.set_terminated(run_id, "FINISHED")
+
+
+    @staticmethod
+    def _log_model(client, run_id: str, record: FitRecord) -> None:
+        """The version as a models-from-code pyfunc (detector/mlflow_model.py) under `model/`."""
+        blob = record.state()
+        if blob is None:
+            return  # pruned before the worker got to it: the run keeps its metadata and table
+        import mlflow.pyfunc
+
+        from detector.fit_records import rigwatch_version
+
+        with tempfile.TemporaryDirectory() as tmp:
+            state, meta = Path(tmp, "state.npz"), Path(tmp, "metadata.json")
+            state.write_bytes(blob)
+            meta.write_text(json.dumps(record.metadata, default=str))
+            mlflow.pyfunc.save_model(Path(tmp, "model"), python_model=str(MODEL_CODE),
+                                     artifacts={"state": str(state), "metadata": str(meta)},
+                                     signature=_signature(),
+                                     pip_requirements=[f"rigwatch[detector]=={rigwatch_version()}"])
+            client.log_artifacts(run_id, str(Path(tmp, "model")), "model")
+
+
+def _signature():
+    """The pyfunc's input and output columns (detector/mlflow_model.py), declared: MLflow checks the
+    input against them."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    out = ["series", "t", "y", "score", "expected", "lower", "upper"]
+    return ModelSignature(inputs=Schema([ColSpec("string", "series"), ColSpec("double", "t"), ColSpec("double", "y")]),
+                          outputs=Schema([ColSpec("string" if c == "series" else "double", c) for c in out]))
 
 
 def mlflow_tracker(cfg: TrackingConfig, **kw) -> BackgroundTracker:

@@ -38,6 +38,8 @@ class FitRecord:
     tags: dict[str, str]
     metadata: dict[str, Any]  # the version's metadata document, as saved
     series: list[dict[str, Any]] = field(default_factory=list)  # one row per series (the summary table)
+    # the version's packed state (npz bytes), read when the worker logs it: the fit never waits on it
+    state: Callable[[], bytes | None] | None = None
 
 
 class Tracker(ABC):

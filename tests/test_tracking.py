@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 
+import numpy as np
 import pytest
 import responses
 from prometheus_client import CollectorRegistry
@@ -21,6 +22,7 @@ from detector.config import TrackingConfig, apply_overrides, load_config
 from detector.config_values import ConfigError
 from detector.metrics import DetectorCollector
 from detector.mlflow_tracking import mlflow_tracker
+from detector.models import model_from_state
 from detector.persistence import MemoryPersistence
 from detector.store import ModelStore
 from detector.tracking import BackgroundTracker, FitRecord
@@ -160,7 +162,8 @@ def test_each_fit_cycle_logs_one_run_per_detector_sqlite(tmp_path):
     assert run.data.tags["rigwatch.version"]
     assert by[("gpu_xid", "1")].data.metrics["series"] == 0
     # artifacts: the version's metadata as saved, the per-series table (one artifact per version)
-    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["metadata.json", "series.csv"]
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["metadata.json", "model",
+                                                                              "series.csv"]
     got = json.loads(open(client.download_artifacts(run.info.run_id, "metadata.json", str(tmp_path))).read())
     assert got == json.loads(json.dumps(meta, default=str))
     rows = list(csv.DictReader(io.StringIO(open(client.download_artifacts(run.info.run_id, "series.csv",
@@ -168,6 +171,22 @@ def test_each_fit_cycle_logs_one_run_per_detector_sqlite(tmp_path):
     assert [(r["model"], json.loads(r["labels"])["uuid"]) for r in rows] == [("robust_z", "GPU-a")]
     # the embedded default keeps artifacts beside the database, not in the working directory
     assert (tmp_path / "mlartifacts").is_dir()
+    # the version as a models-from-code pyfunc: it scores like the stored model it was built from
+    import mlflow.pyfunc
+    import pandas as pd
+
+    first = by[("gpu_temperature", "1")]  # trained on the quiet 40/41 history, before the spike
+    model = mlflow.pyfunc.load_model(f"{first.info.artifact_uri}/model")  # runs:/ would read the global URI
+    sid = rows[0]["series"]
+    t = NOW + 60 * np.arange(3)
+    y = np.array([40.0, 41.0, 95.0])
+    got = model.predict(pd.DataFrame({"series": [sid] * 3, "t": t, "y": y}))
+    ref = model_from_state(store.load("gpu_temperature", 1).state["series"][sid]["model"]).score(t, y)
+    np.testing.assert_allclose(got["score"], ref.score)
+    np.testing.assert_allclose(got["upper"], ref.upper)
+    assert got["score"].iloc[-1] > 3 > got["score"].iloc[:2].max()  # the spike scores, the usual values do not
+    with pytest.raises(ValueError, match="not in this version"):
+        model.predict(pd.DataFrame({"series": ["nope"], "t": [NOW], "y": [1.0]}))
 
 
 def _registry(svc):
@@ -188,7 +207,7 @@ def test_fit_tracked_over_http_and_survives_the_server_stopping(mlflow_server): 
     assert tracker.flush(60)
     client, runs = _runs(url)
     assert sorted(r.data.tags["rigwatch.detector"] for r in runs) == sorted(DETECTORS)
-    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} == {"metadata.json", "series.csv"}
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} == {"metadata.json", "model", "series.csv"}
     reg = _registry(svc)
     assert reg.get_sample_value("rigwatch_detector_tracking_errors_total") == 0
 
