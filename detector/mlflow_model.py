@@ -2,7 +2,7 @@
 and gets the model from `set_model`; no Python object is pickled. The state is the store's own
 npz artifact (detector.store.pack_state) and its metadata JSON, logged with the run as artifacts.
 
-    model = mlflow.pyfunc.load_model("runs:/<run id>/model")
+    model = mlflow.pyfunc.load_model("models:/rigwatch-<detector>/<n>")   # or runs:/<run id>/model
     model.predict(pd.DataFrame({"series": [...], "t": [...], "y": [...]}))
         -> series, t, y, score, expected, lower, upper (rows in input order within each series)
 

@@ -55,6 +55,7 @@ class MlflowSink:
             # environment of the process wins)
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(self.cfg.timeout))))
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars in a service log
             from mlflow.tracking import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.cfg.uri)
@@ -84,8 +85,10 @@ class MlflowSink:
             client.log_text(run_id, series_csv(record.series), "series.csv")
             attempt["artifacts"] = True
         if self.cfg.artifacts and record.state is not None and not attempt.get("model"):
-            self._log_model(client, run_id, record)
-            attempt["model"] = True
+            attempt["model"] = self._log_model(client, run_id, record)
+        if attempt.get("model") and not attempt.get("registered"):
+            self._register(client, run_id, record)
+            attempt["registered"] = True
         client.set_terminated(run_id, "FINISHED")
 
 
@@ -94,7 +97,7 @@ class MlflowSink:
         """The version as a models-from-code pyfunc (detector/mlflow_model.py) under `model/`."""
         blob = record.state()
         if blob is None:
-            return  # pruned before the worker got to it: the run keeps its metadata and table
+            return False  # pruned before the worker got to it: the run keeps its metadata and table
         import mlflow.pyfunc
 
         from detector.fit_records import rigwatch_version
@@ -108,6 +111,22 @@ class MlflowSink:
                                      signature=_signature(),
                                      pip_requirements=[f"rigwatch[detector]=={rigwatch_version()}"])
             client.log_artifacts(run_id, str(Path(tmp, "model")), "model")
+        return True
+
+    @staticmethod
+    def _register(client, run_id: str, record: FitRecord) -> None:
+        """Each fit a version of the registered model rigwatch-<detector> (no aliases here: the local
+        store stays the source of truth for which version scores)."""
+        from mlflow.exceptions import MlflowException
+
+        name = f"rigwatch-{record.detector}"
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name)
+        run = client.get_run(run_id)
+        client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run_id,
+                                    tags={"rigwatch.store_version": str(record.version)})
 
 
 def _signature():

@@ -175,6 +175,10 @@ def test_each_fit_cycle_logs_one_run_per_detector_sqlite(tmp_path):
     import mlflow.pyfunc
     import pandas as pd
 
+    # every fit a version of the registered model rigwatch-<detector>, pointing at its run
+    versions = client.search_model_versions("name='rigwatch-gpu_temperature'")
+    assert sorted((v.tags["rigwatch.store_version"], v.run_id) for v in versions) == \
+        sorted((v, by[("gpu_temperature", v)].info.run_id) for v in ("1", "2"))
     first = by[("gpu_temperature", "1")]  # trained on the quiet 40/41 history, before the spike
     model = mlflow.pyfunc.load_model(f"{first.info.artifact_uri}/model")  # runs:/ would read the global URI
     sid = rows[0]["series"]
