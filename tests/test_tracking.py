@@ -136,7 +136,7 @@ def _runs(uri):
 
 @pytest.mark.integration
 @responses.activate
-def test_each_fit_cycle_logs_one_run_per_detector_sqlite(tmp_path):
+def test_each_fit_cycle_logs_one_run_per_detector_sqlite(tmp_path, monkeypatch):
     responses.add_callback(responses.GET, PROM + "/api/v1/query_range", callback=matrix_handler(temps))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     store, clock = ModelStore(MemoryPersistence()), [NOW - 1800]
@@ -179,8 +179,11 @@ def test_each_fit_cycle_logs_one_run_per_detector_sqlite(tmp_path):
     versions = client.search_model_versions("name='rigwatch-gpu_temperature'")
     assert sorted((v.tags["rigwatch.store_version"], v.run_id) for v in versions) == \
         sorted((v, by[("gpu_temperature", v)].info.run_id) for v in ("1", "2"))
-    first = by[("gpu_temperature", "1")]  # trained on the quiet 40/41 history, before the spike
-    model = mlflow.pyfunc.load_model(f"{first.info.artifact_uri}/model")  # runs:/ would read the global URI
+    # models:/ reads the process's tracking URI (MLflow's default is ./mlflow.db in the working directory)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # version 1: trained on the quiet 40/41 history, before the spike
+    (number,) = [v.version for v in versions if v.tags["rigwatch.store_version"] == "1"]
+    model = mlflow.pyfunc.load_model(f"models:/rigwatch-gpu_temperature/{number}")
     sid = rows[0]["series"]
     t = NOW + 60 * np.arange(3)
     y = np.array([40.0, 41.0, 95.0])
