@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", help="HOST:PORT (default from config: 127.0.0.1:9843)")
     s.add_argument("--prometheus-url", help="override prometheus.url from the config")
     s.add_argument("--store", help="override store.path (model store directory)")
+    s.add_argument("--mlflow-uri", help="log every fit to MLflow (sqlite:///PATH/mlflow.db or http(s)://HOST:PORT); "
+                   "overrides tracking.uri, adding a tracking: section if the config has none")
     s.add_argument("--loki-url", help="set loki.url (adds a loki: section if the config has none, "
                    "which turns log detection on)")
     s.set_defaults(func=cmd_serve)
@@ -143,7 +145,7 @@ def startup_line(cfg, host: str, port: int, detectors: int) -> str:
 
 def cmd_serve(args) -> int:
     from detector.api import create_app
-    from detector.plugins import build_service, query_checker
+    from detector.plugins import build_service, query_checker, tracker_for
 
     try:
         cfg = load_config(args.config)
@@ -151,7 +153,7 @@ def cmd_serve(args) -> int:
         return _usage_error(f"config {args.config or '<default preset>'}: {e}")
     try:
         apply_overrides(cfg, prometheus_url=args.prometheus_url or None, loki_url=args.loki_url or None,
-                        store=args.store or None)
+                        store=args.store or None, mlflow_uri=args.mlflow_uri)
         cfg.token()  # an unreadable RIGWATCH_API_TOKEN_FILE: exit 2 now, not a failed retrain later
     except ConfigError as e:
         return _usage_error(str(e))
@@ -165,7 +167,8 @@ def cmd_serve(args) -> int:
         query_checker(cfg).check(cfg)
     except ConfigError as e:
         return _usage_error(f"config {args.config or '<default preset>'}: {e}")
-    service = build_service(cfg, config_path=args.config)
+    tracker = tracker_for(cfg)
+    service = build_service(cfg, config_path=args.config, tracker=tracker)
     app = create_app(service)
     # one process, several threads: a second worker process would run a second scheduler
     server = BoundedServer(app, host, int(port), ident="rigwatch-detector", name="waitress")
@@ -186,6 +189,7 @@ def cmd_serve(args) -> int:
         log.info("shutting down")
         service.stop()
         server.stop()
+        tracker.close(timeout=cfg.tracking.timeout if cfg.tracking else 0)  # the fits still queued
     return 0
 
 

@@ -23,6 +23,7 @@ from detector.logs.detector import LogDetectorConfig
 from detector.logs.loki import LokiClient
 from detector.models import FALLBACKS, FEATURE_KINDS, MODELS, RULES, make_model, model_class
 from rigwatch import durations
+from rigwatch.redact import redact_url
 from rigwatch.secret_files import SecretFileError, secret_from_env
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,15 @@ class DetectorConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """`tracking:` (optional experiment tracking of fits, detector.tracking): where runs go."""
+    uri: str  # sqlite:///path/mlflow.db (embedded, one writer: this process) or http(s)://server
+    experiment: str = "rigwatch"
+    timeout: float = 10.0  # seconds per request to a tracking server
+    artifacts: bool = True  # the version's metadata and per-series table with each run
+
+
+@dataclass
 class Config:
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     loki: dict[str, Any] | None = None  # owned by the log side; kept as given
@@ -92,13 +102,14 @@ class Config:
     detectors: list[DetectorConfig] = field(default_factory=list)
     maintenance: tuple[MaintenanceWindow, ...] = ()  # windows from the file (the API adds stored ones)
     source: str = "<default preset>"
+    tracking: TrackingConfig | None = None  # None: no tracking, mlflow never imported
 
     def reloaded_over(self, running: Config) -> Config:
         """This (reloaded) config as a running service takes it: the listener, the sources' clients
         and the store were built at start-up (from the file plus command-line overrides) and keep
         their running values; detectors, schedule and the rest reload."""
         return replace(self, listen=running.listen, prometheus=running.prometheus, loki=running.loki,
-                       store_path=running.store_path)
+                       store_path=running.store_path, tracking=running.tracking)
 
     def token(self, environ=os.environ) -> str | None:
         """The API bearer token: RIGWATCH_API_TOKEN, else the file RIGWATCH_API_TOKEN_FILE names (read
@@ -112,7 +123,7 @@ class Config:
 
 
 _TOP_KEYS = {"prometheus", "loki", "logs", "listen", "api_token", "store", "schedule", "defaults", "detectors",
-             "maintenance"}
+             "maintenance", "tracking"}
 _DET_KEYS = {"name", "query", "model", "rule", "params", "sensitivity", "direction", "min_deviation",
              "min_duration", "merge_gap", "key", "features", "join_on", "heartbeat", "enabled", "fallback",
              "min_fit_r2", "refit_on_drift"}
@@ -336,6 +347,8 @@ def parse_config(raw: Any, *, require_detectors: bool = False) -> Config:
     cv.check_keys(store, {"path"}, "store")
     if "path" in store:
         cfg.store_path = store_path(store["path"], "store.path")
+    if top.get("tracking") is not None:
+        cfg.tracking = _tracking(top["tracking"])
     sched = cv.mapping(top.get("schedule"), "schedule")
     cv.check_keys(sched, set(_SCHEDULE_KEYS), "schedule")
     for k in _SCHEDULE_KEYS:
@@ -365,6 +378,34 @@ def parse_config(raw: Any, *, require_detectors: bool = False) -> Config:
     return cfg
 
 
+def _tracking(raw: Any) -> TrackingConfig:
+    t = cv.mapping(raw, "tracking")
+    cv.check_keys(t, {"uri", "experiment", "timeout", "artifacts"}, "tracking")
+    if "uri" not in t:
+        raise ConfigError("tracking.uri", "required: sqlite:///PATH/mlflow.db or http(s)://HOST:PORT")
+    cfg = TrackingConfig(tracking_uri(t["uri"], "tracking.uri"))
+    if "experiment" in t:
+        cfg.experiment = cv.string(t["experiment"], "tracking.experiment")
+    if "timeout" in t:
+        cfg.timeout = cv.duration(t["timeout"], "tracking.timeout", "tracking.timeout")
+    if "artifacts" in t:
+        cfg.artifacts = cv.boolean(t["artifacts"], "tracking.artifacts")
+    return cfg
+
+
+def tracking_uri(value: Any, key: str) -> str:
+    """An MLflow tracking URI: sqlite:///PATH (the embedded default) or a tracking server's http(s) URL.
+    MLflow's file store (a bare path, file://) is deprecated, so it is refused."""
+    uri = cv.string(value, key)
+    if uri.startswith("sqlite:///"):
+        if len(uri) == len("sqlite:///") or "\0" in uri:
+            raise ConfigError(key, "sqlite:/// needs a database file path, e.g. sqlite:///var/lib/rigwatch/mlflow.db")
+        return uri
+    if uri.startswith(("http://", "https://")):
+        return cv.http_url(uri, key)
+    raise ConfigError(key, f"{cv.short(redact_url(uri))} is not sqlite:///PATH or an http(s):// tracking server")
+
+
 def store_path(value: Any, key: str) -> str:
     """The model store directory: a path that is a directory or does not exist yet (created at the
     first save). An existing file would fail every save, hours after start-up."""
@@ -381,7 +422,7 @@ def store_path(value: Any, key: str) -> str:
 
 
 def apply_overrides(cfg: Config, *, prometheus_url: str | None = None, loki_url: str | None = None,
-                    store: str | None = None) -> Config:
+                    store: str | None = None, mlflow_uri: str | None = None) -> Config:
     """Command-line flags over the loaded config (in place; returns cfg). A bad value raises
     ConfigError naming the flag. `loki_url` sets `loki.url`, creating the `loki:` section if the
     config has none, which switches log detection on (the rest of the section — query, tenant,
@@ -397,6 +438,9 @@ def apply_overrides(cfg: Config, *, prometheus_url: str | None = None, loki_url:
         if not store.strip():
             raise ConfigError("--store", "must be a directory path (got an empty string)")
         cfg.store_path = store_path(store, "--store")
+    if mlflow_uri is not None:  # turns tracking on, keeping the section's other keys
+        uri = tracking_uri(mlflow_uri, "--mlflow-uri")
+        cfg.tracking = replace(cfg.tracking, uri=uri) if cfg.tracking else TrackingConfig(uri)
     return cfg
 
 

@@ -65,6 +65,7 @@ LIMITS: dict[str, Limit] = {
     # -- prometheus:
     "prometheus.timeout": _dur(0, 10 * _MIN),  # a query still running after 10 min holds a scheduler thread
     "prometheus.retries": _count(0, 100),  # backoff doubles: past ~100 tries the job never finishes
+    "tracking.timeout": _dur(0, 10 * _MIN),  # a tracking request longer than that holds the worker's queue
     # -- schedule: (APScheduler intervals; big values overflow its timedelta arithmetic)
     "schedule.step": _dur(1 * _S, 1 * _D),  # Prometheus's resolution is seconds; a daily score is no monitor
     "schedule.fit_every": _dur(1 * _S, 365 * _D),  # a model refitted less than yearly is never refitted

@@ -44,6 +44,7 @@ from detector.registry import Registry
 from detector.scores import series_id
 from detector.store import ModelStore, stored_number
 from detector.timefmt import iso
+from detector.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 SOURCE = "prometheus"
@@ -58,11 +59,13 @@ class MetricPlugin(DetectorPlugin):
 
     def __init__(self, config: Config, client: PromClient | None, *, store: ModelStore | None = None,
                  health: SourceHealth | None = None, registry: Registry | None = None,
-                 labels: LabelStore | None = None, source: SeriesSource | None = None):
+                 labels: LabelStore | None = None, source: SeriesSource | None = None,
+                 tracker: Tracker | None = None):
         """`store` None (a backtest): models stay in memory. `registry` (default: one over `store`
         with no gate) says which stored version scores. `labels`: stored feedback and maintenance
         windows, left out of fits (the config's windows always are). `source`: where the series
-        come from (default: Prometheus over `client`; an exported dataset for `fit --dataset`)."""
+        come from (default: Prometheus over `client`; an exported dataset for `fit --dataset`).
+        `tracker`: where each saved fit is logged (detector.tracking; None: nowhere)."""
         self.labels = labels
         self.config = config
         self.client = client
@@ -73,6 +76,7 @@ class MetricPlugin(DetectorPlugin):
         self.health = health or SourceHealth()
         self.queries = QueryHealth()
         self.drift = DriftBook()  # training references and drift measured at each fit
+        self.tracker = tracker or NullTracker()
         self.detectors: dict[str, MetricDetector] = {}
         self._lock = threading.RLock()
         self._build(config)
@@ -128,7 +132,8 @@ class MetricPlugin(DetectorPlugin):
                 fitted.add_metric([name], last_fit)
         every = GaugeMetricFamily("rigwatch_detector_fit_interval_seconds", "The configured refit cadence "
                                   "(schedule.fit_every)", value=self.config.schedule.fit_every)
-        return (ok, refused, fitted, every, *self.drift.families(), self._challenger_family())
+        return (ok, refused, fitted, every, *self.drift.families(), self._challenger_family(),
+                *self.tracker.families())
 
     def drift_report(self) -> list[dict[str, Any]]:
         return self.drift.report(self.detector_names())
@@ -299,6 +304,8 @@ class MetricPlugin(DetectorPlugin):
             except OSError as e:
                 log.error("saving model %s failed: %s (the previous version stays current)", name, e)
                 ok = False
+                continue
+            self._track(det, mv.metadata)
         return ok
 
     def _follow_champions(self, only: set[str] | None = None) -> None:
@@ -323,6 +330,16 @@ class MetricPlugin(DetectorPlugin):
                     continue
                 det.version = champion
             log.info("%s now scores with v%d (the registry's champion)", name, champion)
+
+    def _track(self, det: MetricDetector, meta: dict) -> None:
+        if isinstance(self.tracker, NullTracker):
+            return
+        try:  # tracking is optional: a record it cannot build never fails the fit
+            from detector.fit_records import metric_fit_record
+
+            self.tracker.log_fit(metric_fit_record(det, meta, self.config, self.store))
+        except Exception as e:
+            log.warning("tracking %s: %s (fit kept, not logged)", det.cfg.name, e)
 
     def score(self, now: float) -> ScorePass:
         sched = self.config.schedule

@@ -23,6 +23,7 @@ from detector.promclient import PromClient
 from detector.query_check import QueryChecker
 from detector.service import DetectorService
 from detector.store import ModelStore
+from detector.tracking import NullTracker, Tracker
 
 
 def prometheus_client(config: Config, health: SourceHealth | None = None, url: str | None = None,
@@ -40,9 +41,21 @@ def query_checker(config: Config, client: PromClient | None = None) -> QueryChec
     return QueryChecker(client or prometheus_client(config, retries=0))
 
 
+def tracker_for(config: Config) -> Tracker:
+    """The config's `tracking:` (or serve --mlflow-uri) as a Tracker; without it a NullTracker and
+    mlflow is never imported."""
+    if config.tracking is None:
+        return NullTracker()
+    from detector.mlflow_tracking import mlflow_tracker
+
+    return mlflow_tracker(config.tracking)
+
+
 def serve_plugins(config: Config, *, client: PromClient, store: ModelStore,
-                  health: SourceHealth, labels: LabelStore | None = None) -> list[DetectorPlugin]:
-    plugins: list[DetectorPlugin] = [MetricPlugin(config, client, store=store, health=health, labels=labels)]
+                  health: SourceHealth, labels: LabelStore | None = None,
+                  tracker: Tracker | None = None) -> list[DetectorPlugin]:
+    plugins: list[DetectorPlugin] = [MetricPlugin(config, client, store=store, health=health, labels=labels,
+                                                  tracker=tracker)]
     if config.loki is not None:
         loki_section = {k: v for k, v in config.loki.items() if k != "query"}
         loki = LokiClient.from_config(loki_section, on_error=health.counter("loki"))
@@ -59,16 +72,19 @@ def backtest_plugins(config: Config, *, client: PromClient, journal_file: str | 
 
 def build_service(config: Config, *, client: PromClient | None = None, store: ModelStore | None = None,
                   health: SourceHealth | None = None, clock: Callable[[], float] = time.time,
-                  config_path: str | None = None) -> DetectorService:
+                  config_path: str | None = None, tracker: Tracker | None = None) -> DetectorService:
     """`rigwatch-detector serve`'s service: the plugins the config turns on, sharing one store, one
     Prometheus client and one source-health record. `client`/`store`/`health` replace the configured
     ones (a given client counts its errors wherever it was built to, and also checks reloaded
-    queries). `config_path`: hot reload of that file, refusing what start-up would refuse."""
+    queries). `config_path`: hot reload of that file, refusing what start-up would refuse. `tracker`:
+    where fits are logged (default: the config's `tracking:`, see tracker_for)."""
     health = health or SourceHealth()
     checker = query_checker(config, client)
     client = client or prometheus_client(config, health)
     store = store or ModelStore(FilePersistence(config.store_path))
     watcher = ConfigWatcher(config_path, check=checker.check, clock=clock) if config_path else None
     labels = LabelStore(store, clock=clock)  # beside the models, in the same store
-    return DetectorService(config, serve_plugins(config, client=client, store=store, health=health, labels=labels),
+    tracker = tracker or tracker_for(config)
+    return DetectorService(config, serve_plugins(config, client=client, store=store, health=health, labels=labels,
+                                                 tracker=tracker),
                            health=health, clock=clock, watcher=watcher, labels=labels)

@@ -269,6 +269,7 @@ def test_limits_cover_every_numeric_key_and_nothing_else():
     expected |= {f"logs.miner.{f.name}" for f in fields(MinerConfig) if f.name not in _MINER_TYPES}
     expected |= {f"logs.patterns.{f.name}" for f in fields(PatternConfig)}
     expected.add("maintenance[].duration")  # how long a window may be (end - start)
+    expected |= {f"tracking.{f.name}" for f in fields(config_module.TrackingConfig) if f.type == "float"}
     # params.rule.number / positive / fraction are kinds a rule may declare; some may be unused today
     spare = {k for k in LIMITS if k.startswith("params.rule.")} - expected
     assert set(LIMITS) - spare == expected, (set(LIMITS) ^ expected)

@@ -1,0 +1,144 @@
+"""The MLflow sink of detector.tracking: one run per detector per fit cycle. Imported only when
+tracking is configured, and mlflow itself only at the first record, in the tracking worker thread.
+
+A run: params (config hash, model and its parameters, lookback, step), metrics (series fitted /
+baseline / failed / skipped, fit seconds), tags (rigwatch version, store version, training-data
+fingerprint), artifacts (the version's metadata.json and series.csv, one row per series: thousands
+of tiny per-series models are one detector version, never one MLflow model each).
+
+With a sqlite:/// backend this process is the only writer (SQLite locks with several); artifacts go
+to `mlartifacts/` beside the database file. A tracking server stores them where it is told to.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from detector.config import TrackingConfig
+from detector.tracking import BackgroundTracker, FitRecord
+
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # a path: MLflow runs it at load time
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite database (MLflow's default is
+    ./mlruns under whatever the working directory is); a server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def series_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    if rows:
+        w = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return out.getvalue()
+
+
+class MlflowSink:
+    def __init__(self, cfg: TrackingConfig):
+        self.cfg = cfg
+        self._client = None
+        self._experiment_id: str | None = None
+
+    def _connect(self):
+        if self._client is None:
+            # one request's time limit, and no retries inside MLflow's HTTP client: the worker retries
+            # with its own backoff, so a dead server costs a try, not minutes (setdefault: the
+            # environment of the process wins)
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(self.cfg.timeout))))
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars in a service log
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.cfg.uri)
+        if self._experiment_id is None:
+            exp = self._client.get_experiment_by_name(self.cfg.experiment)
+            self._experiment_id = exp.experiment_id if exp is not None else self._client.create_experiment(
+                self.cfg.experiment, artifact_location=artifact_location(self.cfg.uri))
+        return self._client
+
+    def __call__(self, record: FitRecord, attempt: dict) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = self._connect()
+        if "run_id" not in attempt:  # a retry completes the run it created, never starts a second
+            run = client.create_run(self._experiment_id, run_name=f"{record.detector}-v{record.version}",
+                                    tags=record.tags)
+            attempt["run_id"] = run.info.run_id
+        run_id = attempt["run_id"]
+        if not attempt.get("logged"):
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in record.metrics.items()],
+                             params=[Param(k, v) for k, v in record.params.items()],
+                             tags=[RunTag(k, v) for k, v in record.tags.items()])
+            attempt["logged"] = True
+        if self.cfg.artifacts and not attempt.get("artifacts"):
+            client.log_dict(run_id, record.metadata, "metadata.json")
+            client.log_text(run_id, series_csv(record.series), "series.csv")
+            attempt["artifacts"] = True
+        if self.cfg.artifacts and record.state is not None and not attempt.get("model"):
+            attempt["model"] = self._log_model(client, run_id, record)
+        if attempt.get("model") and not attempt.get("registered"):
+            self._register(client, run_id, record)
+            attempt["registered"] = True
+        client.set_terminated(run_id, "FINISHED")
+
+
+    @staticmethod
+    def _log_model(client, run_id: str, record: FitRecord) -> None:
+        """The version as a models-from-code pyfunc (detector/mlflow_model.py) under `model/`."""
+        blob = record.state()
+        if blob is None:
+            return False  # pruned before the worker got to it: the run keeps its metadata and table
+        import mlflow.pyfunc
+
+        from detector.fit_records import rigwatch_version
+
+        with tempfile.TemporaryDirectory() as tmp:
+            state, meta = Path(tmp, "state.npz"), Path(tmp, "metadata.json")
+            state.write_bytes(blob)
+            meta.write_text(json.dumps(record.metadata, default=str))
+            mlflow.pyfunc.save_model(Path(tmp, "model"), python_model=str(MODEL_CODE),
+                                     artifacts={"state": str(state), "metadata": str(meta)},
+                                     signature=_signature(),
+                                     pip_requirements=[f"rigwatch[detector]=={rigwatch_version()}"])
+            client.log_artifacts(run_id, str(Path(tmp, "model")), "model")
+        return True
+
+    @staticmethod
+    def _register(client, run_id: str, record: FitRecord) -> None:
+        """Each fit a version of the registered model rigwatch-<detector> (no aliases here: the local
+        store stays the source of truth for which version scores)."""
+        from mlflow.exceptions import MlflowException
+
+        name = f"rigwatch-{record.detector}"
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name)
+        run = client.get_run(run_id)
+        client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run_id,
+                                    tags={"rigwatch.store_version": str(record.version)})
+
+
+def _signature():
+    """The pyfunc's input and output columns (detector/mlflow_model.py), declared: MLflow checks the
+    input against them."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    out = ["series", "t", "y", "score", "expected", "lower", "upper"]
+    return ModelSignature(inputs=Schema([ColSpec("string", "series"), ColSpec("double", "t"), ColSpec("double", "y")]),
+                          outputs=Schema([ColSpec("string" if c == "series" else "double", c) for c in out]))
+
+
+def mlflow_tracker(cfg: TrackingConfig, **kw) -> BackgroundTracker:
+    return BackgroundTracker(MlflowSink(cfg), **kw)
