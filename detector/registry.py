@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from detector.store import IncompatibleVersion, ModelStore, ModelVersion
@@ -53,6 +53,9 @@ class Decision:
     version: int
     outcome: str
     reason: str
+    # what the gate measured (incidents and alarm seconds of challenger and champion on the held-out
+    # window, labels missed or hit): recorded with the decision, logged to the fit's tracking run
+    figures: dict[str, float] = field(default_factory=dict)
 
 
 #: the gate's seam: (detector, challenger version, champion version or None) -> Decision

@@ -14,6 +14,7 @@ from detector.config import load_config
 from detector.drift_book import STATE_KEY
 from detector.metrics import DetectorCollector
 from detector.persistence import MemoryPersistence
+from detector.registry import Registry, record_name
 from detector.store import ModelStore
 from tests.test_detector_api import GPU, PROM, matrix_handler, service_for
 
@@ -115,7 +116,8 @@ def test_a_version_stored_before_drift_existed_loads_with_drift_unknown(store):
     old = store.load_latest("gpu_temperature")
     state = dict(old.state)
     del state[STATE_KEY]
-    store.save("gpu_temperature", state, old.metadata)  # as an older rigwatch wrote it
+    store.save("gpu_temperature", state, old.metadata)  # as an older rigwatch wrote it:
+    store.persistence.delete(record_name("gpu_temperature"))  # no registry record: the newest scores
 
     clock[0] = LATER
     svc = serve(store, clock, temperatures(T0))
@@ -138,7 +140,8 @@ def test_an_unreadable_reference_leaves_the_model_usable_and_drift_unknown(store
     old = store.load_latest("gpu_temperature")
     state = dict(old.state)
     state[STATE_KEY] = {**state[STATE_KEY], "features": {"value": {"series": ["x"], "edges": np.ones(3)}}}
-    store.save("gpu_temperature", state, old.metadata)
+    v2 = store.save("gpu_temperature", state, old.metadata).version
+    Registry(store).promote("gpu_temperature", v2)  # the champion's reference is the broken one
     svc = serve(store, clock, temperatures(None))  # loads v2
     assert [m["version"] for m in svc.models() if m["detector"] == "gpu_temperature"] == [2]
     assert "stored drift reference ignored" in caplog.text
