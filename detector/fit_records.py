@@ -10,6 +10,7 @@ from typing import Any
 
 from detector.config import Config
 from detector.metric_detector import MetricDetector
+from detector.registry import Decision
 from detector.store import ModelStore, pack_state
 from detector.tracking import FitRecord
 
@@ -50,7 +51,7 @@ def stored_state(store: ModelStore, detector: str, version: int):
 
 
 def metric_fit_record(det: MetricDetector, meta: dict[str, Any], config: Config,
-                      store: ModelStore | None = None) -> FitRecord:
+                      store: ModelStore | None = None, decision: Decision | None = None) -> FitRecord:
     cfg = det.cfg
     params: dict[str, str] = {"config_hash": config_hash(det, config), "model": cfg.kind,
                               "lookback": str(config.schedule.lookback), "step": str(config.schedule.step)}
@@ -63,6 +64,9 @@ def metric_fit_record(det: MetricDetector, meta: dict[str, Any], config: Config,
                "series_failed": fm.get("failed", 0), "series_skipped": max(series - fitted - baseline, 0),
                "fit_seconds": fm.get("seconds", 0.0)}
     tags = {"rigwatch.detector": cfg.name, "rigwatch.version": rigwatch_version()}
+    if decision is not None:  # the promotion gate's verdict and what it measured (detector/gate.py)
+        metrics.update({f"gate_{k}": v for k, v in decision.figures.items()})
+        tags["rigwatch.gate_outcome"] = decision.outcome
     for tag, key in (("rigwatch.store_version", "version"), ("rigwatch.data_fingerprint", "data_fingerprint"),
                      ("rigwatch.state_version", "state_version")):
         if meta.get(key) is not None:
