@@ -4,7 +4,7 @@
     rigwatch_detector_gate_incidents{detector,model}           incidents of the last evaluation,
     rigwatch_detector_gate_alarm_seconds{detector,model}       and their alarm time (model: champion
                                                                or challenger)
-Only decisions the gate took count: a first fit, or a fit with the gate off, is no gate decision.
+Only the gate's comparisons count: a first fit (no champion), or a fit with the gate off, is none.
 """
 from __future__ import annotations
 
@@ -24,15 +24,14 @@ class GateBook:
         self._counts: dict[tuple[str, str], int] = {}
         self._last: dict[str, dict[str, float]] = {}
 
-    def record(self, decision: Decision, gated: bool) -> None:
-        """A fit's decision; `gated` False (no gate asked): nothing to count."""
-        if not gated:
+    def record(self, decision: Decision) -> None:
+        """A fit's decision: counted when the gate compared (its figures are there)."""
+        if "champion_incidents" not in decision.figures:
             return
         with self._lock:
             key = (decision.detector, decision.outcome)
             self._counts[key] = self._counts.get(key, 0) + 1
-            if "champion_incidents" in decision.figures:
-                self._last[decision.detector] = dict(decision.figures)
+            self._last[decision.detector] = dict(decision.figures)
 
     def families(self) -> Iterable[Metric]:
         decisions = CounterMetricFamily("rigwatch_detector_gate_decisions", "Promotion gate decisions on "

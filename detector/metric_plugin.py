@@ -292,8 +292,10 @@ class MetricPlugin(DetectorPlugin):
             if data is None:
                 continue
             self.drift.measure(det.cfg, data, end)  # the model fitted so far against what came since
-            gated = self.store is not None and self.config.gate.enabled and self.registry.champion(name) is not None
-            holdout = self.config.gate.holdout_for(end - start) if gated else 0.0
+            gated = self.store is not None and self.config.gate.enabled
+            # held out only when there is a champion to compare with (a first fit trains on it all)
+            compare = gated and self.registry.champion(name) is not None
+            holdout = self.config.gate.holdout_for(end - start) if compare else 0.0
             train_end = end - holdout
             train = {sid: sd.slice(sd.t <= train_end) for sid, sd in data.items()} if holdout else data
             exclusions = self.exclusions()
@@ -321,7 +323,7 @@ class MetricPlugin(DetectorPlugin):
                 log.error("saving model %s failed: %s (the previous version stays current)", name, e)
                 ok = False
                 continue
-            self.gate_book.record(decision, gated)
+            self.gate_book.record(decision)
             if decision.outcome == "promoted":
                 self._adopt(det, challenger, reference, mv.version)
                 log.info("%s v%d promoted: %s", name, mv.version, decision.reason)

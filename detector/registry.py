@@ -158,14 +158,15 @@ class Registry:
                                 f"{', '.join(map(str, versions))})")
         return versions
 
-    def champion(self, detector: str, rec: dict[str, Any] | None = None) -> int | None:
+    def champion(self, detector: str, rec: dict[str, Any] | None = None, *, besides: int | None = None) -> int | None:
         """The recorded champion; without a record (a store from before the registry), the newest
-        version whose metadata passes the store's checks and that is not rejected."""
+        version whose metadata passes the store's checks and that is not rejected (nor `besides`:
+        the version being proposed, already saved, is no champion to compare it with)."""
         rec = rec if rec is not None else self.record(detector)
         if rec["champion"] is not None:
             return rec["champion"]
         for v in reversed(self.store.versions(detector)):
-            if self.state_of(rec, v) == "rejected":
+            if self.state_of(rec, v) == "rejected" or v == besides:
                 continue
             try:
                 self.store.metadata(detector, v)
@@ -208,7 +209,7 @@ class Registry:
         versions no alias needs are pruned (keeping `store.keep`). The gate runs under the lock: the
         champion it compares with is the one replaced."""
         rec = self.record(detector)
-        champion = self.champion(detector, rec)
+        champion = self.champion(detector, rec, besides=version)
         gate = self.gate if self.gate is not None else gate
         if gate is None:
             decision = Decision(detector, version, "promoted", "no gate configured")
