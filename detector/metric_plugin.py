@@ -1,7 +1,8 @@
 """The metric side as a detector plugin: one `MetricDetector` per configured PromQL query.
 
-    fit     every schedule.fit_every: each detector fitted on its lookback window, saved to the store
-            and proposed to the model registry (no gate yet: it becomes champion at once)
+    fit     every schedule.fit_every: each detector fitted on its lookback window (less the gate's
+            held-out hours when it has a champion), saved to the store and proposed to the model
+            registry, whose gate (detector/gate.py) promotes it or keeps it a rejected challenger
     score   every schedule.step: with the registry's champion (a promotion or rollback is picked
             up here); only what no model has seen yet; a detector never fitted (Prometheus
             down at start-up) or with series still on their fallback is refitted first

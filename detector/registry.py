@@ -103,8 +103,8 @@ def _transition(method):
 
 
 class Registry:
-    """Aliases and states of each detector's versions in `store`. `gate` None: every proposed
-    version is promoted (there is no gate yet). Constructing it reads nothing."""
+    """Aliases and states of each detector's versions in `store`. `gate`: one gate for every
+    proposal (else each fit passes its own to `propose`; none: promoted). Constructing it reads nothing."""
 
     def __init__(self, store: ModelStore, *, gate: Gate | None = None, clock: Callable[[], float] | None = None):
         self.store = store
