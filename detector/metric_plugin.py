@@ -312,7 +312,8 @@ class MetricPlugin(DetectorPlugin):
             if self.store is None:
                 self._adopt(det, challenger, reference, None)
                 continue
-            state = challenger.get_state()
+            with self._lock:  # series carried over from the scoring detector may be scoring now
+                state = challenger.get_state()
             if reference is not None:
                 state[DRIFT_KEY] = reference
             gate = self._gate(det.cfg, state, data, start, end, holdout, exclusions) if gated else None

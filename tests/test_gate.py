@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.config import GateConfig, load_config
+from detector.config import ConfigError, GateConfig, load_config
 from detector.fetch import SeriesData
 from detector.gate import Replayed, evaluation_windows, judge, replay
 from detector.incidents import Incident
@@ -129,3 +129,20 @@ detectors: [{name: gpu_temperature, query: q, model: robust_z, params: {min_peri
     fresh.set_state(state)
     masked = replay(fresh, data, [(3 * 3600, 4 * 3600 - 60)], **{**kw, "quiet": lambda d, ts: ts > 3 * 3600})
     assert masked.count == 0
+
+
+def test_gate_config_defaults_ranges_and_unknown_keys():
+    base = "detectors: [{name: d, query: q, model: robust_z}]\n"
+    g = load_config(text=base).gate
+    assert (g.enabled, g.holdout, g.max_extra_incidents, g.max_extra_alarm) == (True, 86400, 1, 1800)
+    g = load_config(text=base + "gate: {enabled: false, holdout: 6h, max_extra_incidents: 0, max_extra_alarm: 0}").gate
+    assert (g.enabled, g.holdout, g.max_extra_incidents, g.max_extra_alarm) == (False, 21600, 0, 0)
+    assert g.holdout_for(8 * 3600) == 7200 and g.holdout_for(7 * 86400) == 21600  # min(holdout, lookback / 4)
+    for text, key in (("gate: {holdot: 1h}", "gate.holdot"), ("gate: {holdout: 0}", "gate.holdout"),
+                      ("gate: {max_extra_incidents: -1}", "gate.max_extra_incidents"),
+                      ("gate: {max_extra_incidents: 1.5}", "gate.max_extra_incidents"),
+                      ("gate: {max_extra_alarm: -5m}", "gate.max_extra_alarm"),
+                      ("gate: {enabled: yes please}", "gate.enabled"), ("gate: [1]", "gate")):
+        with pytest.raises(ConfigError) as e:
+            load_config(text=base + text)
+        assert e.value.key == key, (text, str(e.value))

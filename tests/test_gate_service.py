@@ -194,3 +194,18 @@ def test_gate_disabled_promotes_as_before_on_the_whole_lookback(store):
     assert series["fitted_at"] == pytest.approx(T1, abs=60)
     assert published(svc).get_sample_value("rigwatch_detector_gate_decisions_total",
                                            {"detector": D, "outcome": "promoted"}) is None
+
+
+@responses.activate
+def test_the_gate_section_reloads(store):
+    clock = [T0]
+    svc = serve(store, clock, temperatures())
+    assert svc.fit()
+    metric_side(svc).reconfigure(load_config(text=CFG.replace("gate: {holdout: 1h,", "gate: {enabled: false, holdout: 1h,")))
+    clock[0] = T1
+    assert svc.fit()
+    assert record(svc)["decisions"][-1]["reason"] == "no gate configured"
+    metric_side(svc).reconfigure(load_config(text=CFG.replace("max_extra_alarm: 30m", "max_extra_alarm: 0")))
+    clock[0] = T1 + 6 * 3600
+    assert svc.fit()
+    assert "(+0m00s allowed)" in record(svc)["decisions"][-1]["reason"]
