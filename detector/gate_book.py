@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from detector.registry import Decision
 
 MODELS = ("champion", "challenger")
+OUTCOMES = ("promoted", "rejected")
 
 
 class GateBook:
@@ -33,7 +34,9 @@ class GateBook:
             self._counts[key] = self._counts.get(key, 0) + 1
             self._last[decision.detector] = dict(decision.figures)
 
-    def families(self) -> Iterable[Metric]:
+    def families(self, detectors: Iterable[str] = ()) -> Iterable[Metric]:
+        """`detectors`: counted from 0 for both outcomes before their first decision (increase()
+        sees the first one); the gauges exist once a detector's refit was evaluated."""
         decisions = CounterMetricFamily("rigwatch_detector_gate_decisions", "Promotion gate decisions on "
                                         "refits (outcome: promoted or rejected)", labels=["detector", "outcome"])
         incidents = GaugeMetricFamily("rigwatch_detector_gate_incidents", "Incidents of champion and challenger "
@@ -43,6 +46,9 @@ class GateBook:
                                   labels=["detector", "model"])
         with self._lock:
             counts, last = dict(self._counts), dict(self._last)
+        for det in detectors:
+            for outcome in OUTCOMES:
+                counts.setdefault((det, outcome), 0)
         for (det, outcome), n in sorted(counts.items()):
             decisions.add_metric([det, outcome], n)
         for det, fig in sorted(last.items()):

@@ -138,7 +138,7 @@ class MetricPlugin(DetectorPlugin):
                 fitted.add_metric([name], last_fit)
         every = GaugeMetricFamily("rigwatch_detector_fit_interval_seconds", "The configured refit cadence "
                                   "(schedule.fit_every)", value=self.config.schedule.fit_every)
-        return (ok, refused, fitted, every, *self.drift.families(), self._challenger_family(), *self.gate_book.families(),
+        return (ok, refused, fitted, every, *self.drift.families(), self._challenger_family(), *self.gate_book.families(self.detector_names()),
                 *self.tracker.families())
 
     def drift_report(self) -> list[dict[str, Any]]:

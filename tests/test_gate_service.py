@@ -192,8 +192,9 @@ def test_gate_disabled_promotes_as_before_on_the_whole_lookback(store):
     assert (rec["champion"], rec["decisions"][-1]["reason"]) == (2, "no gate configured")
     (series,) = store.load(D, 2).state["series"].values()
     assert series["fitted_at"] == pytest.approx(T1, abs=60)
-    assert published(svc).get_sample_value("rigwatch_detector_gate_decisions_total",
-                                           {"detector": D, "outcome": "promoted"}) is None
+    reg = published(svc)  # counted from 0, no evaluation figures
+    assert reg.get_sample_value("rigwatch_detector_gate_decisions_total", {"detector": D, "outcome": "promoted"}) == 0
+    assert reg.get_sample_value("rigwatch_detector_gate_incidents", {"detector": D, "model": "champion"}) is None
 
 
 @responses.activate
