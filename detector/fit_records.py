@@ -1,19 +1,30 @@
 """A metric detector's fit as a tracking FitRecord (detector.tracking): flat params, metrics, tags and
-the per-series summary rows, built from what the fit and the store already produced."""
+the per-series summary rows, built from what the fit and the store already produced; the gate's
+decision (figures as `gate_<key>` metrics, outcome and reason as tags); and the evaluation the
+tracking worker runs later: the fitted version scored on its training window (the training anomaly
+rate, and the most anomalous series for the run's PNG)."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import json
 from importlib import metadata as importlib_metadata
 from typing import Any
 
+import numpy as np
+
 from detector.config import Config
+from detector.fetch import SeriesData
 from detector.metric_detector import MetricDetector
+from detector.models import model_from_state
+from detector.registry import Decision
 from detector.store import ModelStore, pack_state
-from detector.tracking import FitRecord
+from detector.tracking import Evaluation, FitRecord, PlotSeries
 
 MAX_PARAM = 500  # MLflow keeps params short (6000 characters); a long query is in the metadata artifact
+MAX_TAG = 500
+PLOT_SERIES = 4  # the run's PNG: this many of the most anomalous series of the training window
 
 
 def rigwatch_version() -> str:
@@ -49,8 +60,52 @@ def stored_state(store: ModelStore, detector: str, version: int):
     return read
 
 
+def training_evaluation(state: dict[str, Any], data: dict[str, SeriesData],
+                        top: int = PLOT_SERIES) -> Evaluation:
+    """The saved state scored on the data it was fitted on, by fresh models built from it (the live
+    detector's models are never touched): the share of scored points above 1, and the `top` series
+    with the most points above 1 (then the highest score), kept whole for the plot. Runs in the tracking worker."""
+    above = scored = 0
+    best: list[tuple[tuple[int, float], int, PlotSeries]] = []  # a min-heap of the `top` highest
+    for n, (sid, s) in enumerate(state.get("series", {}).items()):
+        sd = data.get(sid)
+        if sd is None or not len(sd.t):
+            continue
+        model = model_from_state(s["model"])
+        if model.multivariate:
+            frame = model.score(sd.t, type(model).design_matrix(sd.y, sd.X), sd.y)
+        else:
+            frame = model.score(sd.t, sd.y)
+        score = np.asarray(frame.score, float)
+        finite = np.isfinite(score)
+        scored += int(finite.sum())
+        above += int((score[finite] > 1).sum())
+        if not finite.any():
+            continue
+        # most anomalous: the most points above 1, then the highest score (scores of some models
+        # saturate, so the peak alone ties)
+        peak = (int((score[finite] > 1).sum()), float(score[finite].max()))
+        if len(best) < top or peak > best[0][0]:
+            entry = (peak, -n, PlotSeries(dict(sd.labels), np.asarray(sd.t, float), np.asarray(sd.y, float), score,
+                                         *(np.asarray(getattr(frame, c), float) for c in ("expected", "lower", "upper"))))
+            (heapq.heappush if len(best) < top else heapq.heapreplace)(best, entry)
+    metrics = {"training_anomaly_rate": above / scored} if scored else {}
+    return Evaluation(metrics, [p for _, _, p in sorted(best, key=lambda e: e[:2], reverse=True)])
+
+
+def decision_fields(decision: Decision | None) -> tuple[dict[str, float], dict[str, str]]:
+    """The gate's figures as metrics `gate_<key>`, its outcome and reason as tags."""
+    if decision is None:
+        return {}, {}
+    metrics = {f"gate_{k}": float(v) for k, v in decision.figures.items()}
+    return metrics, {"rigwatch.gate_outcome": decision.outcome, "rigwatch.gate_reason": decision.reason[:MAX_TAG]}
+
+
 def metric_fit_record(det: MetricDetector, meta: dict[str, Any], config: Config,
-                      store: ModelStore | None = None) -> FitRecord:
+                      store: ModelStore | None = None, decision: Decision | None = None,
+                      training: tuple[dict[str, Any], dict[str, SeriesData]] | None = None) -> FitRecord:
+    """`decision`: what the registry made of the version. `training`: the saved state and the data
+    it was fitted on, held (not copied) until the tracking worker evaluates them."""
     cfg = det.cfg
     params: dict[str, str] = {"config_hash": config_hash(det, config), "model": cfg.kind,
                               "lookback": str(config.schedule.lookback), "step": str(config.schedule.step)}
@@ -62,7 +117,9 @@ def metric_fit_record(det: MetricDetector, meta: dict[str, Any], config: Config,
     metrics = {"series": series, "series_fitted": fitted, "series_baseline": baseline,
                "series_failed": fm.get("failed", 0), "series_skipped": max(series - fitted - baseline, 0),
                "fit_seconds": fm.get("seconds", 0.0)}
-    tags = {"rigwatch.detector": cfg.name, "rigwatch.version": rigwatch_version()}
+    gate_metrics, gate_tags = decision_fields(decision)
+    metrics.update(gate_metrics)
+    tags = {"rigwatch.detector": cfg.name, "rigwatch.version": rigwatch_version(), **gate_tags}
     for tag, key in (("rigwatch.store_version", "version"), ("rigwatch.data_fingerprint", "data_fingerprint"),
                      ("rigwatch.state_version", "state_version")):
         if meta.get(key) is not None:
@@ -71,5 +128,10 @@ def metric_fit_record(det: MetricDetector, meta: dict[str, Any], config: Config,
              "labels": json.dumps(sm.labels, sort_keys=True)} for sid, sm in sorted(det.series.items())]
     version = meta.get("version")
     state = stored_state(store, cfg.name, version) if store is not None and version is not None else None
-    return FitRecord(cfg.name, version, params, {k: float(v) for k, v in metrics.items()},
-                     tags, meta, rows, state)
+    rec = FitRecord(cfg.name, version, params, {k: float(v) for k, v in metrics.items()},
+                    tags, meta, rows, state)
+    if training is not None:
+        fitted, data = training
+        rec.evaluate = lambda: training_evaluation(fitted, data)
+        rec.points = sum(len(sd.t) for sd in data.values())
+    return rec
