@@ -25,6 +25,8 @@ from detector.tracking import Evaluation, FitRecord, PlotSeries
 MAX_PARAM = 500  # MLflow keeps params short (6000 characters); a long query is in the metadata artifact
 MAX_TAG = 500
 PLOT_SERIES = 4  # the run's PNG: this many of the most anomalous series of the training window
+RATE_SERIES = 100  # the training anomaly rate over at most this many series (~10 s of robust_z, 24 h)
+PLOT_CANDIDATES = 16  # and this many more, the most outlying, scored as candidates for the PNG
 
 
 def rigwatch_version() -> str:
@@ -60,26 +62,49 @@ def stored_state(store: ModelStore, detector: str, version: int):
     return read
 
 
-def training_evaluation(state: dict[str, Any], data: dict[str, SeriesData],
-                        top: int = PLOT_SERIES) -> Evaluation:
+def _score(model_state: dict[str, Any], sd: SeriesData) -> tuple[np.ndarray, Any]:
+    model = model_from_state(model_state)
+    if model.multivariate:
+        frame = model.score(sd.t, type(model).design_matrix(sd.y, sd.X), sd.y)
+    else:
+        frame = model.score(sd.t, sd.y)
+    return np.asarray(frame.score, float), frame
+
+
+def _outlyingness(y: np.ndarray) -> float:
+    """The largest robust z of a series (median and MAD of its own values): cheap, vectorised, no
+    model; it only picks which series the model scores as candidates for the plot."""
+    y = y[np.isfinite(y)]
+    if not len(y):
+        return -np.inf
+    med = np.median(y)
+    mad = np.median(np.abs(y - med))
+    return float(np.max(np.abs(y - med)) / (mad + 1e-9 * (abs(med) + 1)))
+
+
+def training_evaluation(state: dict[str, Any], data: dict[str, SeriesData], top: int = PLOT_SERIES,
+                        sample: int = RATE_SERIES, candidates: int = PLOT_CANDIDATES) -> Evaluation:
     """The saved state scored on the data it was fitted on, by fresh models built from it (the live
-    detector's models are never touched): the share of scored points above 1, and the `top` series
-    with the most points above 1 (then the highest score), kept whole for the plot. Runs in the tracking worker."""
+    detector's models are never touched). Models score point by point (as they do live), so the
+    whole training window of thousands of series would cost the worker minutes: the rate is taken
+    over `sample` series spread evenly over the detector (all of them when fewer), and the plot's
+    `top` series are the most anomalous (most points above 1, then the highest score) among those
+    and the `candidates` series that stand out most by a cheap robust z. Runs in the tracking worker."""
+    sids = [sid for sid in state.get("series", {}) if sid in data and len(data[sid].t)]
+    picked = sids if len(sids) <= sample else [sids[i] for i in np.unique(
+        np.linspace(0, len(sids) - 1, sample).round().astype(int))]
+    rest = [sid for sid in sids if sid not in set(picked)]
+    standouts = heapq.nlargest(candidates, rest, key=lambda sid: _outlyingness(np.asarray(data[sid].y, float)))
+    in_sample = set(picked)
     above = scored = 0
     best: list[tuple[tuple[int, float], int, PlotSeries]] = []  # a min-heap of the `top` highest
-    for n, (sid, s) in enumerate(state.get("series", {}).items()):
-        sd = data.get(sid)
-        if sd is None or not len(sd.t):
-            continue
-        model = model_from_state(s["model"])
-        if model.multivariate:
-            frame = model.score(sd.t, type(model).design_matrix(sd.y, sd.X), sd.y)
-        else:
-            frame = model.score(sd.t, sd.y)
-        score = np.asarray(frame.score, float)
+    for n, sid in enumerate([*picked, *standouts]):
+        sd = data[sid]
+        score, frame = _score(state["series"][sid]["model"], sd)
         finite = np.isfinite(score)
-        scored += int(finite.sum())
-        above += int((score[finite] > 1).sum())
+        if sid in in_sample:
+            scored += int(finite.sum())
+            above += int((score[finite] > 1).sum())
         if not finite.any():
             continue
         # most anomalous: the most points above 1, then the highest score (scores of some models
@@ -87,9 +112,10 @@ def training_evaluation(state: dict[str, Any], data: dict[str, SeriesData],
         peak = (int((score[finite] > 1).sum()), float(score[finite].max()))
         if len(best) < top or peak > best[0][0]:
             entry = (peak, -n, PlotSeries(dict(sd.labels), np.asarray(sd.t, float), np.asarray(sd.y, float), score,
-                                         *(np.asarray(getattr(frame, c), float) for c in ("expected", "lower", "upper"))))
+                                          *(np.asarray(getattr(frame, c), float) for c in ("expected", "lower", "upper"))))
             (heapq.heappush if len(best) < top else heapq.heapreplace)(best, entry)
-    metrics = {"training_anomaly_rate": above / scored} if scored else {}
+    metrics = {"training_anomaly_rate": above / scored, "training_anomaly_rate_series": float(len(picked))} \
+        if scored else {}
     return Evaluation(metrics, [p for _, _, p in sorted(best, key=lambda e: e[:2], reverse=True)])
 
 

@@ -80,7 +80,17 @@ def test_training_evaluation_scores_copies_and_keeps_the_most_anomalous_series()
     assert all(len(p.t) == len(p.y) == len(p.score) == len(p.upper) == 60 for p in ev.plot)
     # the live detector's models were not advanced by the evaluation
     assert pack_state(det.get_state()) == before
+    assert ev.metrics["training_anomaly_rate_series"] == 6
     assert training_evaluation(state, {}).metrics == {}  # nothing scored: no rate rather than 0
+
+    # a larger detector: the rate over series spread evenly (here 2 of 6: the first and the last),
+    # the plot's candidates also from the series that stand out (s2, given a huge spike)
+    data["s2"] = SeriesData(data["s2"].labels, t, np.where(np.arange(60) == 30, 500.0, data["s2"].y))
+    small = training_evaluation(state, data, sample=2, candidates=1)
+    both = np.concatenate([per["0"], per["5"]])
+    assert small.metrics == {"training_anomaly_rate": (both[np.isfinite(both)] > 1).mean(),
+                             "training_anomaly_rate_series": 2.0}
+    assert sorted(p.labels["gpu"] for p in small.plot) == ["0", "2", "5"]
 
 
 def test_worker_evaluates_before_logging_and_bounds_the_points_it_holds():
