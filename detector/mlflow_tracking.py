@@ -122,7 +122,10 @@ class MlflowSink:
     def mirror_aliases(self, job: AliasJob, attempt: dict) -> None:
         """Set `champion` / `challenger` of rigwatch-<detector> to the model versions registered for
         the job's store versions; unset an alias whose store version is None or was never
-        registered (warned: its fit was not tracked)."""
+        registered (warned: its fit was not tracked). With `artifacts: false` nothing is registered
+        and nothing is mirrored."""
+        if not self.cfg.artifacts:
+            return  # no model logged, so no version registered: nothing to point an alias at
         from mlflow.exceptions import MlflowException
 
         client = self._connect()

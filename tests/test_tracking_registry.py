@@ -238,6 +238,9 @@ def test_aliases_follow_the_local_registry_and_runs_carry_figures_and_png_sqlite
     # a store version never registered: the alias is left unset (warned), not pointed elsewhere
     sink.mirror_aliases(AliasJob(D, 1, 99), {})
     assert _aliases(uri) == {"champion": 1}
+    # without artifacts no version is registered, and no alias is touched
+    MlflowSink(TrackingConfig(uri, artifacts=False)).mirror_aliases(AliasJob(D, None, None), {})
+    assert _aliases(uri) == {"champion": 1}
     tracker.close()
 
     # start-up mirrors the local record: aliases a hand moved in MLflow are put back
