@@ -40,7 +40,7 @@ from detector.metric_detector import MetricDetector
 from detector.models import kind_class
 from detector.plugin import BacktestPart, DetectorPlugin, IncidentPolicy, ScorePass
 from detector.promclient import PromClient, PromError
-from detector.registry import Registry
+from detector.registry import Decision, Registry
 from detector.scores import series_id
 from detector.store import ModelStore, stored_number
 from detector.timefmt import iso
@@ -201,6 +201,7 @@ class MetricPlugin(DetectorPlugin):
             det.version = found[0].version
             n += 1
             log.info("loaded %s v%d (%d series)", name, det.version, len(det.series))
+            self._mirror(name)  # start-up: the tracking registry's aliases follow the local record
         return n
 
     def _restore(self, det: MetricDetector, state: dict) -> None:
@@ -300,18 +301,20 @@ class MetricPlugin(DetectorPlugin):
                         log.warning("%s v%d not promoted (%s): %s", name, mv.version, decision.outcome,
                                     decision.reason)
                         det.version = None
-                        self._follow_champions(only={name})
+                        self._follow_champions(only={name}, mirror=False)
             except OSError as e:
                 log.error("saving model %s failed: %s (the previous version stays current)", name, e)
                 ok = False
                 continue
-            self._track(det, mv.metadata)
+            self._track(det, mv.metadata, decision, (state, data))
+            self._mirror(name)  # queued after the fit's record, so its version is registered first
         return ok
 
-    def _follow_champions(self, only: set[str] | None = None) -> None:
+    def _follow_champions(self, only: set[str] | None = None, mirror: bool = True) -> None:
         """Score with the registry's champion: a promotion or rollback (API, CLI) takes effect here,
-        at the next scoring step. A champion that does not load is warned about once and the
-        current model scores on."""
+        at the next scoring step, and is mirrored to the tracking registry's aliases (`mirror`
+        False: the caller mirrors later). A champion that does not load is warned about once and
+        the current model scores on."""
         if self.registry is None:
             return
         for name, det in list(self.detectors.items()):
@@ -330,14 +333,27 @@ class MetricPlugin(DetectorPlugin):
                     continue
                 det.version = champion
             log.info("%s now scores with v%d (the registry's champion)", name, champion)
+            if mirror:
+                self._mirror(name)
 
-    def _track(self, det: MetricDetector, meta: dict) -> None:
+    def _mirror(self, name: str) -> None:
+        """The local registry's champion and challenger of `name`, to the tracking registry."""
+        if self.registry is None or isinstance(self.tracker, NullTracker):
+            return
+        try:
+            rec = self.registry.record(name)
+            self.tracker.mirror_aliases(name, self.registry.champion(name, rec), rec["challenger"])
+        except Exception as e:  # tracking is optional: never the fit's or the scoring pass's problem
+            log.warning("tracking %s: aliases not mirrored: %s", name, e)
+
+    def _track(self, det: MetricDetector, meta: dict, decision: Decision | None = None,
+               training: tuple[dict, dict[str, SeriesData]] | None = None) -> None:
         if isinstance(self.tracker, NullTracker):
             return
         try:  # tracking is optional: a record it cannot build never fails the fit
             from detector.fit_records import metric_fit_record
 
-            self.tracker.log_fit(metric_fit_record(det, meta, self.config, self.store))
+            self.tracker.log_fit(metric_fit_record(det, meta, self.config, self.store, decision, training))
         except Exception as e:
             log.warning("tracking %s: %s (fit kept, not logged)", det.cfg.name, e)
 
