@@ -122,3 +122,22 @@ def check_lifecycle(text: str, store: Path) -> None:
     # the incident labelled is the first one the demo printed
     first = re.search(r"  INCIDENT  (\w+) .* since (\S+)", text)
     assert first and first.groups() == (detector, iso(item["start"])), (first and first.group(0), item)
+
+
+def test_the_first_incident_is_labelled_by_the_schedule_not_guessed():
+    """true_positive only inside a scheduled fault's window (with slack) and on its GPU."""
+    from exporter.sim.schedule import parse_schedule
+    from scripts.demo_lifecycle import Lifecycle
+
+    faults = parse_schedule({"incidents": [{"kind": "gpu_lost", "at": "2m", "duration": "5m", "gpu": 1}]},
+                            containers=set())
+    start = 1_800_000_000.0
+    life = Lifecycle("http://unused.invalid", "t", print, schedule=faults, sim_start=start, speed=1.0)
+
+    def verdict(offset, gpu):
+        return life.truth({"start": iso(start + offset), "labels": {"gpu": gpu} if gpu else {}})[0]
+
+    assert verdict(125, "1") == verdict(120 + 300 + 30, "1") == verdict(130, None) == "true_positive"
+    assert verdict(125, "0") == verdict(10, "1") == verdict(120 + 300 + 120, "1") == "false_positive"
+    assert Lifecycle("http://unused.invalid", "t", print).truth(
+        {"start": iso(start), "labels": {}}) == ("false_positive", "no scheduled fault at that time")
