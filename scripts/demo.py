@@ -15,7 +15,9 @@
    (harness/loki_standin.py: push + query_range, in memory) - a stand-in, not Loki;
 3. prints where to look, then streams what happens: anomaly scores crossing 1 (from Prometheus),
    incidents the detector confirms (GET /api/v1/anomalies), notifications Alertmanager delivers, and
-   a line of live GPU readings every --interval seconds;
+   a line of live GPU readings every --interval seconds; and the model lifecycle from the detector's
+   API (scripts/demo_lifecycle.py): the models after the first fit, one retrain with this run's API
+   token and the decision recorded for each detector, feedback on the first incident;
 4. stops everything on Ctrl-C / SIGTERM (or after --duration seconds).
 
     python -m scripts.demo [--duration SECONDS] [--workdir DIR] [--seed N] [--schedule FILE] [--speed 1]
