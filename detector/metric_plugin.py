@@ -174,14 +174,23 @@ class MetricPlugin(DetectorPlugin):
     def _registry_fields(self, name: str, version: int | None) -> dict[str, Any]:
         """The scoring version's aliases and state, and the detector's aliased versions."""
         if self.registry is None:
-            return {"aliases": [], "state": None, "champion": None, "challenger": None, "rollback_target": None}
+            return {"aliases": [], "state": None, "reason": None, "champion": None, "challenger": None,
+                    "rollback_target": None, "decision": None}
         rec = self.registry.record(name)
         champion, target = self.registry.champion(name, rec), self.registry.rollback_target(name, rec)
         aliases = [a for a, v in (("champion", champion), ("challenger", rec["challenger"]),
                                   ("rollback", target)) if version is not None and v == version]
+        entry = rec["versions"].get(str(version), {}) if version is not None else {}
+        # the newest decision, also when it kept its version from scoring (a rejected challenger)
+        last = rec["decisions"][-1] if rec["decisions"] else None
+        decision = None if last is None else {
+            "version": last.get("version"), "outcome": last.get("outcome"), "reason": last.get("reason"),
+            "figures": last.get("figures") or {}, "at": iso(last["at"]) if last.get("at") else None}
         return {"aliases": aliases,
                 "state": self.registry.state_of(rec, version) if version is not None else None,
-                "champion": champion, "challenger": rec["challenger"], "rollback_target": target}
+                "reason": entry.get("reason"),
+                "champion": champion, "challenger": rec["challenger"], "rollback_target": target,
+                "decision": decision}
 
     def model_info(self) -> list[tuple[str, str, str]]:
         return [(name, d.cfg.kind, str(d.version or 0)) for name, d in self.detectors.items()]
