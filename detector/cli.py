@@ -13,7 +13,8 @@ import signal
 import sys
 import threading
 
-from detector import registry_cli
+from detector import dataset_cli, registry_cli
+from detector.cli_args import UsageError, add_range_args, range_args
 from detector.config import ConfigError, apply_overrides, load_config
 from detector.config_values import host_port
 from detector.logs import templates_cli
@@ -59,9 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     templates_cli.add_parser(sub)
     registry_cli.add_parser(sub)
-
-    from detector import dataset_cli  # here, not at the top: it builds on this module's helpers
-
     dataset_cli.add_parsers(sub)
     return p
 
@@ -69,38 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _usage_error(msg: str) -> int:
     print(f"rigwatch-detector: error: {msg}", file=sys.stderr)
     return 2
-
-
-class UsageError(Exception):
-    """A flag's value refused; the message names the flag (exit 2)."""
-
-
-def add_range_args(p: argparse.ArgumentParser) -> None:
-    """--prometheus-url, --start, --end: a range read from Prometheus (backtest, dataset export)."""
-    p.add_argument("--prometheus-url", required=True)
-    p.add_argument("--start", required=True, help="RFC3339, e.g. 2026-11-20T00:00:00Z")
-    p.add_argument("--end", required=True, help="RFC3339")
-
-
-def range_args(args) -> tuple[float, float]:
-    """--start/--end as epoch seconds, --prometheus-url checked: the flags backtest and dataset
-    export share."""
-    from detector.timefmt import parse_rfc3339
-
-    try:
-        start = parse_rfc3339(args.start)
-    except ValueError as e:
-        raise UsageError(f"--start: expected RFC3339 such as 2026-11-20T00:00:00Z ({e})") from None
-    try:
-        end = parse_rfc3339(args.end)
-    except ValueError as e:
-        raise UsageError(f"--end: expected RFC3339 such as 2026-11-21T00:00:00Z ({e})") from None
-    if end <= start:
-        raise UsageError("--end: must be after --start")
-    if not args.prometheus_url.startswith(("http://", "https://")):
-        raise UsageError(f"--prometheus-url: must start with http:// or https:// "
-                         f"(got {redact_url(args.prometheus_url)!r})")
-    return start, end
 
 
 def cmd_backtest(args) -> int:

@@ -16,7 +16,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from detector.cli import UsageError, add_range_args, range_args
+from detector.cli_args import UsageError, add_range_args, range_args
 from detector.config import ConfigError, load_config
 from rigwatch.redact import redact_text, redact_url
 

@@ -1,5 +1,6 @@
 """Pictures of incidents for `backtest --plot`: each scored series kept as a trace, one PNG per
-incident with the value, the expected band, the flagged points and the score."""
+incident with the value, the expected band, the flagged points and the score. `draw_band` is the
+one band plot: the tracking run's PNG of the most anomalous series (plot_series) draws with it too."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,6 +34,44 @@ class SeriesTrace:
                 for k in ("t", "y", "score", "lower", "upper", "expected")}
 
 
+def draw_band(ax, ax2, a: dict[str, np.ndarray], threshold: float, title: str) -> None:
+    """The value, its expected band and the points scored above `threshold` on `ax`; the score and
+    the threshold on `ax2`. `a`: equal-length arrays t, y, score, lower, upper."""
+    t = [datetime.fromtimestamp(x, tz=UTC) for x in a["t"]]
+    ax.plot(t, a["y"], lw=1, label="value")
+    if np.isfinite(a["lower"]).any():
+        ax.fill_between(t, a["lower"], a["upper"], alpha=0.2, label="expected band", step="mid")
+    flagged = np.nan_to_num(a["score"]) > threshold
+    ax.scatter(np.array(t)[flagged], a["y"][flagged], s=10, color="red", label="anomalous", zorder=3)
+    ax.set_title(title[:110], fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
+    ax2.plot(t, a["score"], lw=1, color="black")
+    ax2.axhline(threshold, color="red", lw=0.8, ls="--")
+    ax2.set_ylabel("score")
+
+
+def plot_series(series: list[dict[str, np.ndarray]], titles: list[str], threshold: float = 1.0) -> bytes:
+    """One PNG (bytes) with each series' band plot stacked: the tracking run's most anomalous
+    series of the training window. `series`: arrays as draw_band takes them."""
+    import io
+
+    # a Figure of its own (Agg canvas), not pyplot's global state: drawn in the tracking worker
+    # thread while the process may be doing anything else
+    from matplotlib.figure import Figure
+
+    n = max(len(series), 1)
+    fig = Figure(figsize=(10, 3.2 * n))
+    axes = fig.subplots(2 * n, 1, height_ratios=[3, 1] * n, squeeze=False)
+    for i, (a, title) in enumerate(zip(series, titles, strict=True)):
+        draw_band(axes[2 * i][0], axes[2 * i + 1][0], a, threshold, title)
+    if not series:
+        axes[0][0].set_title("no scored series", fontsize=8)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=70)
+    return out.getvalue()
+
+
 def plot_incidents(incidents: list[Incident], traces: dict, out_dir: Path, threshold: float) -> list[str]:
     """One PNG per incident: the series with its band and the flagged points, an hour either side."""
     import matplotlib
@@ -51,20 +90,10 @@ def plot_incidents(incidents: list[Incident], traces: dict, out_dir: Path, thres
         m = (a["t"] >= inc.start - pad) & (a["t"] <= inc.end + pad)
         if not m.any():
             continue
-        t = [datetime.fromtimestamp(x, tz=UTC) for x in a["t"][m]]
         fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, height_ratios=[3, 1])
-        ax.plot(t, a["y"][m], lw=1, label="value")
-        if np.isfinite(a["lower"][m]).any():
-            ax.fill_between(t, a["lower"][m], a["upper"][m], alpha=0.2, label="expected band", step="mid")
-        flagged = np.nan_to_num(a["score"][m]) > threshold
-        ax.scatter(np.array(t)[flagged], a["y"][m][flagged], s=10, color="red", label="anomalous", zorder=3)
+        draw_band(ax, ax2, {k: v[m] for k, v in a.items()}, threshold, inc.summary)
         ax.axvspan(datetime.fromtimestamp(inc.start, tz=UTC),
                    datetime.fromtimestamp(inc.end, tz=UTC), color="red", alpha=0.08)
-        ax.set_title(inc.summary[:110], fontsize=8)
-        ax.legend(fontsize=7, loc="upper left")
-        ax2.plot(t, a["score"][m], lw=1, color="black")
-        ax2.axhline(threshold, color="red", lw=0.8, ls="--")
-        ax2.set_ylabel("score")
         labels = "_".join(f"{v}" for _, v in sorted(inc.labels.items()))[:60]
         name = f"{n:03d}_{inc.detector}_{labels}".replace("/", "_").replace(" ", "_") + ".png"
         fig.tight_layout()

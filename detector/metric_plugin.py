@@ -180,18 +180,23 @@ class MetricPlugin(DetectorPlugin):
     def _registry_fields(self, name: str, version: int | None) -> dict[str, Any]:
         """The scoring version's aliases and state, and the detector's aliased versions."""
         if self.registry is None:
-            return {"aliases": [], "state": None, "champion": None, "challenger": None, "rollback_target": None,
-                    "last_decision": None}
+            return {"aliases": [], "state": None, "reason": None, "champion": None, "challenger": None,
+                    "rollback_target": None, "decision": None}
         rec = self.registry.record(name)
         champion, target = self.registry.champion(name, rec), self.registry.rollback_target(name, rec)
         aliases = [a for a, v in (("champion", champion), ("challenger", rec["challenger"]),
                                   ("rollback", target)) if version is not None and v == version]
+        entry = rec["versions"].get(str(version), {}) if version is not None else {}
+        # the newest decision, also when it kept its version from scoring (a rejected challenger)
         last = rec["decisions"][-1] if rec["decisions"] else None
+        decision = None if last is None else {
+            "version": last.get("version"), "outcome": last.get("outcome"), "reason": last.get("reason"),
+            "figures": last.get("figures") or {}, "at": iso(last["at"]) if last.get("at") else None}
         return {"aliases": aliases,
                 "state": self.registry.state_of(rec, version) if version is not None else None,
+                "reason": entry.get("reason"),
                 "champion": champion, "challenger": rec["challenger"], "rollback_target": target,
-                # the newest registry decision (a fit's gate, a promote, a rollback): outcome, reason, figures
-                "last_decision": ({**last, "at": iso(last["at"])} if last else None)}
+                "decision": decision}
 
     def model_info(self) -> list[tuple[str, str, str]]:
         return [(name, d.cfg.kind, str(d.version or 0)) for name, d in self.detectors.items()]
@@ -211,6 +216,7 @@ class MetricPlugin(DetectorPlugin):
             det.version = found[0].version
             n += 1
             log.info("loaded %s v%d (%d series)", name, det.version, len(det.series))
+            self._mirror(name)  # start-up: the tracking registry's aliases follow the local record
         return n
 
     def _restore(self, det: MetricDetector, state: dict) -> None:
@@ -331,7 +337,8 @@ class MetricPlugin(DetectorPlugin):
                 log.info("%s v%d promoted: %s", name, mv.version, decision.reason)
             else:  # the fitted state stays a challenger; the champion scores on, untouched
                 log.warning("%s v%d not promoted (%s): %s", name, mv.version, decision.outcome, decision.reason)
-            self._track(challenger, mv.metadata, decision if gated else None)
+            self._track(challenger, mv.metadata, decision, (state, train))
+            self._mirror(name)  # queued after the fit's record, so its version is registered first
         return ok
 
     def _gate(self, cfg: DetectorConfig, state: dict, data: dict[str, SeriesData], start: float, end: float,
@@ -375,10 +382,11 @@ class MetricPlugin(DetectorPlugin):
             if reference is not None:  # the promoted fit's drift reference (a rule has none)
                 self.drift.install(det.cfg.name, reference)
 
-    def _follow_champions(self, only: set[str] | None = None) -> None:
+    def _follow_champions(self, only: set[str] | None = None, mirror: bool = True) -> None:
         """Score with the registry's champion: a promotion or rollback (API, CLI) takes effect here,
-        at the next scoring step. A champion that does not load is warned about once and the
-        current model scores on."""
+        at the next scoring step, and is mirrored to the tracking registry's aliases (`mirror`
+        False: the caller mirrors later). A champion that does not load is warned about once and
+        the current model scores on."""
         if self.registry is None:
             return
         for name, det in list(self.detectors.items()):
@@ -397,14 +405,27 @@ class MetricPlugin(DetectorPlugin):
                     continue
                 det.version = champion
             log.info("%s now scores with v%d (the registry's champion)", name, champion)
+            if mirror:
+                self._mirror(name)
 
-    def _track(self, det: MetricDetector, meta: dict, decision: Decision | None = None) -> None:
+    def _mirror(self, name: str) -> None:
+        """The local registry's champion and challenger of `name`, to the tracking registry."""
+        if self.registry is None or isinstance(self.tracker, NullTracker):
+            return
+        try:
+            rec = self.registry.record(name)
+            self.tracker.mirror_aliases(name, self.registry.champion(name, rec), rec["challenger"])
+        except Exception as e:  # tracking is optional: never the fit's or the scoring pass's problem
+            log.warning("tracking %s: aliases not mirrored: %s", name, e)
+
+    def _track(self, det: MetricDetector, meta: dict, decision: Decision | None = None,
+               training: tuple[dict, dict[str, SeriesData]] | None = None) -> None:
         if isinstance(self.tracker, NullTracker):
             return
         try:  # tracking is optional: a record it cannot build never fails the fit
             from detector.fit_records import metric_fit_record
 
-            self.tracker.log_fit(metric_fit_record(det, meta, self.config, self.store, decision))
+            self.tracker.log_fit(metric_fit_record(det, meta, self.config, self.store, decision, training))
         except Exception as e:
             log.warning("tracking %s: %s (fit kept, not logged)", det.cfg.name, e)
 

@@ -4,7 +4,13 @@ tracking is configured, and mlflow itself only at the first record, in the track
 A run: params (config hash, model and its parameters, lookback, step), metrics (series fitted /
 baseline / failed / skipped, fit seconds), tags (rigwatch version, store version, training-data
 fingerprint), artifacts (the version's metadata.json and series.csv, one row per series: thousands
-of tiny per-series models are one detector version, never one MLflow model each).
+of tiny per-series models are one detector version, never one MLflow model each). Also, when the
+worker evaluated the fit: metric training_anomaly_rate and anomalous_series.png (the most anomalous
+series of the training window with their bands); when the registry decided: the gate's figures as
+metrics gate_<key>, tags rigwatch.gate_outcome and rigwatch.gate_reason.
+
+Registry: each fit a version of `rigwatch-<detector>`, tagged with its store version. The aliases
+`champion` and `challenger` mirror the local registry's (mirror_aliases); nothing else moves them.
 
 With a sqlite:/// backend this process is the only writer (SQLite locks with several); artifacts go
 to `mlartifacts/` beside the database file. A tracking server stores them where it is told to.
@@ -14,14 +20,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from detector.config import TrackingConfig
-from detector.tracking import BackgroundTracker, FitRecord
+import numpy as np
 
+from detector.config import TrackingConfig
+from detector.tracking import AliasJob, BackgroundTracker, FitRecord
+
+log = logging.getLogger(__name__)
+ALIASES = ("champion", "challenger")
+PLOT = "anomalous_series.png"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # a path: MLflow runs it at load time
 
 
@@ -84,12 +96,65 @@ class MlflowSink:
             client.log_dict(run_id, record.metadata, "metadata.json")
             client.log_text(run_id, series_csv(record.series), "series.csv")
             attempt["artifacts"] = True
+        if self.cfg.artifacts and record.plot and not attempt.get("plot"):
+            self._log_plot(client, run_id, record)
+            attempt["plot"] = True
         if self.cfg.artifacts and record.state is not None and not attempt.get("model"):
             attempt["model"] = self._log_model(client, run_id, record)
         if attempt.get("model") and not attempt.get("registered"):
             self._register(client, run_id, record)
             attempt["registered"] = True
         client.set_terminated(run_id, "FINISHED")
+
+    @staticmethod
+    def _log_plot(client, run_id: str, record: FitRecord) -> None:
+        from detector.incident_plots import plot_series
+
+        arrays = [{k: getattr(p, k) for k in ("t", "y", "score", "expected", "lower", "upper")} for p in record.plot]
+        titles = [f"{record.detector} v{record.version}: "
+                  + ", ".join(f"{k}={v}" for k, v in sorted(p.labels.items()) if k != "__name__")
+                  + f" (max score {np.nanmax(p.score):.1f})" for p in record.plot]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, PLOT)
+            path.write_bytes(plot_series(arrays, titles))
+            client.log_artifact(run_id, str(path))
+
+    def mirror_aliases(self, job: AliasJob, attempt: dict) -> None:
+        """Set `champion` / `challenger` of rigwatch-<detector> to the model versions registered for
+        the job's store versions; unset an alias whose store version is None or was never
+        registered (warned: its fit was not tracked). With `artifacts: false` nothing is registered
+        and nothing is mirrored."""
+        if not self.cfg.artifacts:
+            return  # no model logged, so no version registered: nothing to point an alias at
+        from mlflow.exceptions import MlflowException
+
+        client = self._connect()
+        name = f"rigwatch-{job.detector}"
+        try:
+            current = dict(client.get_registered_model(name).aliases)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            log.warning("tracking: no registered model %s yet (no fit of it tracked): aliases left unset", name)
+            return
+        for alias, store_version in zip(ALIASES, (job.champion, job.challenger), strict=True):
+            number = None if store_version is None else self._registered(client, name, store_version)
+            if store_version is not None and number is None:
+                log.warning("tracking: v%d of %s was never registered in %s: alias %s left unset",
+                            store_version, job.detector, name, alias)
+            if number is None:
+                if alias in current:
+                    client.delete_registered_model_alias(name, alias)
+            elif current.get(alias) != number:
+                client.set_registered_model_alias(name, alias, number)
+
+    @staticmethod
+    def _registered(client, name: str, store_version: int) -> str | None:
+        """The newest model version of `name` tagged with this store version (a retried registration
+        or a store started afresh may have left several)."""
+        found = client.search_model_versions(
+            f"name = '{name}' and tags.`rigwatch.store_version` = '{int(store_version)}'")
+        return max((v.version for v in found), key=int, default=None)
 
 
     @staticmethod
@@ -115,8 +180,8 @@ class MlflowSink:
 
     @staticmethod
     def _register(client, run_id: str, record: FitRecord) -> None:
-        """Each fit a version of the registered model rigwatch-<detector> (no aliases here: the local
-        store stays the source of truth for which version scores)."""
+        """Each fit a version of the registered model rigwatch-<detector>, tagged with its store
+        version (no aliases here: they follow the local registry's decisions, mirror_aliases)."""
         from mlflow.exceptions import MlflowException
 
         name = f"rigwatch-{record.detector}"
@@ -141,4 +206,5 @@ def _signature():
 
 
 def mlflow_tracker(cfg: TrackingConfig, **kw) -> BackgroundTracker:
-    return BackgroundTracker(MlflowSink(cfg), **kw)
+    sink = MlflowSink(cfg)
+    return BackgroundTracker(sink, mirror=sink.mirror_aliases, **kw)

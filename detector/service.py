@@ -20,6 +20,7 @@ from detector.anomaly_rate import AnomalyRates
 from detector.config import Config, ConfigWatcher
 from detector.health import SourceHealth
 from detector.incidents import Incident, IncidentPolicy, IncidentTracker
+from detector.label_metrics import label_families
 from detector.labels import Exclusions, LabelStore
 from detector.plugin import DetectorPlugin
 from detector.scores import ScoreBatch, series_id
@@ -116,6 +117,7 @@ class DetectorService:
         for plugin in self.plugins:
             yield from plugin.families()
         yield self.rates.family()
+        yield from label_families(self.labels, self.config.maintenance, self.detector_names(), self.clock())
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         snap = self.snapshot

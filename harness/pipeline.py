@@ -47,6 +47,7 @@ class PipelineOptions:
     group_wait: float | None = 5.0  # Alertmanager's group_wait on every route; None keeps the committed ones
     extra_prometheus_scrape: list[dict] = field(default_factory=list)
     loki_url: str | None = None  # a Loki (push + query_range API) for the log side; None runs without logs
+    api_token: str | None = None  # the detector's API token (its mutating calls: retrain, feedback, ...)
 
 
 class Pipeline:
@@ -144,6 +145,8 @@ class Pipeline:
         cfg["schedule"] = {**cfg.get("schedule", {}), "step": f"{o.detector_step:g}s", "fit_every": "1h",
                            "lookback": f"{int(o.history_hours * 3600 + 600)}s",
                            "context": f"{o.detector_context:g}s"}
+        if o.api_token is not None:
+            cfg["api_token"] = o.api_token
         return yaml.safe_dump(cfg, sort_keys=False)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -183,7 +186,10 @@ class Pipeline:
             self.log(self.push_history_journal())
         self._run(PrometheusServer(w, self.prometheus_config(), storage=w / "tsdb", port=self.prom_port,
                                    retention="30d"), timeout=60)
-        (w / "detector.yml").write_text(self.detector_config())
+        detector_yml = w / "detector.yml"
+        detector_yml.touch()
+        detector_yml.chmod(0o600)  # it may hold the API token: private before it is written
+        detector_yml.write_text(self.detector_config())
         loki_args = ["--loki-url", o.loki_url] if o.loki_url is not None else []
         self._run(self._part("detector", [sys.executable, "-m", "detector.cli", "serve",
                                           "--config", str(w / "detector.yml"), *loki_args],

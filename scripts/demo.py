@@ -15,7 +15,9 @@
    (harness/loki_standin.py: push + query_range, in memory) - a stand-in, not Loki;
 3. prints where to look, then streams what happens: anomaly scores crossing 1 (from Prometheus),
    incidents the detector confirms (GET /api/v1/anomalies), notifications Alertmanager delivers, and
-   a line of live GPU readings every --interval seconds;
+   a line of live GPU readings every --interval seconds; and the model lifecycle from the detector's
+   API (scripts/demo_lifecycle.py): the models after the first fit, one retrain with this run's API
+   token and the decision recorded for each detector, feedback on the first incident;
 4. stops everything on Ctrl-C / SIGTERM (or after --duration seconds).
 
     python -m scripts.demo [--duration SECONDS] [--workdir DIR] [--seed N] [--schedule FILE] [--speed 1]
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import secrets
 import shutil
 import signal
 import sys
@@ -47,6 +50,7 @@ from exporter.sim.schedule import ScheduleError, parse_schedule
 from harness.loki_standin import LokiTestServer
 from harness.pipeline import EXPORTER_JOB, Pipeline, PipelineOptions
 from harness.prometheus_api import PrometheusAPI
+from scripts.demo_lifecycle import Lifecycle
 
 # Offsets from the exporter's start, in sim time (= wall time at the default --speed 1): GPU 0's fan
 # fails 30 s in and stays broken long enough for the thermal model's score, its 3-minute incident and
@@ -130,6 +134,7 @@ class Streamer:
         self.pipe = pipe
         self.above: dict[tuple, float] = {}  # series above 1 -> peak seen
         self.incidents: set[tuple] = set()
+        self.confirmed_in_order: list[dict] = []  # as printed (the lifecycle labels the first)
         self.anomalies_seen = 0
         self.alerts_seen = 0
 
@@ -167,11 +172,12 @@ class Streamer:
         self.above = now_above
 
     def confirmed(self) -> None:
-        for a in self.pipe.anomalies():
+        for a in sorted(self.pipe.anomalies(), key=lambda a: a["start"]):  # the API lists newest first
             key = (a["detector"], tuple(sorted(a["labels"].items())), a["start"])
             if key in self.incidents:
                 continue
             self.incidents.add(key)
+            self.confirmed_in_order.append(a)
             why = "; ".join(e for e in a.get("explanation") or [] if e not in a["summary"])
             say(f"INCIDENT  {a['summary']} since {a['start']}{' — ' + why if why else ''}")
 
@@ -204,8 +210,9 @@ def main(argv=None) -> int:
     if not args.no_logs and args.loki_url is None:
         loki = LokiTestServer().start()  # the in-repo stand-in (see the docstring)
     loki_url = None if args.no_logs else (args.loki_url or loki.url)
+    token = secrets.token_urlsafe(24)  # this run's API token: the lifecycle's POSTs, and yours
     opts = PipelineOptions(schedule=schedule, speed=args.speed, seed=args.seed, history_hours=args.history_hours,
-                           loki_url=loki_url)
+                           loki_url=loki_url, api_token=token)
     streamer: Streamer | None = None
 
     def on_note(note):
@@ -230,6 +237,8 @@ def main(argv=None) -> int:
             "g1.expr": band, "g1.tab": "0", "g1.range_input": "30m"}))
         print(f"  sim exporter ({args.speed:g}x): http://{pipe.exporter_instance}/metrics", flush=True)
         print(f"  detector:             {pipe.detector_url}/api/v1/anomalies   (models: /api/v1/models)", flush=True)
+        print(f"  api token:            {token}  (Authorization: Bearer …, for POST /api/v1/retrain, "
+              "/feedback, /models/<detector>/promote|rollback)", flush=True)
         print(f"  prometheus:           {prom}/alerts", flush=True)
         print(f"  score and band graph: {graph}", flush=True)
         print(f"  alertmanager:         {pipe.am_url}", flush=True)
@@ -243,6 +252,8 @@ def main(argv=None) -> int:
                   f"{inc.duration / args.speed:.0f} s", flush=True)
         say(f"detector ready {fitted:.1f} s after start: models fitted on the backfilled history. "
             "Ctrl-C to stop.")
+        lifecycle = Lifecycle(pipe.detector_url, token, say, schedule=incidents, sim_start=pipe.sim_start,
+                              speed=args.speed)
         t_end = time.monotonic() + args.duration if args.duration else None
         next_reading = 0.0
         while not stop.is_set():
@@ -256,6 +267,7 @@ def main(argv=None) -> int:
                     next_reading = time.monotonic() + args.interval
                 streamer.scores()
                 streamer.confirmed()
+                lifecycle.step(streamer.confirmed_in_order)
             except (OSError, RuntimeError, ValueError) as e:
                 say(f"(query failed: {e})")
             if stop.wait(2.0) or (t_end is not None and time.monotonic() >= t_end):

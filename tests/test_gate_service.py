@@ -174,7 +174,7 @@ def test_retrain_through_the_api_goes_through_the_gate_and_models_shows_the_deci
     assert r.status_code in (200, 202), r.get_json()
     (m,) = [m for m in c.get("/api/v1/models").get_json()["models"] if m["detector"] == D]
     assert (m["champion"], m["version"]) == (2, 2)
-    d = m["last_decision"]
+    d = m["decision"]
     assert (d["version"], d["outcome"]) == (2, "promoted") and d["reason"].startswith("0 incidents vs champion 0")
     assert d["figures"]["holdout_seconds"] == 3600 and "gate_seconds" in d["figures"]
 

@@ -290,3 +290,47 @@ def test_a_window_posted_to_the_api_is_left_out_of_the_next_fit(svc):
     assert r.status_code == 201
     assert svc.fit()
     assert metric_side(svc).detectors["gpu_temperature"].fit_metrics["excluded_points"] == 11
+
+
+# -- what they publish ----------------------------------------------------------------------------
+
+def scrape(svc):
+    """The served /metrics registry of `svc` (the collector with the service's own families)."""
+    return create_app(svc, environ=ENV).config["registry"]
+
+
+def test_feedback_and_maintenance_metrics_follow_the_labels(tmp_path):
+    cfg = load_config(text=CFG + f"maintenance: [{{start: '{iso(NOW - 3600)}', end: '{iso(NOW - 60)}'}}, "
+                                 f"{{start: '{iso(NOW + 3600)}', end: '{iso(NOW + 7200)}'}}]")
+    clock = [NOW]
+    svc = service_for(cfg, file_store(tmp_path), lambda: clock[0])
+    reg = scrape(svc)
+
+    def fb(label, detector="gpu_temperature"):
+        return reg.get_sample_value("rigwatch_feedback_labels", {"detector": detector, "label": label})
+
+    def windows(state):
+        return reg.get_sample_value("rigwatch_maintenance_windows", {"state": state})
+
+    # nothing stored: a zero per configured detector and verdict, not an absent series
+    assert (fb("true_positive"), fb("false_positive")) == (0, 0)
+    assert (windows("active"), windows("scheduled")) == (0, 1)  # the first config window is over
+    c = create_app(svc, environ=ENV).test_client()
+    for label, start in (("true_positive", NOW - 600), ("false_positive", NOW - 1200), ("false_positive", NOW - 1800)):
+        r = c.post("/api/v1/feedback", json={"detector": "gpu_temperature", "label": label,
+                                             "start": iso(start), "end": iso(start + 60)}, headers=TOKEN)
+        assert r.status_code == 201
+    # a changed verdict on the same range replaces the old one: counted once
+    c.post("/api/v1/feedback", json={"detector": "gpu_temperature", "label": "true_positive",
+                                     "start": iso(NOW - 1800), "end": iso(NOW - 1740)}, headers=TOKEN)
+    assert (fb("true_positive"), fb("false_positive")) == (2, 1)
+    assert fb("true_positive", "gpu_xid") == 0
+    r = c.post("/api/v1/maintenance", json={"start": iso(NOW - 60), "end": iso(NOW + 600)}, headers=TOKEN)
+    assert r.status_code == 201
+    assert (windows("active"), windows("scheduled")) == (1, 1)
+    clock[0] = NOW + 4000  # the stored window is over, the config's second one is in force
+    assert (windows("active"), windows("scheduled")) == (1, 0)
+    # fresh per scrape from the store: a restarted service publishes the same counts
+    again = scrape(service_for(cfg, file_store(tmp_path), lambda: NOW))
+    assert again.get_sample_value("rigwatch_feedback_labels",
+                                  {"detector": "gpu_temperature", "label": "true_positive"}) == 2

@@ -43,6 +43,12 @@ def test_models_api_shows_aliases_and_states_beside_the_existing_fields(store):
     assert m["version"] == 2 and m["model"] == "robust_z" and "fit_metrics" in m  # unchanged fields
     assert (m["aliases"], m["state"], m["champion"], m["challenger"], m["rollback_target"]) == \
         (["champion"], "champion", 2, None, 1)
+    # why it is champion, and the registry's newest decision (what `make demo` prints)
+    # (the refit went through the promotion gate, detector/gate.py: its reason and figures)
+    assert m["reason"].startswith("0 incidents vs champion 0 (+1 allowed)")
+    assert {k: m["decision"][k] for k in ("version", "outcome", "reason")} == \
+        {"version": 2, "outcome": "promoted", "reason": m["reason"]}
+    assert m["decision"]["figures"]["champion_incidents"] == m["decision"]["figures"]["challenger_incidents"] == 0
 
 
 @responses.activate
@@ -125,6 +131,8 @@ def test_a_gate_that_rejects_keeps_the_champion_scoring_and_publishes_the_challe
     assert f'rigwatch_detector_model_info{{detector="{D}",model="robust_z",version="1"}} 1.0' in metrics
     (m,) = [m for m in client(svc).get("/api/v1/models").get_json()["models"] if m["detector"] == D]
     assert (m["version"], m["champion"], m["challenger"]) == (1, 1, 2)
+    assert (m["decision"]["version"], m["decision"]["outcome"], m["decision"]["reason"]) == \
+        (2, "rejected", "raises alarms on a false-positive window")
     # a restart does not revive it
     fresh = service_for(svc.config, ModelStore(FilePersistence(store.persistence.root)), lambda: clock[0])
     fresh.load_models()

@@ -1,5 +1,7 @@
 """`make demo` end to end: the demo brings the whole pipeline up, streams an anomaly and an alert as
-they happen, and stops every part cleanly on Ctrl-C (SIGINT)."""
+they happen, shows the model lifecycle (models, a gated retrain, feedback on the first incident) and
+stops every part cleanly on Ctrl-C (SIGINT)."""
+import json
 import re
 import shutil
 import signal
@@ -11,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from detector.timefmt import iso
 
 ROOT = Path(__file__).resolve().parents[1]
 # GPU 1 falls off the bus 5 s after start: the hard guard alerts at once and the detector scores it
@@ -43,7 +47,7 @@ def test_demo_streams_an_anomaly_and_an_alert_and_stops_on_ctrl_c(tmp_path):
         while time.monotonic() < deadline and proc.poll() is None:
             text = "".join(lines)
             if ("  ALERT     GpuLost (critical) gpu=1" in text and "  ANOMALY   gpu_xid" in text
-                    and "  ANOMALY   log_pattern" in text):
+                    and "  ANOMALY   log_pattern" in text and "  gated:    " in text and "  feedback: " in text):
                 break
             time.sleep(0.5)
         text = "".join(lines)
@@ -71,3 +75,69 @@ def test_demo_streams_an_anomaly_and_an_alert_and_stops_on_ctrl_c(tmp_path):
     # every part was stopped: nothing answers on the printed ports and Prometheus released its TSDB
     assert all(_closed(u) for u in set(urls)), text
     assert (wd / "tsdb").is_dir() and not (wd / "tsdb" / "lock").exists()
+    check_lifecycle(text, wd / "models")
+
+
+def lifecycle_lines(text: str, prefix: str) -> dict[str, re.Match]:
+    """Per detector, the parsed `models:` / `gated:` line naming it (detectors with the same text share one)."""
+    out = {}
+    for line in re.findall(rf"  {prefix}: +(.*)", text):
+        m = re.fullmatch(r"(?P<names>[\w, ]+?) v(?P<version>\d+) (?P<rest>.*)", line)
+        assert m, line
+        for name in m["names"].split(", "):
+            out[name] = m
+    return out
+
+
+def check_lifecycle(text: str, store: Path) -> None:
+    """The lifecycle lines say what the registry and the label store recorded (read here from the
+    files the detector wrote), not a fixed text."""
+    records = {p.parent.name: json.loads(p.read_text()) for p in store.glob("*/registry.json")}
+    models, gated = lifecycle_lines(text, "models"), lifecycle_lines(text, "gated")
+    metric = set(records) - {"logs"}  # the log side keeps a registry too but is not in /api/v1/models
+    assert metric and set(models) == set(gated) == metric, (sorted(models), sorted(gated), sorted(records))
+    assert f"retrain:  POST /api/v1/retrain accepted for {len(metric)} detector(s)" in text, text
+    for name, rec in records.items():
+        if name == "logs":
+            continue
+        decided = {d["version"]: d for d in rec["decisions"]}
+        first = models[name]
+        state, rest = re.fullmatch(r"(\w+) \(([^;]*); (.*)\)", first["rest"]).group(1, 3)
+        v1 = int(first["version"])
+        assert decided[v1]["reason"] == rest and state == "champion", (name, first.group(0), rec)
+        later = gated[name]
+        v2 = int(later["version"])
+        assert v2 > v1, later.group(0)
+        outcome, reason = re.match(r"(\w+(?: \w+)?): (.*?)(?: \[.*\])? -> ", later["rest"]).groups()
+        assert (decided[v2]["outcome"], decided[v2]["reason"]) == (outcome, reason), (later.group(0), rec)
+        scoring = rec["champion"]
+        assert f"-> v{scoring} scores (champion v{scoring}," in later["rest"], (later.group(0), rec)
+    (fb,) = re.findall(r"  feedback: (\w+) incident ([0-9a-f]{16}) marked (\w+) \(.*\); (\d+) label\(s\) "
+                       r"stored for (\w+)", text)
+    detector, incident, label, count, again = fb
+    items = json.loads((store / "feedback" / "labels.json").read_text())["items"]
+    assert detector == again and int(count) == sum(1 for i in items if i["detector"] == detector) >= 1
+    (item,) = [i for i in items if i["incident"] == incident]
+    assert (item["detector"], item["label"]) == (detector, label)
+    # the incident labelled is the first one the demo printed
+    first = re.search(r"  INCIDENT  (\w+) .* since (\S+)", text)
+    assert first and first.groups() == (detector, iso(item["start"])), (first and first.group(0), item)
+
+
+def test_the_first_incident_is_labelled_by_the_schedule_not_guessed():
+    """true_positive only inside a scheduled fault's window (with slack) and on its GPU."""
+    from exporter.sim.schedule import parse_schedule
+    from scripts.demo_lifecycle import Lifecycle
+
+    faults = parse_schedule({"incidents": [{"kind": "gpu_lost", "at": "2m", "duration": "5m", "gpu": 1}]},
+                            containers=set())
+    start = 1_800_000_000.0
+    life = Lifecycle("http://unused.invalid", "t", print, schedule=faults, sim_start=start, speed=1.0)
+
+    def verdict(offset, gpu):
+        return life.truth({"start": iso(start + offset), "labels": {"gpu": gpu} if gpu else {}})[0]
+
+    assert verdict(125, "1") == verdict(120 + 300 + 30, "1") == verdict(130, None) == "true_positive"
+    assert verdict(125, "0") == verdict(10, "1") == verdict(120 + 300 + 120, "1") == "false_positive"
+    assert Lifecycle("http://unused.invalid", "t", print).truth(
+        {"start": iso(start), "labels": {}}) == ("false_positive", "no scheduled fault at that time")

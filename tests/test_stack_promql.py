@@ -188,6 +188,13 @@ def write_synthetic_block(path: Path, start: int, end: int, gpus: list[dict], wo
         add("rigwatch_detector_model_fit_timestamp_seconds", "gauge", {**det_self, "detector": det},
             lambda t: t - t % 21600)
     add("rigwatch_detector_fit_interval_seconds", "gauge", det_self, lambda t: 21600)
+    # added by the model lifecycle issue (feedback and maintenance windows): bounded labels
+    for det in ("gpu_thermal", "gpu_power"):
+        for verdict, n in (("true_positive", 2), ("false_positive", 1)):
+            add("rigwatch_feedback_labels", "gauge", {**det_self, "detector": det, "label": verdict},
+                lambda t, n=n: n)
+    for state, n in (("active", 0), ("scheduled", 1)):
+        add("rigwatch_maintenance_windows", "gauge", {**det_self, "state": state}, lambda t, n=n: n)
     # added by the model lifecycle issue (gate): decisions by outcome, the last evaluation's figures
     for outcome in ("promoted", "rejected"):
         add("rigwatch_detector_gate_decisions", "counter", {**det_self, "detector": "gpu_thermal", "outcome": outcome},
@@ -299,6 +306,8 @@ def test_synthetic_block_is_limited_to_contract_names(sim_prometheus):
         # added by the model lifecycle issue (drift): bounded labels, no per-series ones
         "rigwatch_feature_drift", "rigwatch_drifted_series", "rigwatch_anomaly_rate",
         "rigwatch_detector_model_fit_timestamp_seconds", "rigwatch_detector_fit_interval_seconds",
+        # added by the model lifecycle issue: the operator's labels (feedback, maintenance windows)
+        "rigwatch_feedback_labels", "rigwatch_maintenance_windows",
         # added by the model lifecycle issue (gate): bounded labels (detector, outcome, model)
         "rigwatch_detector_gate_decisions_total", "rigwatch_detector_gate_incidents",
         "rigwatch_detector_gate_alarm_seconds",

@@ -167,8 +167,11 @@ def test_each_fit_cycle_logs_one_run_per_detector_sqlite(tmp_path, monkeypatch):
     assert run.data.tags["rigwatch.version"]
     assert by[("gpu_xid", "1")].data.metrics["series"] == 0
     # artifacts: the version's metadata as saved, the per-series table (one artifact per version)
-    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["metadata.json", "model",
-                                                                              "series.csv"]
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
+        "anomalous_series.png", "metadata.json", "model", "series.csv"]
+    # a detector with no series has nothing to plot
+    assert "anomalous_series.png" not in {a.path for a in client.list_artifacts(by[("gpu_xid", "1")].info.run_id)}
+    assert 0 <= run.data.metrics["training_anomaly_rate"] <= 1
     got = json.loads(open(client.download_artifacts(run.info.run_id, "metadata.json", str(tmp_path))).read())
     assert got == json.loads(json.dumps(meta, default=str))
     rows = list(csv.DictReader(io.StringIO(open(client.download_artifacts(run.info.run_id, "series.csv",
@@ -225,7 +228,7 @@ def test_fit_tracked_over_http_and_survives_the_server_stopping(mlflow_server): 
     assert tracker.flush(60)
     client, runs = _runs(url)
     assert sorted(r.data.tags["rigwatch.detector"] for r in runs) == sorted(DETECTORS)
-    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} == {"metadata.json", "model", "series.csv"}
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} >= {"metadata.json", "model", "series.csv"}
     reg = _registry(svc)
     assert reg.get_sample_value("rigwatch_detector_tracking_errors_total") == 0
 
@@ -236,10 +239,10 @@ def test_fit_tracked_over_http_and_survives_the_server_stopping(mlflow_server): 
         assert time.perf_counter() - started < 2
         assert store.versions("gpu_temperature") == [1, 2]
         assert tracker.flush(30)
-    # two detectors, three tries each, every one refused; both records skipped, counted
-    assert reg.get_sample_value("rigwatch_detector_tracking_errors_total") == 6
+    # two detectors, a record and an alias job each, three tries each, every one refused; all skipped, counted
+    assert reg.get_sample_value("rigwatch_detector_tracking_errors_total") == 12
     assert reg.get_sample_value("rigwatch_detector_tracking_queue") == 0
-    assert (tracker.skipped, tracker.logged) == (2, 2)
+    assert (tracker.skipped, tracker.logged) == (4, 4)
     tracker.close()
 
 
