@@ -91,6 +91,20 @@ class TrackingConfig:
 
 
 @dataclass
+class GateConfig:
+    """`gate:` (detector/gate.py): a refit is promoted only when it does no worse than the champion
+    on the newest hours of its lookback, held out of its training, and on the feedback labels."""
+    enabled: bool = True
+    holdout: float = 24 * 3600.0  # held-out window; the effective one is min(holdout, lookback / 4)
+    max_extra_incidents: int = 1  # incidents the challenger may raise beyond the champion's
+    max_extra_alarm: float = 30 * 60.0  # seconds of alarm the challenger may add to the champion's
+
+    def holdout_for(self, lookback: float) -> float:
+        """The held-out window for this lookback: a short (demo) lookback keeps 3/4 to train on."""
+        return min(self.holdout, lookback / 4)
+
+
+@dataclass
 class Config:
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     loki: dict[str, Any] | None = None  # owned by the log side; kept as given
@@ -103,6 +117,7 @@ class Config:
     maintenance: tuple[MaintenanceWindow, ...] = ()  # windows from the file (the API adds stored ones)
     source: str = "<default preset>"
     tracking: TrackingConfig | None = None  # None: no tracking, mlflow never imported
+    gate: GateConfig = field(default_factory=GateConfig)  # reloads: read at each fit
 
     def reloaded_over(self, running: Config) -> Config:
         """This (reloaded) config as a running service takes it: the listener, the sources' clients
@@ -123,7 +138,7 @@ class Config:
 
 
 _TOP_KEYS = {"prometheus", "loki", "logs", "listen", "api_token", "store", "schedule", "defaults", "detectors",
-             "maintenance", "tracking"}
+             "maintenance", "tracking", "gate"}
 _DET_KEYS = {"name", "query", "model", "rule", "params", "sensitivity", "direction", "min_deviation",
              "min_duration", "merge_gap", "key", "features", "join_on", "heartbeat", "enabled", "fallback",
              "min_fit_r2", "refit_on_drift"}
@@ -349,6 +364,7 @@ def parse_config(raw: Any, *, require_detectors: bool = False) -> Config:
         cfg.store_path = store_path(store["path"], "store.path")
     if top.get("tracking") is not None:
         cfg.tracking = _tracking(top["tracking"])
+    cfg.gate = _gate(top.get("gate"))
     sched = cv.mapping(top.get("schedule"), "schedule")
     cv.check_keys(sched, set(_SCHEDULE_KEYS), "schedule")
     for k in _SCHEDULE_KEYS:
@@ -390,6 +406,22 @@ def _tracking(raw: Any) -> TrackingConfig:
         cfg.timeout = cv.duration(t["timeout"], "tracking.timeout", "tracking.timeout")
     if "artifacts" in t:
         cfg.artifacts = cv.boolean(t["artifacts"], "tracking.artifacts")
+    return cfg
+
+
+def _gate(raw: Any) -> GateConfig:
+    g = cv.mapping(raw, "gate")
+    cv.check_keys(g, {"enabled", "holdout", "max_extra_incidents", "max_extra_alarm"}, "gate")
+    cfg = GateConfig()
+    if "enabled" in g:
+        cfg.enabled = cv.boolean(g["enabled"], "gate.enabled")
+    if "holdout" in g:
+        cfg.holdout = cv.duration(g["holdout"], "gate.holdout", "gate.holdout")
+    if "max_extra_incidents" in g:
+        cfg.max_extra_incidents = cv.integer(g["max_extra_incidents"], "gate.max_extra_incidents",
+                                             "gate.max_extra_incidents")
+    if "max_extra_alarm" in g:
+        cfg.max_extra_alarm = cv.duration(g["max_extra_alarm"], "gate.max_extra_alarm", "gate.max_extra_alarm")
     return cfg
 
 

@@ -66,6 +66,10 @@ LIMITS: dict[str, Limit] = {
     "prometheus.timeout": _dur(0, 10 * _MIN),  # a query still running after 10 min holds a scheduler thread
     "prometheus.retries": _count(0, 100),  # backoff doubles: past ~100 tries the job never finishes
     "tracking.timeout": _dur(0, 10 * _MIN),  # a tracking request longer than that holds the worker's queue
+    # -- gate: (detector/gate.py)
+    "gate.holdout": _dur(0, 400 * _D),  # as schedule.lookback; the effective window is at most lookback / 4
+    "gate.max_extra_incidents": _count(0, 1_000_000),  # 0: never more incidents than the champion
+    "gate.max_extra_alarm": Limit(0, 30 * _D, duration=True),  # 0 allowed: no more alarm than the champion
     # -- schedule: (APScheduler intervals; big values overflow its timedelta arithmetic)
     "schedule.step": _dur(1 * _S, 1 * _D),  # Prometheus's resolution is seconds; a daily score is no monitor
     "schedule.fit_every": _dur(1 * _S, 365 * _D),  # a model refitted less than yearly is never refitted

@@ -115,9 +115,11 @@ class DriftBook:
             held = self._held[cfg.name] = self._held.get(cfg.name, 0) + 1 if drifted else 0
         return held >= HOLD_CHECKS
 
-    def train(self, cfg: DetectorConfig, data: dict[str, SeriesData], trained_until: float) -> dict[str, Any] | None:
-        """The reference of a fit on `data` (kept for the next `measure`), as the document stored
-        with the version; None for a rule detector."""
+    def train(self, cfg: DetectorConfig, data: dict[str, SeriesData], trained_until: float, *,
+              install: bool = True) -> dict[str, Any] | None:
+        """The reference of a fit on `data` (kept for the next `measure` unless `install` is False: a
+        challenger's is installed once promoted), as the document stored with the version; None for
+        a rule detector."""
         if cfg.rule:
             return None
         refs: dict[str, dict[str, drift.Reference]] = {}
@@ -126,10 +128,22 @@ class DriftBook:
                 ref = drift.reference(sd.t, x)
                 if ref is not None:
                     refs.setdefault(feature, {})[sid] = ref
+        if not install:
+            return drift.pack(refs, trained_until)
         with self._lock:
             self._refs[cfg.name] = (refs, trained_until)
             self._checked[cfg.name], self._held[cfg.name] = trained_until, 0
         return drift.pack(refs, trained_until)
+
+    def install(self, name: str, doc: Any) -> None:
+        """A promoted fit's reference (as `train` installs its own): checks start again from it."""
+        found = drift.unpack(doc)  # our own document, just packed
+        with self._lock:
+            if found is None:
+                self._refs.pop(name, None)
+            else:
+                self._refs[name] = found
+                self._checked[name], self._held[name] = found[1], 0
 
     def restore(self, name: str, doc: Any) -> None:
         """A loaded version's reference; a version without one (or an unreadable one: the model

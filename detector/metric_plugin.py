@@ -1,7 +1,8 @@
 """The metric side as a detector plugin: one `MetricDetector` per configured PromQL query.
 
-    fit     every schedule.fit_every: each detector fitted on its lookback window, saved to the store
-            and proposed to the model registry (no gate yet: it becomes champion at once)
+    fit     every schedule.fit_every: each detector fitted on its lookback window (less the gate's
+            held-out hours when it has a champion), saved to the store and proposed to the model
+            registry, whose gate (detector/gate.py) promotes it or keeps it a rejected challenger
     score   every schedule.step: with the registry's champion (a promotion or rollback is picked
             up here); only what no model has seen yet; a detector never fitted (Prometheus
             down at start-up) or with series still on their fallback is refitted first
@@ -32,16 +33,18 @@ from detector.config import Config, DetectorConfig
 from detector.drift_book import DRIFT_WINDOW, DriftBook
 from detector.drift_book import STATE_KEY as DRIFT_KEY
 from detector.fetch import DetectorQueryError, PrometheusSource, SeriesData, SeriesSource, feature_queries
+from detector.gate import evaluate
+from detector.gate_book import GateBook
 from detector.health import QueryHealth, SourceHealth
-from detector.incident_plots import SeriesTrace, plot_incidents
+from detector.incident_plots import plot_incidents
 from detector.incidents import Incident, IncidentTracker
 from detector.labels import Exclusions, LabelStore
 from detector.metric_detector import MetricDetector
 from detector.models import kind_class
 from detector.plugin import BacktestPart, DetectorPlugin, IncidentPolicy, ScorePass
 from detector.promclient import PromClient, PromError
-from detector.registry import Decision, Registry
-from detector.scores import series_id
+from detector.registry import Decision, Gate, Registry
+from detector.replay import replay_detector
 from detector.store import ModelStore, stored_number
 from detector.timefmt import iso
 from detector.tracking import NullTracker, Tracker
@@ -77,6 +80,8 @@ class MetricPlugin(DetectorPlugin):
         self.queries = QueryHealth()
         self.drift = DriftBook()  # training references and drift measured at each fit
         self.tracker = tracker or NullTracker()
+        self.gate_book = GateBook()  # the gate's decisions and last figures, published
+        self._attempted: dict[str, float] = {}  # newest training end of a fit, promoted or not
         self.detectors: dict[str, MetricDetector] = {}
         self._lock = threading.RLock()
         self._build(config)
@@ -95,6 +100,7 @@ class MetricPlugin(DetectorPlugin):
                 dets[d.name] = MetricDetector(d, config.schedule.step)
         self.detectors = dets
         self.drift.forget(same)  # a removed detector, or a new model of it: its reference is void
+        self.gate_book.forget(dets)
 
     # -- what the service asks ----------------------------------------------------------------
     def detector_names(self) -> list[str]:
@@ -132,7 +138,7 @@ class MetricPlugin(DetectorPlugin):
                 fitted.add_metric([name], last_fit)
         every = GaugeMetricFamily("rigwatch_detector_fit_interval_seconds", "The configured refit cadence "
                                   "(schedule.fit_every)", value=self.config.schedule.fit_every)
-        return (ok, refused, fitted, every, *self.drift.families(), self._challenger_family(),
+        return (ok, refused, fitted, every, *self.drift.families(), self._challenger_family(), *self.gate_book.families(self.detector_names()),
                 *self.tracker.families())
 
     def drift_report(self) -> list[dict[str, Any]]:
@@ -277,7 +283,10 @@ class MetricPlugin(DetectorPlugin):
 
     def fit_window(self, start: float, end: float, only: set[str] | None = None) -> bool:
         """Fit every detector (or `only` these) on its series over [start, end]: the live fit's
-        lookback window, or an exported dataset's whole range (`fit --dataset`)."""
+        lookback window, or an exported dataset's whole range (`fit --dataset`). Each fit is a new
+        object (the challenger); the scoring detector takes it over only once the registry promotes
+        it. With a champion to compare and `gate.enabled`, the challenger is fitted without the
+        newest holdout hours and the gate (detector/gate.py) replays both on them."""
         ok = True
         for name in [n for n in self.detectors if only is None or n in only]:
             det = self.detectors.get(name)
@@ -290,34 +299,88 @@ class MetricPlugin(DetectorPlugin):
             if data is None:
                 continue
             self.drift.measure(det.cfg, data, end)  # the model fitted so far against what came since
+            gated = self.store is not None and self.config.gate.enabled
+            # held out only when there is a champion to compare with (a first fit trains on it all)
+            compare = gated and self.registry.champion(name) is not None
+            holdout = self.config.gate.holdout_for(end - start) if compare else 0.0
+            train_end = end - holdout
+            train = {sid: sd.slice(sd.t <= train_end) for sid, sd in data.items()} if holdout else data
+            exclusions = self.exclusions()
             with self._lock:
-                det.fit(data, end, self.exclusions())
-                meta = det.fit_metadata(data, start, end)
-                meta["training_data"].update(self.source.provenance())
-            reference = self.drift.train(det.cfg, data, end)
+                challenger = _challenger_of(det)
+            challenger.fit(train, train_end, exclusions)
+            # the time of the fit (what DetectorChampionStale and the refit cadence read), not the end of
+            # its training data: each series' fitted_at says that
+            challenger.last_fit = end
+            meta = challenger.fit_metadata(train, start, train_end)
+            meta["training_data"].update(self.source.provenance())
+            reference = self.drift.train(det.cfg, train, train_end, install=False)
             if self.store is None:
+                self._adopt(det, challenger, reference, None)
                 continue
-            state = det.get_state()
+            with self._lock:  # series carried over from the scoring detector may be scoring now
+                state = challenger.get_state()
             if reference is not None:
                 state[DRIFT_KEY] = reference
+            gate = self._gate(det.cfg, state, data, start, end, holdout, exclusions) if gated else None
+            self._attempted[name] = end
             try:
-                with self._lock:
-                    mv = self.store.save(name, state, meta, prune=False)
-                    decision = self.registry.propose(name, mv.version)
-                    if decision.outcome == "promoted":
-                        det.version = mv.version
-                    else:  # the fitted state stays a challenger: score on with the champion
-                        log.warning("%s v%d not promoted (%s): %s", name, mv.version, decision.outcome,
-                                    decision.reason)
-                        det.version = None
-                        self._follow_champions(only={name}, mirror=False)
+                mv = self.store.save(name, state, meta, prune=False)
+                decision = self.registry.propose(name, mv.version, gate=gate)
             except OSError as e:
                 log.error("saving model %s failed: %s (the previous version stays current)", name, e)
                 ok = False
                 continue
-            self._track(det, mv.metadata, decision, (state, data))
+            self.gate_book.record(decision)
+            if decision.outcome == "promoted":
+                self._adopt(det, challenger, reference, mv.version)
+                log.info("%s v%d promoted: %s", name, mv.version, decision.reason)
+            else:  # the fitted state stays a challenger; the champion scores on, untouched
+                log.warning("%s v%d not promoted (%s): %s", name, mv.version, decision.outcome, decision.reason)
+            self._track(challenger, mv.metadata, decision, (state, train))
             self._mirror(name)  # queued after the fit's record, so its version is registered first
         return ok
+
+    def _gate(self, cfg: DetectorConfig, state: dict, data: dict[str, SeriesData], start: float, end: float,
+              holdout: float, exclusions: Exclusions) -> Gate:
+        """The gate of this fit for Registry.propose: it has the data, the challenger's state and the
+        labels; the registry gives it the champion to compare with."""
+        step = self.config.schedule.step
+
+        def gate(detector: str, version: int, champion: int | None) -> Decision:
+            if champion is None:
+                return Decision(detector, version, "promoted", "no champion to compare")
+            champ = MetricDetector(cfg, step)
+            try:
+                champ.set_state(self.store.load(detector, champion).state)
+            except Exception as e:  # stored content is untrusted: no champion to compare with
+                return Decision(detector, version, "promoted", f"champion v{champion} not loadable "
+                                f"({type(e).__name__}: {e}): no champion to compare")
+            chall = MetricDetector(cfg, step)
+            chall.set_state(state)  # a copy of what was saved: what is judged is what scores
+            labels = self.labels.labels_for(detector, start, end) if self.labels is not None else []
+            return evaluate(detector, version, champ, chall, data, start=start, end=end, holdout=holdout,
+                            labels=labels, rule=self.config.gate, policy=self.incident_policy(),
+                            quiet=exclusions.maintenance_mask, step=step)
+        return gate
+
+    def _adopt(self, det: MetricDetector, challenger: MetricDetector, reference: dict | None,
+               version: int | None) -> None:
+        """The scoring detector takes over a promoted fit. Points it scored meanwhile stay scored,
+        and series that appeared meanwhile keep their models."""
+        with self._lock:
+            for sid, sm in det.series.items():
+                new = challenger.series.get(sid)
+                if new is None:
+                    challenger.series[sid] = sm
+                elif new is not sm:
+                    new.last_t = max(new.last_t, sm.last_t)
+            det.series, det.last_fit, det.fit_metrics = challenger.series, challenger.last_fit, challenger.fit_metrics
+            det.started = True
+            if version is not None:
+                det.version = version
+            if reference is not None:  # the promoted fit's drift reference (a rule has none)
+                self.drift.install(det.cfg.name, reference)
 
     def _follow_champions(self, only: set[str] | None = None, mirror: bool = True) -> None:
         """Score with the registry's champion: a promotion or rollback (API, CLI) takes effect here,
@@ -372,7 +435,9 @@ class MetricPlugin(DetectorPlugin):
         # fit now rather than at the next regular fit hours away
         early = set(self._never_fitted()) | {
             n for n, d in self.detectors.items()
-            if d.last_fit is not None and d.needs_early_refit() and now - d.last_fit >= sched.fallback_refit}
+            if d.last_fit is not None and d.needs_early_refit()
+            # a refit the gate rejected counts as an attempt: not retried at every pass
+            and now - max(d.last_fit, self._attempted.get(n, d.last_fit)) >= sched.fallback_refit}
         early |= self._drift_refits(now)
         self._follow_champions()
         if early:
@@ -444,33 +509,14 @@ class MetricPlugin(DetectorPlugin):
         return part
 
 
-def replay_detector(det: MetricDetector, data: dict[str, SeriesData], start: float, end: float, config: Config,
-                    tracker: IncidentTracker, traces: dict | None = None, progress=None,
-                    exclusions: Exclusions | None = None) -> dict[str, Any]:
-    """One detector over [start, end] with the live cadence: fits at warmup, every fit_every (sooner
-    while a series lacks its real model), each point scored once by the model fitted before it."""
-    sched = config.schedule
-    fit_t = min(start + sched.warmup, end)
-    fits = 0
-    while fit_t < end or fits == 0:
-        window = {sid: sd.slice((sd.t > fit_t - sched.lookback) & (sd.t <= fit_t)) for sid, sd in data.items()}
-        det.fit({k: v for k, v in window.items() if len(v.t)}, fit_t, exclusions)
-        fits += 1
-        seg_end = min(end, fit_t + (sched.fallback_refit if det.needs_early_refit() else sched.fit_every))
-        segment = {sid: sd.slice((sd.t > fit_t) & (sd.t <= seg_end)) for sid, sd in data.items()}
-        batches = det.score({k: v for k, v in segment.items() if len(v.t)})
-        for b in batches:
-            tracker.update(b)
-            if traces is not None:
-                key = (b.detector, series_id(b.labels))
-                traces.setdefault(key, SeriesTrace(b.labels)).add(b)
-        if progress is not None:
-            progress.update((seg_end - fit_t) / 3600)
-        if seg_end >= end:
-            break
-        fit_t = seg_end
-    return {"fits": fits, "series": len(data),
-            "models": sorted({sm.kind for sm in det.series.values()})}
+def _challenger_of(det: MetricDetector) -> MetricDetector:
+    """A new detector to fit, apart from the scoring one: it starts with the scoring one's series
+    (a fit replaces each series it has data for with a new model, and keeps the others, as an
+    in-place fit did), so the live models are never changed by it."""
+    new = MetricDetector(det.cfg, det.step)
+    new.series = dict(det.series)
+    new.started = det.started
+    return new
 
 
 def _check_document(state: Any) -> None:

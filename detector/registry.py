@@ -7,8 +7,9 @@ record or the new one, never a mix, so the previous champion stays loadable. The
 (`<detector>/vNNNNNN.npz` + `.json`) is unchanged; a store from before the registry has no record
 and its newest usable version is adopted as champion at start-up.
 
-    propose(detector, version)   every new fit goes through here: today there is no gate, so the
-                                 version is promoted ("no gate configured"); a gate decides here later
+    propose(detector, version)   every new fit goes through here: the gate (detector/gate.py, given
+                                 per call by the fit that has the data, or the registry's own) decides;
+                                 without one the version is promoted ("no gate configured")
     promote(detector, version)   an operator's choice; the old champion becomes the rollback target
     rollback(detector)           back to the rollback target; the rolled-back version is rejected
     load(detector, restore)      start-up: the champion, else (unusable, or no record) the newest
@@ -102,8 +103,8 @@ def _transition(method):
 
 
 class Registry:
-    """Aliases and states of each detector's versions in `store`. `gate` None: every proposed
-    version is promoted (there is no gate yet). Constructing it reads nothing."""
+    """Aliases and states of each detector's versions in `store`. `gate`: one gate for every
+    proposal (else each fit passes its own to `propose`; none: promoted). Constructing it reads nothing."""
 
     def __init__(self, store: ModelStore, *, gate: Gate | None = None, clock: Callable[[], float] | None = None):
         self.store = store
@@ -157,14 +158,15 @@ class Registry:
                                 f"{', '.join(map(str, versions))})")
         return versions
 
-    def champion(self, detector: str, rec: dict[str, Any] | None = None) -> int | None:
+    def champion(self, detector: str, rec: dict[str, Any] | None = None, *, besides: int | None = None) -> int | None:
         """The recorded champion; without a record (a store from before the registry), the newest
-        version whose metadata passes the store's checks and that is not rejected."""
+        version whose metadata passes the store's checks and that is not rejected (nor `besides`:
+        the version being proposed, already saved, is no champion to compare it with)."""
         rec = rec if rec is not None else self.record(detector)
         if rec["champion"] is not None:
             return rec["champion"]
         for v in reversed(self.store.versions(detector)):
-            if self.state_of(rec, v) == "rejected":
+            if self.state_of(rec, v) == "rejected" or v == besides:
                 continue
             try:
                 self.store.metadata(detector, v)
@@ -201,17 +203,21 @@ class Registry:
         self._state(rec, version, "champion", reason)
 
     @_transition
-    def propose(self, detector: str, version: int) -> Decision:
-        """A new fit's version: the gate decides (none yet: promoted), the decision is recorded, and
-        the versions no alias needs are pruned (keeping `store.keep`)."""
+    def propose(self, detector: str, version: int, gate: Gate | None = None) -> Decision:
+        """A new fit's version: the registry's own gate (one given to the constructor), else `gate`
+        (the fit's, detector/gate.py), decides (none: promoted), the decision is recorded, and the
+        versions no alias needs are pruned (keeping `store.keep`). The gate runs under the lock: the
+        champion it compares with is the one replaced."""
         rec = self.record(detector)
-        champion = self.champion(detector, rec)
-        if self.gate is None:
+        champion = self.champion(detector, rec, besides=version)
+        gate = self.gate if self.gate is not None else gate
+        if gate is None:
             decision = Decision(detector, version, "promoted", "no gate configured")
         else:  # the seam where the gate replays challenger and champion and decides
-            decision = self.gate(detector, version, champion)
+            decision = gate(detector, version, champion)
         if decision.outcome == "promoted":
             self._set_champion(detector, rec, version, decision.reason)
+            rec["challenger"] = None  # an older challenger (rejected: it stays so) is superseded
         else:
             rec["challenger"] = version
             self._state(rec, version, "rejected" if decision.outcome == "rejected" else "challenger",

@@ -49,6 +49,7 @@ logs:
 listen: 127.0.0.1:9843
 api_token: secret
 store: {path: STORE}
+gate: {enabled: true, holdout: 6h, max_extra_incidents: 2, max_extra_alarm: 10m}
 schedule: {step: 30s, fit_every: 1h, lookback: 2d, context: 30m, warmup: 1h, fallback_refit: 20m}
 defaults: {min_duration: 2m, merge_gap: 5m, sensitivity: 3, join_on: [uuid, gpu], fallback: robust_z}
 detectors:
@@ -270,6 +271,7 @@ def test_limits_cover_every_numeric_key_and_nothing_else():
     expected |= {f"logs.patterns.{f.name}" for f in fields(PatternConfig)}
     expected.add("maintenance[].duration")  # how long a window may be (end - start)
     expected |= {f"tracking.{f.name}" for f in fields(config_module.TrackingConfig) if f.type == "float"}
+    expected |= {f"gate.{f.name}" for f in fields(config_module.GateConfig) if f.type in ("float", "int")}
     # params.rule.number / positive / fraction are kinds a rule may declare; some may be unused today
     spare = {k for k in LIMITS if k.startswith("params.rule.")} - expected
     assert set(LIMITS) - spare == expected, (set(LIMITS) ^ expected)

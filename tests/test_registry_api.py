@@ -44,9 +44,11 @@ def test_models_api_shows_aliases_and_states_beside_the_existing_fields(store):
     assert (m["aliases"], m["state"], m["champion"], m["challenger"], m["rollback_target"]) == \
         (["champion"], "champion", 2, None, 1)
     # why it is champion, and the registry's newest decision (what `make demo` prints)
-    assert m["reason"] == "no gate configured"
-    assert {k: m["decision"][k] for k in ("version", "outcome", "reason", "figures")} == \
-        {"version": 2, "outcome": "promoted", "reason": "no gate configured", "figures": {}}
+    # (the refit went through the promotion gate, detector/gate.py: its reason and figures)
+    assert m["reason"].startswith("0 incidents vs champion 0 (+1 allowed)")
+    assert {k: m["decision"][k] for k in ("version", "outcome", "reason")} == \
+        {"version": 2, "outcome": "promoted", "reason": m["reason"]}
+    assert m["decision"]["figures"]["champion_incidents"] == m["decision"]["figures"]["challenger_incidents"] == 0
 
 
 @responses.activate

@@ -195,6 +195,15 @@ def write_synthetic_block(path: Path, start: int, end: int, gpus: list[dict], wo
                 lambda t, n=n: n)
     for state, n in (("active", 0), ("scheduled", 1)):
         add("rigwatch_maintenance_windows", "gauge", {**det_self, "state": state}, lambda t, n=n: n)
+    # added by the model lifecycle issue (gate): decisions by outcome, the last evaluation's figures
+    for outcome in ("promoted", "rejected"):
+        add("rigwatch_detector_gate_decisions", "counter", {**det_self, "detector": "gpu_thermal", "outcome": outcome},
+            lambda t, o=outcome: (t - start) // (21600 if o == "promoted" else 86400))
+    for model, n in (("champion", 1), ("challenger", 3)):
+        add("rigwatch_detector_gate_incidents", "gauge", {**det_self, "detector": "gpu_thermal", "model": model},
+            lambda t, n=n: n)
+        add("rigwatch_detector_gate_alarm_seconds", "gauge",
+            {**det_self, "detector": "gpu_thermal", "model": model}, lambda t, n=n: 300 * n)
     add("up", "gauge", det_self, lambda t: 1)
     log_streams = [
         {"detector": "log_novel", "job": "systemd-journal", "unit": "ssh.service", "identifier": "sshd",
@@ -299,6 +308,9 @@ def test_synthetic_block_is_limited_to_contract_names(sim_prometheus):
         "rigwatch_detector_model_fit_timestamp_seconds", "rigwatch_detector_fit_interval_seconds",
         # added by the model lifecycle issue: the operator's labels (feedback, maintenance windows)
         "rigwatch_feedback_labels", "rigwatch_maintenance_windows",
+        # added by the model lifecycle issue (gate): bounded labels (detector, outcome, model)
+        "rigwatch_detector_gate_decisions_total", "rigwatch_detector_gate_incidents",
+        "rigwatch_detector_gate_alarm_seconds",
     }
     synthetic = {n for n in sim_prometheus.names if n.startswith("rigwatch_")}
     assert synthetic == contract

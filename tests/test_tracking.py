@@ -158,6 +158,11 @@ def test_each_fit_cycle_logs_one_run_per_detector_sqlite(tmp_path, monkeypatch):
     m = run.data.metrics
     assert (m["series"], m["series_fitted"], m["series_failed"], m["series_skipped"]) == (1, 1, 0, 0)
     assert m["fit_seconds"] >= 0
+    # the refit went through the gate: its verdict and figures are on the run (the first fit had none)
+    assert m["gate_holdout_seconds"] == 900 and m["gate_gate_seconds"] >= 0
+    assert run.data.tags["rigwatch.gate_outcome"] == store_record_outcome(store, "gpu_temperature", 2)
+    first = by[("gpu_temperature", "1")].data  # no champion to compare: promoted, nothing measured
+    assert first.tags["rigwatch.gate_outcome"] == "promoted" and "gate_holdout_seconds" not in first.metrics
     assert run.data.tags["rigwatch.data_fingerprint"] == meta["data_fingerprint"]
     assert run.data.tags["rigwatch.version"]
     assert by[("gpu_xid", "1")].data.metrics["series"] == 0
@@ -197,6 +202,12 @@ def test_each_fit_cycle_logs_one_run_per_detector_sqlite(tmp_path, monkeypatch):
     assert got["score"].iloc[-1] > 3 > got["score"].iloc[:2].max()  # the spike scores, the usual values do not
     with pytest.raises(ValueError, match="not in this version"):
         model.predict(pd.DataFrame({"series": ["nope"], "t": [NOW], "y": [1.0]}))
+
+
+def store_record_outcome(store, detector, version):
+    from detector.registry import Registry
+
+    return [d["outcome"] for d in Registry(store).record(detector)["decisions"] if d["version"] == version][-1]
 
 
 def _registry(svc):

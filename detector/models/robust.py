@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ScoreFrame, UnivariateModel, band_score, check_t_y, median_step
+from .base import ScoreFrame, UnivariateModel, band_score, check_t_y, median_step, ring_windows, window_median
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 
@@ -124,15 +124,17 @@ class RobustZ(UnivariateModel):
         expected = np.full(n, np.nan)
         scale = np.full(n, np.nan)
         buf, w = self.buf_, len(self.buf_)
+        # the rolling median and MAD of the buffer as it stood before each point, all at once
+        rows, held = ring_windows(buf, self.pos_, self.count_, y)
+        ok = held >= self.min_periods
+        if ok.any():
+            med = window_median(rows, held, w)
+            mad = window_median(np.abs(rows - med[:, None]), held, w)
+            level = np.where(np.isnan(y), np.abs(med), np.maximum(np.abs(med), np.abs(y)))
+            fixed = max(self.floor_, self.tail_factor * self.tail_ / self.sensitivity, 0.5 * self.resolution_)
+            expected[ok] = med[ok]
+            scale[ok] = np.maximum(np.maximum(MAD_TO_SIGMA * mad, fixed), self.relative_floor * level)[ok]
         for i in range(n):
-            if self.count_ >= self.min_periods:
-                window = buf if self.count_ >= w else buf[: self.count_]
-                med = np.median(window)
-                expected[i] = med
-                level = abs(med) if np.isnan(y[i]) else max(abs(med), abs(y[i]))
-                scale[i] = max(MAD_TO_SIGMA * np.median(np.abs(window - med)), self.floor_,
-                               self.tail_factor * self.tail_ / self.sensitivity,
-                               0.5 * self.resolution_, self.relative_floor * level)
             if not np.isnan(y[i]):
                 buf[self.pos_] = y[i]
                 self.pos_ = (self.pos_ + 1) % w

@@ -35,7 +35,7 @@ import warnings
 
 import numpy as np
 
-from .base import ScoreFrame, UnivariateModel, band_score, check_t_y, median_step
+from .base import ScoreFrame, UnivariateModel, band_score, check_t_y, median_step, ring_windows, window_median
 from .robust import MAD_TO_SIGMA, noise_floor
 
 CALENDAR_PERIODS = (86400.0, 604800.0, 3600.0)  # day first: the usual rhythm of a home lab
@@ -435,12 +435,11 @@ class SeasonalESD(UnivariateModel):
         t, y = check_t_y(t, y)
         n = len(y)
         seasonal = self.profile_[self._phase(t)]
-        level = np.full(n, np.nan)
         buf, w = self.buf_, len(self.buf_)
         ds = y - seasonal
+        rows, held = ring_windows(buf, self.pos_, self.count_, ds)  # the buffer before each point
+        level = window_median(rows, held, w)
         for i in range(n):
-            if self.count_:
-                level[i] = np.median(buf if self.count_ >= w else buf[: self.count_])
             v = ds[i]
             if v == v:
                 buf[self.pos_] = v
