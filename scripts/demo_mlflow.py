@@ -55,10 +55,10 @@ class DemoMlflow:
         timeout), else None after one line saying why."""
         if self.server is None:
             return None
-        left = max(0.0, self.start_timeout - (self.clock() - self.started_at))
         try:
-            self.server.wait(timeout=left)
-            from mlflow import MlflowClient  # the demo runs without mlflow installed too
+            # imported while the server boots (a second of CPU); the demo runs without mlflow too
+            from mlflow import MlflowClient
+            self.server.wait(timeout=max(0.0, self.start_timeout - (self.clock() - self.started_at)))
             self.client = MlflowClient(tracking_uri=self.server.base)
         except (RuntimeError, ImportError) as e:
             self.say(f"mlflow:   {' '.join(str(e).split())[:300]}: the demo goes on without MLflow")
@@ -67,7 +67,7 @@ class DemoMlflow:
         self.say(f"mlflow:   UI at {self.server.base} (experiment {EXPERIMENT})")
         return self.server.base
 
-    def step(self, decided: Mapping[str, dict]) -> None:
+    def step(self, decided: Mapping[str, tuple[dict, float]]) -> None:
         """One `tracked:` line per decided refit, once MLflow holds its version and the champion
         alias names the local champion (or `patience` passed: then what MLflow holds, as it is)."""
         if self.client is None:
