@@ -19,7 +19,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,8 +34,6 @@ t0 = time.perf_counter()
 import mlflow.pyfunc  # noqa: E402
 
 IMPORT_PYFUNC_S = time.perf_counter() - t0
-# MLflow's advice on type hints and input examples, once per logged model: noise in the figures
-warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
