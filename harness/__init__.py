@@ -13,5 +13,6 @@ the standard library and the package's own dependencies only, and never imports 
 - `log_shipping`   Promtail's part: journal records pushed to Loki, a live journal tailed into it
 - `loki_standin`   the in-repo, API-faithful Loki stand-in (Loki cannot run here)
 - `fake_docker_api` a Docker Engine API on a unix socket for the real Docker SDK client
+- `mlflow_server` a real `mlflow server` (SQLite backend, its own folder, 127.0.0.1, a free port)
 - `pipeline`       `Pipeline`: the whole path (sim exporter, detector, Prometheus, Alertmanager) in order
 """

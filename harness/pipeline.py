@@ -60,11 +60,15 @@ class Pipeline:
     does not come up; `stop()` (also on a failed start) stops them all."""
 
     def __init__(self, workdir: Path, options: PipelineOptions | None = None,
-                 on_notification: Callable[[dict], None] | None = None, log: Callable[[str], None] = print):
+                 on_notification: Callable[[dict], None] | None = None, log: Callable[[str], None] = print,
+                 tracking_uri: Callable[[], str | None] | None = None):
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.opts = options or PipelineOptions()
         self.log = log
+        # asked just before the detector starts: the MLflow URI it logs its fits to (`--mlflow-uri`), or
+        # None. A callable, so that a tracking server started beside the pipeline can come up meanwhile
+        self.tracking_uri = tracking_uri
         self.webhook = WebhookReceiver(on_notification)
         self.exporter_port, self.detector_port, self.prom_port, self.am_port = (free_port() for _ in range(4))
         self.exporter_instance = f"127.0.0.1:{self.exporter_port}"
@@ -191,8 +195,10 @@ class Pipeline:
         detector_yml.chmod(0o600)  # it may hold the API token: private before it is written
         detector_yml.write_text(self.detector_config())
         loki_args = ["--loki-url", o.loki_url] if o.loki_url is not None else []
+        mlflow_uri = self.tracking_uri() if self.tracking_uri is not None else None
+        tracking_args = ["--mlflow-uri", mlflow_uri] if mlflow_uri is not None else []
         self._run(self._part("detector", [sys.executable, "-m", "detector.cli", "serve",
-                                          "--config", str(w / "detector.yml"), *loki_args],
+                                          "--config", str(w / "detector.yml"), *loki_args, *tracking_args],
                              self.detector_url + "/healthz"), timeout=60)
 
     def _part(self, name: str, argv: list[str], ready_url: str) -> Process:

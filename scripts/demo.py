@@ -17,7 +17,11 @@
    incidents the detector confirms (GET /api/v1/anomalies), notifications Alertmanager delivers, and
    a line of live GPU readings every --interval seconds; and the model lifecycle from the detector's
    API (scripts/demo_lifecycle.py): the models after the first fit, one retrain with this run's API
-   token and the decision recorded for each detector, feedback on the first incident;
+   token and the decision recorded for each detector, feedback on the first incident; and the MLflow
+   side (scripts/demo_mlflow.py): a real `mlflow server` (SQLite, in the workdir) started beside the
+   rest, the detector logging every fit to it, its UI address, and per gated refit the run, the
+   registered version and where the `champion` alias points, read back from MLflow (without mlflow,
+   or with a server that does not come up, the demo says so in one line and goes on);
 4. stops everything on Ctrl-C / SIGTERM (or after --duration seconds).
 
     python -m scripts.demo [--duration SECONDS] [--workdir DIR] [--seed N] [--schedule FILE] [--speed 1]
@@ -51,6 +55,7 @@ from harness.loki_standin import LokiTestServer
 from harness.pipeline import EXPORTER_JOB, Pipeline, PipelineOptions
 from harness.prometheus_api import PrometheusAPI
 from scripts.demo_lifecycle import Lifecycle
+from scripts.demo_mlflow import DemoMlflow
 
 # Offsets from the exporter's start, in sim time (= wall time at the default --speed 1): GPU 0's fan
 # fails 30 s in and stays broken long enough for the thermal model's score, its 3-minute incident and
@@ -219,11 +224,13 @@ def main(argv=None) -> int:
         if streamer is not None:
             streamer.notification(note)
 
-    pipe = Pipeline(workdir, opts, on_notification=on_note, log=lambda s: say(s))
+    mlflow = DemoMlflow(workdir / "mlflow", say)
+    pipe = Pipeline(workdir, opts, on_notification=on_note, log=lambda s: say(s), tracking_uri=mlflow.uri)
     streamer = Streamer(pipe)
     try:
         print("rigwatch demo: simulated AI box -> Prometheus -> detector -> rules -> Alertmanager, on 127.0.0.1",
               flush=True)
+        mlflow.start()  # its start-up (seconds) runs beside the pipeline's; the detector waits for it
         try:
             pipe.start()
             fitted = pipe.wait_detector_ready(timeout=120)
@@ -268,6 +275,7 @@ def main(argv=None) -> int:
                 streamer.scores()
                 streamer.confirmed()
                 lifecycle.step(streamer.confirmed_in_order)
+                mlflow.step(lifecycle.decided)
             except (OSError, RuntimeError, ValueError) as e:
                 say(f"(query failed: {e})")
             if stop.wait(2.0) or (t_end is not None and time.monotonic() >= t_end):
@@ -276,7 +284,8 @@ def main(argv=None) -> int:
             f"{streamer.alerts_seen} alert notification(s) delivered")
         return 0
     finally:
-        pipe.stop()
+        pipe.stop()  # the detector first: it flushes its queued runs to the server
+        mlflow.stop()
         if loki is not None:
             loki.stop()
         print("stopped", flush=True)

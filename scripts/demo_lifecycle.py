@@ -88,6 +88,9 @@ class Lifecycle:
         self.pending: dict[str, Any] = {}  # retrained detector -> the decision it had before
         self.retrain_sent: float | None = None
         self.labelled: str | None = None  # the incident given feedback
+        # retrained detector -> (its model entry from the API when its decision came, clock then):
+        # what the demo's MLflow read-back (scripts/demo_mlflow.py) checks
+        self.decided: dict[str, tuple[dict, float]] = {}
 
     def models(self) -> list[dict]:
         return _request(f"{self.url}/api/v1/models")["models"]
@@ -122,6 +125,7 @@ class Lifecycle:
             if name not in self.pending or not m.get("decision") or m["decision"] == self.pending[name]:
                 continue
             del self.pending[name]
+            self.decided[name] = (m, self.clock())
             decided.append((name, decision_text(m)))
         for line in grouped("gated:    ", decided):
             self.say(line)

@@ -1,6 +1,7 @@
 """`make demo` end to end: the demo brings the whole pipeline up, streams an anomaly and an alert as
 they happen, shows the model lifecycle (models, a gated retrain, feedback on the first incident) and
-stops every part cleanly on Ctrl-C (SIGINT)."""
+its MLflow side (a real `mlflow server`: the UI address, each gated refit's run, registered version
+and champion alias read back), and stops every part cleanly on Ctrl-C (SIGINT)."""
 import json
 import re
 import shutil
@@ -47,7 +48,8 @@ def test_demo_streams_an_anomaly_and_an_alert_and_stops_on_ctrl_c(tmp_path):
         while time.monotonic() < deadline and proc.poll() is None:
             text = "".join(lines)
             if ("  ALERT     GpuLost (critical) gpu=1" in text and "  ANOMALY   gpu_xid" in text
-                    and "  ANOMALY   log_pattern" in text and "  gated:    " in text and "  feedback: " in text):
+                    and "  ANOMALY   log_pattern" in text and "  gated:    " in text and "  feedback: " in text
+                    and set(lifecycle_lines(text, "gated")) <= set(tracked_lines(text))):
                 break
             time.sleep(0.5)
         text = "".join(lines)
@@ -76,6 +78,7 @@ def test_demo_streams_an_anomaly_and_an_alert_and_stops_on_ctrl_c(tmp_path):
     assert all(_closed(u) for u in set(urls)), text
     assert (wd / "tsdb").is_dir() and not (wd / "tsdb" / "lock").exists()
     check_lifecycle(text, wd / "models")
+    check_mlflow(text, wd)
 
 
 def lifecycle_lines(text: str, prefix: str) -> dict[str, re.Match]:
@@ -124,6 +127,40 @@ def check_lifecycle(text: str, store: Path) -> None:
     assert first and first.groups() == (detector, iso(item["start"])), (first and first.group(0), item)
 
 
+TRACKED = re.compile(r"  tracked:  (?P<name>\w+) v(?P<store>\d+) -> run (?P<run>[0-9a-f]{32}), rigwatch-(?P=name) "
+                     r"version (?P<version>\d+); @champion: version (?P<champion>\d+) \(store v(?P<champion_store>\d+)\)")
+
+
+def tracked_lines(text: str) -> dict[str, re.Match]:
+    return {m["name"]: m for m in TRACKED.finditer(text)}
+
+
+def check_mlflow(text: str, wd: Path) -> None:
+    """The MLflow lines say what the server recorded: each gated refit's run and registered version
+    (read again here from the server's SQLite database, the server stopped) and the champion alias on
+    the version of the local registry's champion."""
+    from mlflow import MlflowClient
+
+    (ui,) = re.findall(r"  mlflow:   UI at (http://127\.0\.0\.1:\d+) \(experiment rigwatch\)", text)
+    assert _closed(ui)  # stopped with the rest
+    assert "without MLflow" not in text, text
+    records = {p.parent.name: json.loads(p.read_text()) for p in (wd / "models").glob("*/registry.json")}
+    gated, tracked = lifecycle_lines(text, "gated"), tracked_lines(text)
+    assert tracked and set(tracked) == set(gated), (sorted(tracked), sorted(gated), text)
+    client = MlflowClient(tracking_uri=f"sqlite:///{wd / 'mlflow' / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "rigwatch"]
+    for name, m in tracked.items():
+        assert int(m["store"]) == int(gated[name]["version"]), (m.group(0), gated[name].group(0))
+        # the alias names the version of the champion the local registry recorded
+        assert int(m["champion_store"]) == records[name]["champion"], (m.group(0), records[name])
+        model = f"rigwatch-{name}"
+        assert int(client.get_registered_model(model).aliases["champion"]) == int(m["champion"]), m.group(0)
+        assert client.get_model_version(model, m["champion"]).tags["rigwatch.store_version"] == m["champion_store"]
+        refit = client.get_model_version(model, m["version"])
+        assert (refit.run_id, refit.tags["rigwatch.store_version"]) == (m["run"], m["store"]), m.group(0)
+        assert client.get_run(m["run"]).info.experiment_id == experiment.experiment_id
+
+
 def test_the_first_incident_is_labelled_by_the_schedule_not_guessed():
     """true_positive only inside a scheduled fault's window (with slack) and on its GPU."""
     from exporter.sim.schedule import parse_schedule
@@ -141,3 +178,23 @@ def test_the_first_incident_is_labelled_by_the_schedule_not_guessed():
     assert verdict(125, "0") == verdict(10, "1") == verdict(120 + 300 + 120, "1") == "false_positive"
     assert Lifecycle("http://unused.invalid", "t", print).truth(
         {"start": iso(start), "labels": {}}) == ("false_positive", "no scheduled fault at that time")
+
+
+def test_the_demo_goes_on_without_mlflow(tmp_path):
+    """No mlflow CLI, or a server that does not answer in time: one line each, no URI for the
+    detector, nothing left running, and the read-back does nothing."""
+    from scripts.demo_mlflow import DemoMlflow
+
+    said: list[str] = []
+    missing = DemoMlflow(tmp_path / "a", said.append, executable=tmp_path / "no-such-mlflow")
+    missing.start()
+    assert missing.uri() is None
+    missing.step({"gpu_thermal": ({"decision": {"version": 2}, "champion": 2}, 0.0)})
+    assert len(said) == 1 and said[0].startswith("mlflow:   not started (") and "without MLflow" in said[0], said
+
+    said.clear()
+    slow = DemoMlflow(tmp_path / "b", said.append, start_timeout=0.0)
+    slow.start()
+    assert slow.uri() is None
+    assert slow.server.proc.poll() is not None  # stopped, not left behind
+    assert said == ["mlflow:   mlflow server did not answer /health within 0 s: the demo goes on without MLflow"]
