@@ -9,15 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import responses
-from prometheus_client import CollectorRegistry
 
 from detector.api import create_app
 from detector.config import load_config
-from detector.metrics import DetectorCollector
 from detector.persistence import FilePersistence
 from detector.store import ModelStore
 from detector.timefmt import iso
-from tests.test_detector_api import GPU, PROM, matrix_handler, metric_side, service_for
+from tests import test_detector_drift_service as drift_tests
+from tests.test_detector_api import GPU, metric_side
 
 D = "gpu_temperature"
 AUTH = {"Authorization": "Bearer s3cret"}
@@ -58,17 +57,11 @@ def store(tmp_path):
 
 
 def serve(store, clock, data, cfg=CFG):
-    responses.reset()
-    responses.add_callback(responses.GET, PROM + "/api/v1/query_range", callback=matrix_handler(data))
-    svc = service_for(load_config(text=cfg), store, lambda: clock[0])
-    svc.load_models()
-    return svc
+    """A service over the stubbed Prometheus answering with `data` (the drift tests' helper)."""
+    return drift_tests.serve(store, clock, data, cfg)
 
 
-def published(svc):
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(DetectorCollector(lambda: svc.snapshot, svc.extra_families))
-    return reg
+published = drift_tests.registry  # the service's published metrics
 
 
 def client(svc):
