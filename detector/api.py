@@ -20,22 +20,9 @@ from detector.config import ConfigError
 from detector.label_api import register_label_routes
 from detector.metrics import DetectorCollector
 from detector.registry import NoRollbackTarget, RegistryError
-from detector.timefmt import iso, parse_rfc3339
+from detector.timefmt import iso, parse_time
 
 log = logging.getLogger("rigwatch.detector.api")
-
-
-def parse_time(value: str, name: str) -> float:
-    """Epoch seconds or RFC3339 (2026-11-26T10:00:00Z) -> epoch seconds; ValueError naming the param."""
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return parse_rfc3339(value)
-    except ValueError as e:
-        raise ValueError(f"{name}: expected epoch seconds or RFC3339 with a zone (Z or +00:00), "
-                         f"got {value!r}") from e
 
 
 def _finite(x):
@@ -164,21 +151,26 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
             return error(403, "invalid token")
         return None
 
-    def mutation(action: str, keys: set[str], example: str, *, optional: bool):
-        """A mutating request's JSON object ({} for no body when `optional`), or the response that
-        refuses it (the token first, then the body: 503/401/403, 400)."""
-        denied = refused(action)
-        if denied is not None:
-            return None, denied
+    def json_body(keys: set[str] | None, example: str, *, optional: bool):
+        """The request's JSON object ({} for no body when `optional`), or the 400 that refuses it
+        (not an object, or a key outside `keys`; None: the caller checks the keys)."""
         if not request.data and optional:
             return {}, None
         body = request.get_json(silent=True) if request.data else None
         if not isinstance(body, dict):
             return None, error(400, f"body: expected a JSON object such as {example}")
-        unknown = set(body) - keys
+        unknown = set(body) - keys if keys is not None else set()
         if unknown:
             return None, error(400, f"body: unknown key(s) {', '.join(sorted(unknown))}")
         return body, None
+
+    def mutation(action: str, keys: set[str], example: str, *, optional: bool):
+        """A mutating request's JSON object, or the response that refuses it (the token first, then
+        the body: 503/401/403, 400)."""
+        denied = refused(action)
+        if denied is not None:
+            return None, denied
+        return json_body(keys, example, optional=optional)
 
     @app.post("/api/v1/retrain")
     def retrain():
@@ -240,6 +232,6 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
         return jsonify({"status": "rolled back", "detector": detector, "champion": decision.version,
                         "effective": "at the next scoring step"})
 
-    register_label_routes(app, service, refused, error)
+    register_label_routes(app, service, refused, json_body, error)
 
     return app

@@ -17,7 +17,7 @@ from flask import jsonify, request
 
 from detector.config_values import ConfigError
 from detector.labels import VERDICTS, Feedback, MaintenanceWindow, maintenance_window, time_range
-from detector.timefmt import iso
+from detector.timefmt import iso, parse_time
 
 _FEEDBACK_KEYS = {"detector", "incident", "start", "end", "series", "label", "note"}
 
@@ -33,29 +33,25 @@ def window_json(w: MaintenanceWindow) -> dict[str, Any]:
             "note": w.note, "source": w.source}
 
 
-def register_label_routes(app, service, refused, error) -> None:
-    """`refused(what)`: the API's token check (None when allowed); `error(status, message)`."""
+def register_label_routes(app, service, refused, json_body, error) -> None:
+    """The API's pieces: `refused(what)`, its token check (None when allowed); `json_body(keys,
+    example, optional=)`, its body parser ((body, None) or (None, the 400)); `error(status, message)`."""
 
     def unavailable(what: str):
         if service.labels is None:
             return error(503, f"{what} is unavailable: this service has no label store")
         return None
 
-    def mutation(what: str):
+    def mutation(what: str, keys: set[str] | None, example: str):
         """(body, None) for an authorised request with a JSON object body, else (None, the answer)."""
         if (denied := refused(what) or unavailable(what)) is not None:
             return None, denied
-        body = request.get_json(silent=True) if request.data else None
-        if not isinstance(body, dict):
-            return None, error(400, "body: expected a JSON object")
-        return body, None
+        return json_body(keys, example, optional=False)
 
     @app.get("/api/v1/feedback")
     def feedback_list():
         if (denied := unavailable("feedback")) is not None:
             return denied
-        from detector.api import parse_time  # the API's one time parser
-
         args = request.args
         unknown = set(args) - {"detector", "since", "until"}
         if unknown:
@@ -77,12 +73,10 @@ def register_label_routes(app, service, refused, error) -> None:
 
     @app.post("/api/v1/feedback")
     def feedback_add():
-        body, denied = mutation("feedback")
+        body, denied = mutation("feedback", _FEEDBACK_KEYS,
+                                '{"detector": "gpu_thermal", "incident": "<id>", "label": "true_positive"}')
         if denied is not None:
             return denied
-        unknown = set(body) - _FEEDBACK_KEYS
-        if unknown:
-            return error(400, f"body: unknown key(s) {', '.join(sorted(unknown))}")
         detector = body.get("detector")
         if not isinstance(detector, str) or not detector:
             return error(400, "detector: expected a detector name")
@@ -128,7 +122,8 @@ def register_label_routes(app, service, refused, error) -> None:
 
     @app.post("/api/v1/maintenance")
     def maintenance_add():
-        body, denied = mutation("maintenance")
+        # maintenance_window checks the keys, as it does the config's windows
+        body, denied = mutation("maintenance", None, '{"start": "2026-12-02T08:00:00Z", "end": "2026-12-02T10:00:00Z"}')
         if denied is not None:
             return denied
         try:

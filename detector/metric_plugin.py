@@ -33,6 +33,7 @@ from detector.config import Config, DetectorConfig
 from detector.drift_book import DRIFT_WINDOW, DriftBook
 from detector.drift_book import STATE_KEY as DRIFT_KEY
 from detector.fetch import DetectorQueryError, PrometheusSource, SeriesData, SeriesSource, feature_queries
+from detector.fit_records import metric_fit_record
 from detector.gate import evaluate
 from detector.gate_book import GateBook
 from detector.health import QueryHealth, SourceHealth
@@ -382,16 +383,13 @@ class MetricPlugin(DetectorPlugin):
             if reference is not None:  # the promoted fit's drift reference (a rule has none)
                 self.drift.install(det.cfg.name, reference)
 
-    def _follow_champions(self, only: set[str] | None = None, mirror: bool = True) -> None:
+    def _follow_champions(self) -> None:
         """Score with the registry's champion: a promotion or rollback (API, CLI) takes effect here,
-        at the next scoring step, and is mirrored to the tracking registry's aliases (`mirror`
-        False: the caller mirrors later). A champion that does not load is warned about once and
-        the current model scores on."""
+        at the next scoring step, and is mirrored to the tracking registry's aliases. A champion that
+        does not load is warned about once and the current model scores on."""
         if self.registry is None:
             return
         for name, det in list(self.detectors.items()):
-            if only is not None and name not in only:
-                continue
             champion = self.registry.record(name)["champion"]
             if champion is None or champion == det.version or self._unfollowable.get(name) == champion:
                 continue
@@ -405,8 +403,7 @@ class MetricPlugin(DetectorPlugin):
                     continue
                 det.version = champion
             log.info("%s now scores with v%d (the registry's champion)", name, champion)
-            if mirror:
-                self._mirror(name)
+            self._mirror(name)
 
     def _mirror(self, name: str) -> None:
         """The local registry's champion and challenger of `name`, to the tracking registry."""
@@ -423,8 +420,6 @@ class MetricPlugin(DetectorPlugin):
         if isinstance(self.tracker, NullTracker):
             return
         try:  # tracking is optional: a record it cannot build never fails the fit
-            from detector.fit_records import metric_fit_record
-
             self.tracker.log_fit(metric_fit_record(det, meta, self.config, self.store, decision, training))
         except Exception as e:
             log.warning("tracking %s: %s (fit kept, not logged)", det.cfg.name, e)

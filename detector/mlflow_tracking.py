@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from detector.config import TrackingConfig
+from detector.fit_records import rigwatch_version
+from detector.incident_plots import plot_series
 from detector.tracking import AliasJob, BackgroundTracker, FitRecord
 
 log = logging.getLogger(__name__)
@@ -108,8 +110,6 @@ class MlflowSink:
 
     @staticmethod
     def _log_plot(client, run_id: str, record: FitRecord) -> None:
-        from detector.incident_plots import plot_series
-
         arrays = [{k: getattr(p, k) for k in ("t", "y", "score", "expected", "lower", "upper")} for p in record.plot]
         titles = [f"{record.detector} v{record.version}: "
                   + ", ".join(f"{k}={v}" for k, v in sorted(p.labels.items()) if k != "__name__")
@@ -164,8 +164,6 @@ class MlflowSink:
         if blob is None:
             return False  # pruned before the worker got to it: the run keeps its metadata and table
         import mlflow.pyfunc
-
-        from detector.fit_records import rigwatch_version
 
         with tempfile.TemporaryDirectory() as tmp:
             state, meta = Path(tmp, "state.npz"), Path(tmp, "metadata.json")

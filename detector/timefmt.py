@@ -15,3 +15,16 @@ def parse_rfc3339(value: str) -> float:
     if dt.tzinfo is None:
         raise ValueError(f"{value!r} has no time zone (add Z or +00:00)")
     return dt.timestamp()
+
+
+def parse_time(value: str, name: str) -> float:
+    """Epoch seconds or RFC3339 (2026-11-26T10:00:00Z) -> epoch seconds; ValueError naming the param."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return parse_rfc3339(value)
+    except ValueError as e:
+        raise ValueError(f"{name}: expected epoch seconds or RFC3339 with a zone (Z or +00:00), "
+                         f"got {value!r}") from e
