@@ -333,3 +333,40 @@ def test_studio_history_has_vllm_families_and_says_its_box(tmp_path):
     truth = json.loads((tmp_path / "a" / "truth.json").read_text())
     assert (truth["box"], truth["instance"]) == (AIBOX.name, "aibox:9842")
     assert "vllm:" not in (tmp_path / "a" / "metrics.om").read_text()
+
+
+def test_the_documents_served_over_real_http_read_back_the_same(closing):
+    """A fake Ollama/ComfyUI over real HTTP answers with the box's documents, as a real one would."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import requests
+
+    from exporter.inference import parse_comfyui_queue
+    from harness.server_thread import ServerThread
+
+    box = make("aibox", start=1_793_552_400.0)
+    closing(box)
+    routes = {"/api/ps": box.ollama_api_ps, "/queue": box.comfyui_queue}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            body = json.dumps(routes[self.path]()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with ServerThread(server, "fake-ollama"):
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        for k in range(1, 60):
+            box.advance_to(box.start_time + 120 * k)
+            ps = requests.get(url + "/api/ps", timeout=5).json()
+            assert parse_ollama_ps(ps) == next(s for s in box.inference_sources() if s.server == "ollama").poll().models
+            q = requests.get(url + "/queue", timeout=5).json()
+            st = next(s for s in box.inference_sources() if s.server == "comfyui").poll()
+            assert parse_comfyui_queue(q) == (st.requests_running, st.requests_waiting)
