@@ -106,10 +106,7 @@ class SimBox:
         self.vllm: SimVLLM | None = None
         if p.vllm is not None:  # up since boot: the model is resident and answering from the first scrape
             self.vllm = SimVLLM(p.vllm, self.irng, self._container_log, specs[p.vllm.gpu].memory_total)
-            self.vllm.pid = self._new_pid("python3")
-            self.vllm.ready_at = self.t
-            self.vllm._next_arrival = self.t + self.irng.uniform(0, 30)
-            self.vllm._next_stats = self.t + 10.0
+            self.vllm.running_since_boot(self.t, self._new_pid("python3"))
         self._warm_start()
         self.down = False  # the whole box is off (planned reboot): no scrape can succeed
         self.boot_count = 0

@@ -97,6 +97,13 @@ class SimVLLM:
                  f"= {self.memory_total / 2**30 * s.gpu_memory_utilization:.2f}GiB", False)
         self.log(self.ready_at, s.container, "INFO:     Application startup complete.", False)
 
+    def running_since_boot(self, t: float, pid: int) -> None:
+        """Up before the sim starts: the model resident and answering from the first tick, no start-up lines."""
+        self.pid = pid
+        self.ready_at = t
+        self._next_arrival = t + self.rng.uniform(0, 30)
+        self._next_stats = t + STATS_EVERY_S
+
     def stop(self) -> None:
         self.pid = None
         self.ready_at = None
