@@ -153,10 +153,12 @@ def write_history(out: str | Path, start: float, days: float = 7.0, step: float 
                 if collector is None or box.boot_count != boot:
                     # A new boot is a new exporter process: its counters (Xid, read errors) start again.
                     collector = RigCollector(box.nvml, container_source=box.container_source,
-                                             proc_root=box.proc_root, clock=lambda: now[0])
+                                             proc_root=box.proc_root, clock=lambda: now[0],
+                                             inference_sources=box.inference_sources())
                     boot = box.boot_count
                 collector.refresh_slow()
                 collector.refresh_containers()
+                collector.refresh_inference()
                 collector.poll_events(0)
                 om.add_sample("up", "gauge", "Scrape target reachable.", {}, 1, ts)
                 for fam in collector.collect():
