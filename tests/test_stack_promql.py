@@ -10,7 +10,10 @@ annotations, Grafana variables substituted) checked by a real Prometheus:
 SYNTHETIC DATA: the detector's and the log side's metrics (rigwatch_anomaly_*, rigwatch_detector_*,
 rigwatch_log_*) are not in the simulator's history. Until the end-to-end test runs the real
 detector, this module writes them itself as a small OpenMetrics block with exactly the names and
-labels of the contracts in issues 3 and 4, aligned on the simulated GPUs and containers.
+labels of the contracts in issues 3 and 4, aligned on the simulated GPUs and containers. It also
+writes the request series of inference servers the simulated box does not run (issue 12): vLLM and
+llama.cpp as Prometheus scrapes them directly, and the exporter's ComfyUI `inference_requests_running`,
+so `inference:requests_active:sum` is checked against data too.
 """
 from __future__ import annotations
 
@@ -216,6 +219,14 @@ def write_synthetic_block(path: Path, start: int, end: int, gpus: list[dict], wo
         add("rigwatch_log_template_rate", "gauge", {"template_id": f"T{i}", "instance": "detector:9843"},
             lambda t, i=i: 0.1 * (i + 1))
     add("rigwatch_log_novel_templates", "counter", {"instance": "detector:9843"}, lambda t: (t - start) // 7200)
+    # inference servers the sim does not run (issue 12): scraped directly, or ComfyUI via the exporter
+    exporter = {k: gpus[0][k] for k in ("job", "instance")}
+    add("vllm:num_requests_running", "gauge", {"job": "vllm", "instance": "vllm:8000",
+                                              "model_name": "Qwen/Qwen2.5-7B-Instruct", "engine": "0"},
+        lambda t: (t // 600) % 4)
+    add("llamacpp:requests_processing", "gauge", {"job": "llamacpp", "instance": "llamacpp:8080"},
+        lambda t: (t // 900) % 2)
+    add("inference_requests_running", "gauge", {**exporter, "server": "comfyui"}, lambda t: (t // 1800) % 2)
 
     with path.open("w") as f:
         for family, (typ, series) in fam.items():
@@ -314,3 +325,6 @@ def test_synthetic_block_is_limited_to_contract_names(sim_prometheus):
     }
     synthetic = {n for n in sim_prometheus.names if n.startswith("rigwatch_")}
     assert synthetic == contract
+    # the inference servers' request series under the names their servers publish (issue 12)
+    assert {"vllm:num_requests_running", "llamacpp:requests_processing", "inference_requests_running"} <= \
+        sim_prometheus.names

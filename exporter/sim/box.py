@@ -101,6 +101,10 @@ class SimBox:
         """Load an incident schedule (None: the packaged ~7-day default) and build the box."""
         return cls(cls.load_incidents(path_or_none), seed=seed, speed=speed, start=start, **kw)
 
+    def inference_sources(self) -> list:
+        """The box's inference servers as collector sources (placeholder: none yet)."""
+        return []
+
     def truth(self) -> list[dict]:
         return [{"kind": i.kind, "start": rfc3339(self.start_time + i.at),
                  "end": rfc3339(self.start_time + i.end), "labels": i.labels(), "benign": i.benign}
