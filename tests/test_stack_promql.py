@@ -48,16 +48,25 @@ NOT_IN_SIM_HISTORY = {"gpu_exporter_collect_duration_seconds"}
 # ------------------------------------------------------------------ the expressions
 
 
+def inline_recorded(expr: str, recorded: dict[str, str]) -> str:
+    """A panel's use of a recording rule's series, with the rule's expression in its place: backfilled
+    history was never seen by the rule evaluator, so the recorded series do not exist in it."""
+    for name, rule_expr in recorded.items():
+        expr = re.sub(rf"(?<![\w:]){re.escape(name)}(?![\w:])", lambda _m, e=rule_expr: f"({e})", expr)
+    return expr
+
+
 def all_expressions() -> list[tuple[str, str, bool]]:
     """(origin, PromQL with Grafana variables substituted, must_return_data)."""
     out = []
+    recorded = {r.name: r.expr for r in rules() if r.kind == "record"}
     for r in rules():
         # An alert condition is empty while all is well; a recording rule must produce series.
         out.append((f"{r.file}: {r.name}", r.expr, r.kind == "record"))
     for q in dashboard_queries():
         if q.datasource_uid != "rigwatch-prometheus":
             continue
-        expr = substitute_grafana_vars(q.expr)
+        expr = inline_recorded(substitute_grafana_vars(q.expr), recorded)
         may_be_empty = bool(metric_names(expr) & (EVENT_ONLY | PROMETHEUS_GENERATED | NOT_IN_SIM_HISTORY))
         out.append((q.origin, expr, not may_be_empty))
     return out
@@ -207,6 +216,11 @@ def write_synthetic_block(path: Path, start: int, end: int, gpus: list[dict], wo
             lambda t, n=n: n)
         add("rigwatch_detector_gate_alarm_seconds", "gauge",
             {**det_self, "detector": "gpu_thermal", "model": model}, lambda t, n=n: 300 * n)
+    # added by issue 12 (detection in context): per GPU, busy with nobody asking
+    for g in gpus:
+        add("rigwatch_gpu_busy_without_requests", "gauge", g, lambda t: 1 if episode[0] <= t < episode[1] else 0)
+        add("rigwatch_gpu_busy_without_requests_seconds", "gauge", g,
+            lambda t: t - episode[0] + 600 if episode[0] <= t < episode[1] else 0)
     add("up", "gauge", det_self, lambda t: 1)
     log_streams = [
         {"detector": "log_novel", "job": "systemd-journal", "unit": "ssh.service", "identifier": "sshd",
@@ -322,6 +336,8 @@ def test_synthetic_block_is_limited_to_contract_names(sim_prometheus):
         # added by the model lifecycle issue (gate): bounded labels (detector, outcome, model)
         "rigwatch_detector_gate_decisions_total", "rigwatch_detector_gate_incidents",
         "rigwatch_detector_gate_alarm_seconds",
+        # added by issue 12 (detection in context): the context plugin's own families
+        "rigwatch_gpu_busy_without_requests", "rigwatch_gpu_busy_without_requests_seconds",
     }
     synthetic = {n for n in sim_prometheus.names if n.startswith("rigwatch_")}
     assert synthetic == contract
