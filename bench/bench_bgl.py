@@ -22,6 +22,10 @@ Status: the goal (F1 >= 0.85 at score > 1) is not met - 0.800 / 0.831 / 0.800 at
 0.3 / 0.5 / 0.7, best-threshold F1 0.821 / 0.857 / 0.852 - and the line scorer has not been changed
 for BGL since: with these labels read, any further change would be tuned on them.
 
+The sequence model became order and combination of known templates (issue 12: never volume) and
+takes each window's lines in order; it scored no BGL window above 1 before or after, so the
+combined figures did not move (its own ROC-AUC fell: BGL's alerts are new or louder lines).
+
     .venv/bin/python bench/bench_bgl.py [--train-fraction 0.3 0.5 0.7]
 Data: ../shared/datasets/loghub-2k/BGL (override the shared root with RIGWATCH_SHARED).
 """
