@@ -20,9 +20,9 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 from detector.logs.backtest import run_journal_backtest
+from detector.logs.detector import LogDetectorConfig
 from detector.logs.journal import read_journal_file
 from detector.logs.scoring import trouble_keywords
 
@@ -39,10 +39,11 @@ def run_seed(seed: int, days: float, workdir: Path) -> dict:
                     str(days), "--start", "2026-09-01T00:00:00Z", "--seed", str(seed)],
                    check=True, capture_output=True)
     truth = json.loads((out / "truth.json").read_text())
-    config = SimpleNamespace(logs=None, schedule=SimpleNamespace(warmup=86400.0), prometheus=None)
     t0 = time.perf_counter()
-    report = run_journal_backtest(out / "journal.jsonl", config=config, start=ts(truth["start"]),
-                                  end=ts(truth["end"]), gpu_by_pci=GPU_BY_PCI)
+    # the default logs config and the metric side's default warm-up (one day), as the CLI runs it
+    report = run_journal_backtest(out / "journal.jsonl", logs_config=LogDetectorConfig(),
+                                  start=ts(truth["start"]), end=ts(truth["end"]), warmup=86400.0,
+                                  gpu_by_pci=GPU_BY_PCI)
     seconds = time.perf_counter() - t0
     trained_until = ts(report["trained_until"])
     failures = [t for t in truth["incidents"] if not t["benign"] and ts(t["end"]) > trained_until]

@@ -18,6 +18,7 @@ import yaml
 
 from detector import config_values as cv
 from detector.config_values import ConfigError
+from detector.context.config import InferenceConfig
 from detector.labels import MaintenanceWindow, maintenance_config
 from detector.logs.detector import LogDetectorConfig
 from detector.logs.loki import LokiClient
@@ -118,6 +119,7 @@ class Config:
     source: str = "<default preset>"
     tracking: TrackingConfig | None = None  # None: no tracking, mlflow never imported
     gate: GateConfig = field(default_factory=GateConfig)  # reloads: read at each fit
+    inference: InferenceConfig | None = None  # `inference:` (detector/context): None, the context plugin is off
 
     def reloaded_over(self, running: Config) -> Config:
         """This (reloaded) config as a running service takes it: the listener, the sources' clients
@@ -138,7 +140,7 @@ class Config:
 
 
 _TOP_KEYS = {"prometheus", "loki", "logs", "listen", "api_token", "store", "schedule", "defaults", "detectors",
-             "maintenance", "tracking", "gate"}
+             "maintenance", "tracking", "gate", "inference"}
 _DET_KEYS = {"name", "query", "model", "rule", "params", "sensitivity", "direction", "min_deviation",
              "min_duration", "merge_gap", "key", "features", "join_on", "heartbeat", "enabled", "fallback",
              "min_fit_r2", "refit_on_drift"}
@@ -365,6 +367,8 @@ def parse_config(raw: Any, *, require_detectors: bool = False) -> Config:
     if top.get("tracking") is not None:
         cfg.tracking = _tracking(top["tracking"])
     cfg.gate = _gate(top.get("gate"))
+    if "inference" in top:  # `inference:` with nothing under it turns the context detector on with defaults
+        cfg.inference = InferenceConfig.from_dict(top["inference"] or {}, "inference")
     sched = cv.mapping(top.get("schedule"), "schedule")
     cv.check_keys(sched, set(_SCHEDULE_KEYS), "schedule")
     for k in _SCHEDULE_KEYS:

@@ -66,6 +66,10 @@ LIMITS: dict[str, Limit] = {
     "prometheus.timeout": _dur(0, 10 * _MIN),  # a query still running after 10 min holds a scheduler thread
     "prometheus.retries": _count(0, 100),  # backoff doubles: past ~100 tries the job never finishes
     "tracking.timeout": _dur(0, 10 * _MIN),  # a tracking request longer than that holds the worker's queue
+    # -- inference: (detector/context)
+    "inference.busy_utilization": Limit(0, 1, lo_open=True),  # NVML's utilisation is a fraction of time
+    "inference.hold": _dur(0, _D),  # longer than a day of unexplained 100 % is no longer "held"
+    "inference.log_presence": _dur(0, 30 * _D),  # as far back as a log stream's silence still counts as shipped
     # -- gate: (detector/gate.py)
     "gate.holdout": _dur(0, 400 * _D),  # as schedule.lookback; the effective window is at most lookback / 4
     "gate.max_extra_incidents": _count(0, 1_000_000),  # 0: never more incidents than the champion

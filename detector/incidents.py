@@ -78,8 +78,9 @@ def summarize(detector: str, model: str, labels: dict[str, str], y: float, expec
         side = "above" if y > expected else "below"
         s = (f"{detector}{where}: {y:.4g} {side} expected {expected:.4g} "
              f"(band {lower:.4g}..{upper:.4g}, score {score:.2f}, model {model})")
-    elif not np.isfinite(y) and explanation:
-        # no value to show (a log anomaly is an event): its own explanation says what happened
+    elif (not np.isfinite(y) or not np.isfinite(expected)) and explanation:
+        # no value to show (a log anomaly is an event), or none to set it against (a rule in
+        # context, e.g. busy with nobody asking): its own explanation says what happened
         return f"{detector}{where}: {explanation[0]} (score {score:.2f})"
     else:
         s = f"{detector}{where}: value {y:.4g}, score {score:.2f} (model {model})"

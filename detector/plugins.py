@@ -5,6 +5,8 @@ DetectorPlugin protocol).
     metric side  always: the config's `detectors:`, read from Prometheus
     log side     serve: when detector.yml has a `loki:` section (or `serve --loki-url`);
                  backtest: when `--journal-file` is given
+    context      when detector.yml has an `inference:` section (the default preset does): busy GPUs
+                 nobody asked for work, from Prometheus and, for request log lines, Loki
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from detector.config import Config, ConfigWatcher
+from detector.context.plugin import ContextPlugin
 from detector.health import SourceHealth
 from detector.labels import LabelStore
 from detector.logs.loki import LokiClient
@@ -56,10 +59,13 @@ def serve_plugins(config: Config, *, client: PromClient, store: ModelStore,
                   tracker: Tracker | None = None) -> list[DetectorPlugin]:
     plugins: list[DetectorPlugin] = [MetricPlugin(config, client, store=store, health=health, labels=labels,
                                                   tracker=tracker)]
+    loki = None
     if config.loki is not None:
         loki_section = {k: v for k, v in config.loki.items() if k != "query"}
         loki = LokiClient.from_config(loki_section, on_error=health.counter("loki"))
         plugins.append(LogPlugin(config, loki=loki, prometheus=client, store=store, health=health))
+    if config.inference is not None:
+        plugins.append(ContextPlugin(config, client, loki=loki))
     return plugins
 
 
@@ -67,6 +73,8 @@ def backtest_plugins(config: Config, *, client: PromClient, journal_file: str | 
     plugins: list[DetectorPlugin] = [MetricPlugin(config, client)]
     if journal_file:
         plugins.append(LogPlugin(config, prometheus=client, journal_file=journal_file))
+    if config.inference is not None:
+        plugins.append(ContextPlugin(config, client))
     return plugins
 
 

@@ -3,23 +3,33 @@
     rigwatch-exporter --listen 127.0.0.1:9842 --backend nvml
     rigwatch-exporter --backend sim --speed 60            # the simulated AI box, 60x faster
     rigwatch-exporter --backend sim --sim-history DIR     # 3 h of history to backfill, then live
+    rigwatch-exporter --ollama-url http://127.0.0.1:11434 --comfyui-url http://127.0.0.1:8188
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
 from exporter.collector import RigCollector
 from exporter.docker_source import DEFAULT_DOCKER_URL, DockerContainerSource
+from exporter.inference_http import ComfyUISource, OllamaSource
 from exporter.server import MetricsServer, parse_listen
 from rigwatch import http_server
+from rigwatch.redact import redact_url
 
 log = logging.getLogger("rigwatch.exporter")
+
+# flag dest -> (flag, environment variable that supplies its default with the nvml backend)
+INFERENCE_URL_FLAGS = {"ollama_url": ("--ollama-url", "RIGWATCH_OLLAMA_URL"),
+                       "comfyui_url": ("--comfyui-url", "RIGWATCH_COMFYUI_URL")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between retries of a failed NVML init or a lost GPU (default 10)")
     p.add_argument("--per-pid-metrics", action="store_true",
                    help="also export gpu_process_memory_used_bytes per PID (high cardinality)")
+    p.add_argument("--ollama-url", default=None, metavar="URL",
+                   help="Ollama to read loaded models from (GET URL/api/ps), e.g. http://127.0.0.1:11434 "
+                        "(default $RIGWATCH_OLLAMA_URL, else off)")
+    p.add_argument("--comfyui-url", default=None, metavar="URL",
+                   help="ComfyUI to read its prompt queue from (GET URL/queue), e.g. http://127.0.0.1:8188 "
+                        "(default $RIGWATCH_COMFYUI_URL, else off)")
+    p.add_argument("--inference-interval", type=float, default=10.0,
+                   help="seconds between polls of the inference servers (default 10)")
     p.add_argument("--sim-config", default=None, help="sim backend: YAML box/incident config (default built-in)")
     p.add_argument("--seed", type=int, default=0, help="sim backend: random seed (default 0)")
     p.add_argument("--box", default="aibox", metavar="NAME",
@@ -100,23 +118,55 @@ def _sim_box(args):
     return box
 
 
+def check_inference_urls(args, environ: Mapping[str, str]) -> str | None:
+    """Settle `args.ollama_url` / `args.comfyui_url` in place: the flag, else (nvml backend) its
+    environment variable, else None (off). Returns the error to report (naming the flag), or None.
+    The sim serves its own inference servers, so these flags are refused with it and the variables
+    ignored (an exported RIGWATCH_OLLAMA_URL must not break the demo)."""
+    for dest, (flag, env) in INFERENCE_URL_FLAGS.items():
+        given = getattr(args, dest)
+        if args.backend == "sim":
+            if given:
+                return f"{flag} is for a real server; --backend sim serves its own inference servers"
+            continue
+        url = given if given is not None else (environ.get(env) or None)
+        if url is not None:
+            origin = flag if given is not None else f"{flag} (from ${env})"
+            try:
+                parts = urlsplit(url)
+                _port = parts.port  # raises ValueError on a port that is not a number in range
+            except ValueError as e:
+                return f"{origin} {redact_url(url)!r}: {e}"
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                return f"{origin} {redact_url(url)!r}: must be an http:// or https:// URL with a host"
+        setattr(args, dest, url)
+    return None
+
+
 def build_collector(args) -> tuple[RigCollector, object | None]:
     """The collector for `args.backend`, and the sim box to start/stop (None for nvml)."""
     common = dict(per_pid=args.per_pid_metrics, slow_interval=args.slow_interval,
-                  container_interval=args.container_interval, retry_interval=args.retry_interval)
+                  container_interval=args.container_interval, retry_interval=args.retry_interval,
+                  inference_interval=args.inference_interval)
     if args.backend == "sim":
         box = _sim_box(args)
         return RigCollector(box.nvml, container_source=box.container_source, proc_root=box.proc_root,
-                            **common), box
+                            inference_sources=list(box.inference_sources()), **common), box
     try:
         import pynvml
     except ImportError:  # the collector logs the clear message and serves gpu_exporter_up 0
         pynvml = None
     source = None if args.docker_url.lower() == "none" else DockerContainerSource(args.docker_url)
-    return RigCollector(pynvml, container_source=source, proc_root=args.proc_root, **common), None
+    inference = []
+    if args.ollama_url:
+        inference.append(OllamaSource(args.ollama_url))
+    if args.comfyui_url:
+        inference.append(ComfyUISource(args.comfyui_url))
+    return RigCollector(pynvml, container_source=source, proc_root=args.proc_root,
+                        inference_sources=inference, **common), None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -125,11 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     for flag in ("slow_interval", "container_interval", "retry_interval", "speed", "sim_history_hours",
-                 "sim_history_step", "max_connections", "idle_timeout"):
+                 "sim_history_step", "max_connections", "idle_timeout", "inference_interval"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0")
     if args.sim_history and args.backend != "sim":
         parser.error("--sim-history needs --backend sim")
+    url_error = check_inference_urls(args, os.environ if environ is None else environ)
+    if url_error:
+        parser.error(url_error)
 
     try:
         collector, box = build_collector(args)

@@ -1,17 +1,19 @@
-"""The rigwatch custom collector: GPUs (NVML), their processes' workloads (/proc) and containers
-(Docker API or the sim) as Prometheus metric families, built fresh on every scrape.
+"""The rigwatch custom collector: GPUs (NVML), their processes' workloads (/proc), containers
+(Docker API or the sim) and inference servers (Ollama, ComfyUI or the sim's) as Prometheus metric
+families, built fresh on every scrape.
 
 `collect()` only does the cheap things: per-GPU fast NVML reads (microseconds each) and dictionary
-lookups into caches. The slow NVML reads, the container snapshot and the Xid events are refreshed
-by `refresh_slow()`, `refresh_containers()` and `poll_events()`, which `start()` runs on background
-threads (live mode) and the sim's history writer calls synchronously (no threads).
+lookups into caches. The slow NVML reads, the container snapshot, the inference servers' states and
+the Xid events are refreshed by `refresh_slow()`, `refresh_containers()`, `refresh_inference()` and
+`poll_events()`, which `start()` runs on background threads (live mode) and the sim's history writer
+calls synchronously (no threads).
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from os import PathLike
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -20,6 +22,7 @@ from prometheus_client.registry import Collector
 from exporter.attribution import CONTAINER, Attributor
 from exporter.containers import ContainerState
 from exporter.gpu_reader import CLOCKS_EVENT_REASONS, GpuDevice, NvmlGpus
+from exporter.inference import ServerState
 from exporter.read_errors import ReadErrors
 from exporter.sampler import PeriodicThread
 from exporter.xid import XidWatcher
@@ -28,6 +31,8 @@ log = logging.getLogger("rigwatch.exporter")
 
 GPU_LABELS = ["gpu", "uuid", "name"]
 CONTAINER_LABELS = ["container", "image"]
+SERVER_LABELS = ["server"]
+MODEL_LABELS = ["server", "model"]
 HEALTH_STATES = ("healthy", "unhealthy", "starting")
 
 
@@ -64,13 +69,20 @@ class _Families:
 class RigCollector(Collector):
     """prometheus_client custom collector for one AI box. The outside world comes in through the
     constructor: `nvml` (pynvml or a FakeNVML), `container_source` (anything with `snapshot()`),
-    `proc_root` and `clock`."""
+    `inference_sources` (anything with `server` and `poll() -> ServerState`), `proc_root` and `clock`."""
 
     def __init__(self, nvml, container_source=None, proc_root: str | PathLike = "/proc",
                  clock: Callable[[], float] = time.time, per_pid: bool = False,
                  slow_interval: float = 5.0, container_interval: float = 10.0,
-                 retry_interval: float = 10.0):
+                 retry_interval: float = 10.0, inference_sources: Iterable = (),
+                 inference_interval: float = 10.0):
         self.container_source = container_source
+        self.inference_sources = tuple(inference_sources)
+        servers = [s.server for s in self.inference_sources]
+        dupes = sorted({s for s in servers if servers.count(s) > 1})
+        if dupes:  # two sources under one name would publish clashing series
+            raise ValueError(f"inference sources: server name(s) used twice: {', '.join(dupes)}")
+        self.inference_interval = inference_interval
         self.clock = clock
         self.per_pid = per_pid
         self.slow_interval = slow_interval
@@ -83,6 +95,9 @@ class RigCollector(Collector):
         self._containers: list[ContainerState] | None = None
         self._container_names: dict[str, str] = {}
         self._docker_ok: bool | None = None
+        # The last poll of each source, replaced whole (one reference swap) so a scrape on another
+        # thread always reads one consistent list. Empty until the first poll: unknown, not down.
+        self._inference: tuple[ServerState, ...] = ()
         self._threads: list[PeriodicThread] = []
         self._xid_stop = threading.Event()
         self._xid_thread: threading.Thread | None = None
@@ -112,13 +127,31 @@ class RigCollector(Collector):
                 self._container_names = {c.id: c.name for c in snapshot}
         self.attributor.refresh()
 
+    def refresh_inference(self) -> None:
+        """Poll every inference source once and cache the states. Sources never raise for a down
+        server; one that raises anyway is counted and taken as down, and the others are still polled.
+        Every poll that is not up counts as a failed read of field "inference"."""
+        states = []
+        for source in self.inference_sources:
+            try:
+                state = source.poll()
+            except Exception:  # a source's bug must not blank the other servers
+                log.exception("inference source %s raised; taken as down", source.server)
+                state = ServerState(source.server, up=False)
+            if not state.up:
+                self.errors.inc("inference")
+            states.append(state)
+        self._inference = tuple(states)
+
     def poll_events(self, timeout_ms: int = 0) -> int:
         """Drain pending NVML Xid events synchronously; returns how many were counted."""
         return max(self.xid.poll(timeout_ms), 0)
 
     def start(self) -> None:
         """Live mode: one synchronous refresh (so the first scrape is complete), then background
-        sampler threads and the Xid event thread."""
+        sampler threads and the Xid event thread. The inference servers are polled on their thread
+        from the start, not synchronously: a hung server must not hold up the exporter's start, and
+        until the first poll their state is unknown (no series), not down."""
         if self._threads:
             return
         self.refresh_slow()
@@ -126,6 +159,8 @@ class RigCollector(Collector):
         self._threads = [
             PeriodicThread("nvml-slow", self.slow_interval, self.refresh_slow, wait_first=True),
             PeriodicThread("containers", self.container_interval, self.refresh_containers, wait_first=True)]
+        if self.inference_sources:
+            self._threads.append(PeriodicThread("inference", self.inference_interval, self.refresh_inference))
         for t in self._threads:
             t.start()
         self._xid_stop.clear()
@@ -176,6 +211,7 @@ class RigCollector(Collector):
         if processes_read:
             self.attributor.retain(live_pids)
         self._container_metrics(f)
+        self._inference_metrics(f)
         f.gauge("gpu_exporter_up", "1 if NVML is initialised and usable.", [], [], 1 if self.gpus.up else 0)
         for field_name, n in sorted(self.errors.snapshot().items()):
             f.counter("gpu_exporter_read_errors_total", "Failed reads, by field.", ["field"], [field_name], n)
@@ -290,3 +326,37 @@ class RigCollector(Collector):
                 for status in HEALTH_STATES:
                     f.gauge("docker_container_health_status", "1 for the container's current health state.",
                             CONTAINER_LABELS + ["status"], ids + [status], 1 if c.health == status else 0)
+
+    def _inference_metrics(self, f: _Families) -> None:
+        for st in self._inference:
+            server = label(st.server)
+            f.gauge("inference_server_up", "1 if the inference server answered its last poll, else 0.",
+                    SERVER_LABELS, [server], 1 if st.up else 0)
+            if not st.up:
+                continue  # what a down server held is unknown: no model series
+            seen: set[str] = set()
+            for m in st.models:
+                model = label(m.name)
+                if model in seen:  # one series per model, even if a server lists a model twice
+                    continue
+                seen.add(model)
+                ids = [server, model]
+                g = f.gauge
+                g("inference_model_loaded", "1 for each model the server holds in memory.", MODEL_LABELS, ids, 1)
+                g("inference_model_size_bytes", "Memory a loaded model takes (weights + KV cache), wherever "
+                  "it sits.", MODEL_LABELS, ids, m.size_bytes)
+                g("inference_model_vram_bytes", "The part of a loaded model in GPU memory; below "
+                  "inference_model_size_bytes the model spilled to CPU.", MODEL_LABELS, ids, m.vram_bytes)
+                if m.expires_at is not None:
+                    g("inference_model_expires_timestamp_seconds", "When the server unloads the model if it "
+                      "stays unused.", MODEL_LABELS, ids, m.expires_at)
+                if m.context_length is not None:
+                    g("inference_model_context_length", "Context length the model is loaded with.",
+                      MODEL_LABELS, ids, m.context_length)
+            # Only where the server says (ComfyUI /queue); Ollama's None is unknown, never 0.
+            if st.requests_running is not None:
+                f.gauge("inference_requests_running", "Requests (prompts) the server is working on.",
+                        SERVER_LABELS, [server], st.requests_running)
+            if st.requests_waiting is not None:
+                f.gauge("inference_requests_waiting", "Requests (prompts) queued on the server.",
+                        SERVER_LABELS, [server], st.requests_waiting)

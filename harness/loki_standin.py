@@ -117,9 +117,18 @@ class _Lexer:
         return self.pos >= len(self.text)
 
 
+_LEADING_FLAGS = re.compile(r"^\(\?([a-zA-Z]+)\)")
+
+
 def _compile(pattern: str, anchored: bool, lexer: _Lexer) -> re.Pattern:
+    # Loki's label matchers are anchored RE2; `(?i)` at the pattern's start stays a global flag there,
+    # which Python only takes at the very start of the whole expression: lift it out of the anchor.
+    flags = ""
+    m = _LEADING_FLAGS.match(pattern)
+    if anchored and m:
+        flags, pattern = f"(?{m.group(1)})", pattern[m.end():]
     try:
-        return re.compile(f"^(?:{pattern})$" if anchored else pattern)
+        return re.compile(f"{flags}^(?:{pattern})$" if anchored else pattern)
     except re.error as e:
         raise lexer.error(f"invalid regex {pattern!r}: {e}") from e
 

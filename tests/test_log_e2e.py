@@ -317,7 +317,7 @@ def test_backtest_incidents_from_journal_file(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in build_journal(seed=5)) + "\n")
     incidents = incidents_from_journal(path, {"window_s": 300}, gpu_by_pci=gpu_index_by_pci(GPU_INFO),
                                        train_until=TRAIN_END)
-    assert all(set(i) == {"detector", "labels", "start", "end", "peak_score", "summary"} for i in incidents)
+    assert all(set(i) == {"detector", "labels", "start", "end", "peak_score", "summary", "template"} for i in incidents)
     for incident in incidents:
         assert any(_near(incident["start"], span) for span in FAILURES.values()), incident
         assert incident["end"] - incident["start"] <= 900, incident

@@ -14,6 +14,7 @@ import requests
 from detector.api import create_app
 from detector.config import parse_config
 from detector.logs.detector import LogDetector
+from detector.logs.journal import LogEntry
 from detector.logs.plugin import LogPlugin
 from detector.persistence import MemoryPersistence
 from detector.plugins import build_service
@@ -335,3 +336,24 @@ def test_a_store_of_the_previous_release_is_never_unpickled_the_log_side_refits_
     assert rig2.logs.detector is not None and "not usable" not in caplog.text
     rig2.fit(T0 + 120)  # the refit model is recent: no second refit
     assert store.versions("logs") == [1, 2] and UNPICKLED == []
+
+
+def test_a_store_of_the_previous_sequence_model_is_refused_and_refitted_once(loki, caplog):
+    """State version 2 held the sequence model as a forest over template counts (issue 12 replaced
+    it): such a stored model is refused by its version, the log side refits once and stores v3."""
+    entries = [LogEntry(T0 - 7200 + k * 30, f"(root) CMD (run-parts /etc/cron.d job{k % 3})",
+                        {"job": "systemd-journal", "unit": "cron.service"}) for k in range(240)]
+    state = LogDetector().fit(entries).get_state()
+    state.update(version=2, sequence={"params": {"vocabulary_size": 100, "n_estimators": 100}, "vocabulary": ["T1"],
+                                      "forest": None})
+    store = ModelStore(MemoryPersistence())
+    store.save("logs", state, {"training_window": {"start": T0 - 7200, "end": T0 - 60}})
+    with caplog.at_level(logging.WARNING, logger="detector.logs.plugin"):
+        rig = Rig(loki.url, store)
+    assert rig.logs.detector is None and rig.logs.needs_fit(T0)
+    assert "stored log model v1 not usable" in caplog.text and "state version 2" in caplog.text
+    rig.fit(T0)
+    assert store.versions("logs") == [1, 2]
+    rig2 = Rig(loki.url, store)
+    assert rig2.logs.detector is not None and rig2.logs.detector.get_state()["version"] == 3
+    assert rig2.logs.detector.sequence_ is not None

@@ -370,3 +370,24 @@ def test_the_documents_served_over_real_http_read_back_the_same(closing):
             q = requests.get(url + "/queue", timeout=5).json()
             st = next(s for s in box.inference_sources() if s.server == "comfyui").poll()
             assert parse_comfyui_queue(q) == (st.requests_running, st.requests_waiting)
+
+
+@pytest.mark.parametrize("name", ["aibox", "studio"])
+def test_the_collector_publishes_the_sims_inference_series_from_the_first_scrape(closing, name):
+    from exporter.collector import RigCollector
+
+    box = make(name)
+    closing(box)
+    collector = RigCollector(box.nvml, container_source=box.container_source, proc_root=box.proc_root,
+                             clock=lambda: box.t, inference_sources=box.inference_sources())
+    reg = CollectorRegistry()
+    reg.register(collector)
+    collector.refresh_inference()
+    warm = BOXES[name].warm_model
+    assert reg.get_sample_value("inference_server_up", {"server": "ollama"}) == 1
+    assert reg.get_sample_value("inference_model_loaded", {"server": "ollama", "model": warm}) == 1
+    assert reg.get_sample_value("inference_model_vram_bytes", {"server": "ollama", "model": warm}) == \
+        BOXES[name].catalog[warm].size
+    assert reg.get_sample_value("inference_requests_running", {"server": "ollama"}) is None, "unknown, never 0"
+    comfy = reg.get_sample_value("inference_requests_running", {"server": "comfyui"})
+    assert comfy == (0 if name == "aibox" else None)

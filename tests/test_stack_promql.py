@@ -10,7 +10,10 @@ annotations, Grafana variables substituted) checked by a real Prometheus:
 SYNTHETIC DATA: the detector's and the log side's metrics (rigwatch_anomaly_*, rigwatch_detector_*,
 rigwatch_log_*) are not in the simulator's history. Until the end-to-end test runs the real
 detector, this module writes them itself as a small OpenMetrics block with exactly the names and
-labels of the contracts in issues 3 and 4, aligned on the simulated GPUs and containers.
+labels of the contracts in issues 3 and 4, aligned on the simulated GPUs and containers. It also
+writes the request series of inference servers the simulated box does not run (issue 12): vLLM and
+llama.cpp as Prometheus scrapes them directly, and the exporter's ComfyUI `inference_requests_running`,
+so `inference:requests_active:sum` is checked against data too.
 """
 from __future__ import annotations
 
@@ -45,16 +48,25 @@ NOT_IN_SIM_HISTORY = {"gpu_exporter_collect_duration_seconds"}
 # ------------------------------------------------------------------ the expressions
 
 
+def inline_recorded(expr: str, recorded: dict[str, str]) -> str:
+    """A panel's use of a recording rule's series, with the rule's expression in its place: backfilled
+    history was never seen by the rule evaluator, so the recorded series do not exist in it."""
+    for name, rule_expr in recorded.items():
+        expr = re.sub(rf"(?<![\w:]){re.escape(name)}(?![\w:])", lambda _m, e=rule_expr: f"({e})", expr)
+    return expr
+
+
 def all_expressions() -> list[tuple[str, str, bool]]:
     """(origin, PromQL with Grafana variables substituted, must_return_data)."""
     out = []
+    recorded = {r.name: r.expr for r in rules() if r.kind == "record"}
     for r in rules():
         # An alert condition is empty while all is well; a recording rule must produce series.
         out.append((f"{r.file}: {r.name}", r.expr, r.kind == "record"))
     for q in dashboard_queries():
         if q.datasource_uid != "rigwatch-prometheus":
             continue
-        expr = substitute_grafana_vars(q.expr)
+        expr = inline_recorded(substitute_grafana_vars(q.expr), recorded)
         may_be_empty = bool(metric_names(expr) & (EVENT_ONLY | PROMETHEUS_GENERATED | NOT_IN_SIM_HISTORY))
         out.append((q.origin, expr, not may_be_empty))
     return out
@@ -204,6 +216,11 @@ def write_synthetic_block(path: Path, start: int, end: int, gpus: list[dict], wo
             lambda t, n=n: n)
         add("rigwatch_detector_gate_alarm_seconds", "gauge",
             {**det_self, "detector": "gpu_thermal", "model": model}, lambda t, n=n: 300 * n)
+    # added by issue 12 (detection in context): per GPU, busy with nobody asking
+    for g in gpus:
+        add("rigwatch_gpu_busy_without_requests", "gauge", g, lambda t: 1 if episode[0] <= t < episode[1] else 0)
+        add("rigwatch_gpu_busy_without_requests_seconds", "gauge", g,
+            lambda t: t - episode[0] + 600 if episode[0] <= t < episode[1] else 0)
     add("up", "gauge", det_self, lambda t: 1)
     log_streams = [
         {"detector": "log_novel", "job": "systemd-journal", "unit": "ssh.service", "identifier": "sshd",
@@ -216,6 +233,14 @@ def write_synthetic_block(path: Path, start: int, end: int, gpus: list[dict], wo
         add("rigwatch_log_template_rate", "gauge", {"template_id": f"T{i}", "instance": "detector:9843"},
             lambda t, i=i: 0.1 * (i + 1))
     add("rigwatch_log_novel_templates", "counter", {"instance": "detector:9843"}, lambda t: (t - start) // 7200)
+    # inference servers the sim does not run (issue 12): scraped directly, or ComfyUI via the exporter
+    exporter = {k: gpus[0][k] for k in ("job", "instance")}
+    add("vllm:num_requests_running", "gauge", {"job": "vllm", "instance": "vllm:8000",
+                                              "model_name": "Qwen/Qwen2.5-7B-Instruct", "engine": "0"},
+        lambda t: (t // 600) % 4)
+    add("llamacpp:requests_processing", "gauge", {"job": "llamacpp", "instance": "llamacpp:8080"},
+        lambda t: (t // 900) % 2)
+    add("inference_requests_running", "gauge", {**exporter, "server": "comfyui"}, lambda t: (t // 1800) % 2)
 
     with path.open("w") as f:
         for family, (typ, series) in fam.items():
@@ -311,6 +336,11 @@ def test_synthetic_block_is_limited_to_contract_names(sim_prometheus):
         # added by the model lifecycle issue (gate): bounded labels (detector, outcome, model)
         "rigwatch_detector_gate_decisions_total", "rigwatch_detector_gate_incidents",
         "rigwatch_detector_gate_alarm_seconds",
+        # added by issue 12 (detection in context): the context plugin's own families
+        "rigwatch_gpu_busy_without_requests", "rigwatch_gpu_busy_without_requests_seconds",
     }
     synthetic = {n for n in sim_prometheus.names if n.startswith("rigwatch_")}
     assert synthetic == contract
+    # the inference servers' request series under the names their servers publish (issue 12)
+    assert {"vllm:num_requests_running", "llamacpp:requests_processing", "inference_requests_running"} <= \
+        sim_prometheus.names

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from harness.processes import free_port, require_binary
 from harness.servers import AlertmanagerServer
@@ -37,6 +38,28 @@ def test_promtool_check_config_resolves_rule_files():
     assert out.returncode == 0, out.stdout + out.stderr
     # The glob in rule_files must find every rule file (an empty glob is not an error for promtool).
     assert f"SUCCESS: {len(RULE_FILES)} rule files found" in out.stdout, out.stdout
+
+
+# A commented-out scrape job: "  # - job_name: ..." and its "  #   ..." lines (prose comments never
+# start with "#   ").
+_COMMENTED_JOB_LINE = re.compile(r"^(\s*)# ((?:- job_name:|  ).*)$")
+
+
+@pytest.mark.integration
+def test_optional_inference_scrape_jobs_work_once_uncommented(tmp_path):
+    """vLLM and llama.cpp are scraped directly by Prometheus; their jobs ship commented out and must
+    be valid config the moment a user uncomments them."""
+    text = (ROOT / "prometheus" / "prometheus.yml").read_text()
+    uncommented = "\n".join(_COMMENTED_JOB_LINE.sub(r"\1\2", line) for line in text.splitlines()) + "\n"
+    assert uncommented != text
+    jobs = {j["job_name"]: j for j in yaml.safe_load(uncommented)["scrape_configs"]}
+    assert jobs["vllm"]["static_configs"][0]["targets"] == ["vllm:8000"]
+    assert jobs["llamacpp"]["static_configs"][0]["targets"] == ["llamacpp:8080"]
+    assert "vllm" not in {j["job_name"] for j in load_yaml(ROOT / "prometheus" / "prometheus.yml")["scrape_configs"]}
+    (tmp_path / "prometheus.yml").write_text(uncommented)
+    (tmp_path / "rules").symlink_to(ROOT / "prometheus" / "rules")
+    out = run([require_binary("promtool"), "check", "config", str(tmp_path / "prometheus.yml")])
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.mark.integration

@@ -13,7 +13,8 @@ Detectors (the `detector` label):
                 of one template repeating (a failure that repeats is the incident)       scoring.RepeatTracker
                 (a flood alerts when it carries news - new templates or trouble - or when
                 it is log spam: far beyond the stream's busiest training window)
-  log_sequence  unusual mixes of templates in the recent window                          scoring.SequenceModel
+  log_sequence  known templates in an order or combination training never showed       scoring.SequenceModel
+                (per stream, in the recent window; never volume: that is log_rate's)
 `score` returns, per detector and label set, the highest score of the call (so gauges can be
 published for every stream, also below 1); lines a known pattern claims are not scored again as
 templates, so one Xid line is one anomaly with a readable summary.
@@ -44,9 +45,10 @@ from detector.logs.scoring import (
 )
 from detector.persistence import Persistence
 
-# 2: a document of JSON-able values and numpy arrays (the sequence model's forest as arrays); 1 was
-# a JSON string with a pickled scikit-learn forest, never read again
-STATE_VERSION = 2
+# 3: the sequence model is order and combination of known templates (issue 12), not a forest over
+# template counts; 2 held that forest as arrays (refused: the service refits); 1 was a JSON string
+# with a pickled scikit-learn forest, never read again
+STATE_VERSION = 3
 INCIDENT_LABELS = ("container", "unit", "gpu", "xid", "pattern", "source_ip", "job", "identifier",
                    "template_id")
 
@@ -56,7 +58,7 @@ class LogDetectorConfig:
     window_s: float = 300.0          # rate and sequence window
     top_templates: int = 50          # templates with a rate baseline / a published rate (cardinality bound)
     examples: int = 3                # example lines kept per anomaly
-    sequence: bool = True            # fit the Isolation Forest over template mixes
+    sequence: bool = True            # fit the sequence model (order and combination of known templates)
     rate_sigmas: float = 6.0
     rate_min_excess: float = 10.0
     silence_min: float = 20.0
@@ -173,6 +175,12 @@ def _device_token(labels: dict[str, str]) -> str | None:
     return pci.rsplit(".", 1)[0].lower() if pci else None
 
 
+def _quote(text: str | None, limit: int = 120) -> str:
+    """A template or a line for a summary: one line, at most `limit` characters, in double quotes."""
+    text = " ".join((text or "").split())
+    return '"' + (text if len(text) <= limit else text[:limit - 1] + "…") + '"'
+
+
 def _who(labels: dict[str, str]) -> str:
     for name in ("container", "unit", "identifier", "job"):
         if labels.get(name):
@@ -204,6 +212,7 @@ class LogDetector:
         self.boot_ts_: float | None = getattr(self, "boot_ts_", None)
         self.boot_id_: str | None = getattr(self, "boot_id_", None)
         self.template_rates_: dict[str, float] = {}
+        self.examples_: dict[str, str] = {}  # template id -> its latest line (sequence summaries quote it)
         self.claims_: deque = deque()  # (ts, source, device token, pattern anomaly) of recent device faults
         config = self._config
         self.repeats_ = RepeatTracker(config.repeat_window_s, config.repeat_count)
@@ -236,14 +245,14 @@ class LogDetector:
         end = entries[-1].ts + 1e-6 if entries else None
         self.rate_ = RateModel(config.window_s, config.rate_sigmas, config.rate_min_excess,
                                config.silence_min, peak_factor=config.rate_peak_factor).fit(events, start, end)
-        windows: list[Counter] = []
+        windows: list[dict[str, list[str]]] = []  # per window: source -> its template ids in order
         if entries:
             for entry, t in zip(entries, ids, strict=True):
                 index = int((entry.ts - start) // config.window_s)
                 while len(windows) <= index:
-                    windows.append(Counter())
-                windows[index][t] += 1
-        self.sequence_ = SequenceModel().fit(windows) if config.sequence else None
+                    windows.append({})
+                windows[index].setdefault(_source(entry.labels), []).append(t)
+        self.sequence_ = SequenceModel().fit([list(w.values()) for w in windows]) if config.sequence else None
         self.novel_templates_total_ = 0
         self.fit_range_ = (start, end)
         self.lines_trained_ = len(entries)
@@ -277,6 +286,8 @@ class LogDetector:
         # clusters merged by the miner since the last call answer by their live id: re-key the
         # counts so a template's history follows it into the merged cluster
         self.line_.remap(self.miner_.resolve)
+        if self.sequence_ is not None:
+            self.sequence_.remap(self.miner_.resolve)
         for entry in sorted(entries, key=lambda e: e.ts):
             stream = _key(entry.labels)
             self.stream_labels_.setdefault(stream, dict(entry.labels))
@@ -287,6 +298,7 @@ class LogDetector:
             if is_new:
                 self.novel_templates_total_ += 1
             self.recent_.append((entry.ts, stream, template_id))
+            self.examples_[template_id] = entry.message
             self._track_boot(entry)
             hits = self.patterns_.observe(entry)
             for hit in hits:
@@ -405,7 +417,7 @@ class LogDetector:
             else:
                 template_id, template = name, templates_now.get(name, "")
                 labels = {"template_id": name}
-                subject = f"template {name} {template!r}"
+                subject = f"template {_quote(template)}"
                 if what == "burst" and not _KEYWORD_RE.search(template):
                     # more of an ordinary line (requests, model loads) is user traffic, not an
                     # incident: shown as a rate, alerted on only by its stream's flood condition
@@ -417,14 +429,48 @@ class LogDetector:
     def _score_sequence(self, now: float, offer) -> None:
         if self.sequence_ is None or not self.recent_:
             return
-        counts = Counter(t for _ts, _s, t in self.recent_)
-        score = float(self.sequence_.score([counts])[0])
-        if self.boot_ts_ is not None and 0 <= now - self.boot_ts_ < self._config.boot_grace_s + self._config.window_s:
-            score *= self._config.boot_damping  # a window holding a boot is an unusual mix by nature
-        top = ", ".join(f"{t} x{c}" for t, c in counts.most_common(3))
-        offer(LogAnomaly("log_sequence", {"job": "all"}, score, None, None, [],
-                         f"Unusual mix of log templates in the last {self._config.window_s / 60:g} min "
-                         f"(most frequent: {top})", now))
+        config = self._config
+        # the window's lines per source (a stream without its priority), in time order: transitions
+        # between streams are chance interleaving, never an order
+        by_source: dict[str, list[str]] = {}
+        labels_of: dict[str, dict] = {}
+        for _ts, stream, template_id in sorted(self.recent_, key=lambda item: item[0]):
+            labels = self.stream_labels_.get(stream, {})
+            source = _source(labels)
+            labels_of.setdefault(source, labels)
+            by_source.setdefault(source, []).append(self.miner_.resolve(template_id))
+        sources = list(by_source)
+        findings = self.sequence_.findings([by_source[s] for s in sources])
+        minutes = f"{config.window_s / 60:g} min"
+        if not findings:
+            offer(LogAnomaly("log_sequence", {"job": "all"}, 0.0, None, None, [],
+                             f"No unusual log sequence in the last {minutes}", now))
+            return
+        top = findings[0]
+        score = float(top["score"])
+        if self.boot_ts_ is not None and 0 <= now - self.boot_ts_ < config.boot_grace_s + config.window_s:
+            score *= config.boot_damping  # a window holding a boot is an unusual sequence by nature
+        templates = self.miner_.templates()
+        first, second = top["first"], top["second"]
+        who = _who(labels_of[sources[top["stream"]]])
+
+        def shown(template_id: str) -> str:
+            text = _quote(templates.get(template_id, ""))
+            example = self.examples_.get(template_id)
+            return text + (f" (e.g. {_quote(example)})" if example else "")
+
+        if top["kind"] == "transition":
+            summary = (f"Unusual log sequence in {who} in the last {minutes}: {shown(second)} came right "
+                       f"after {shown(first)} - never seen in training")
+        else:
+            summary = (f"Unusual log combination in {who} in the last {minutes}: {shown(first)} together "
+                       f"with {shown(second)} - never in one window in training, though they appeared in "
+                       f"{top['share_first']:.0%} and {top['share_second']:.0%} of its windows")
+        examples = [self.examples_[t] for t in (second, first) if t in self.examples_]
+        anomaly = LogAnomaly("log_sequence", {"job": "all"}, score, second, templates.get(second), [], summary, now)
+        offer(anomaly)
+        for line in examples:
+            offer(anomaly, line)
 
     # -- metrics helpers --------------------------------------------------------------------------
     def template_rates(self) -> dict[str, float]:
@@ -467,6 +513,7 @@ class LogDetector:
             "boot_ts": self.boot_ts_,
             "boot_id": self.boot_id_,
             "novel_templates_total": self.novel_templates_total_,
+            "examples": dict(self.examples_),
         }
 
     def set_runtime_state(self, state: dict) -> LogDetector:
@@ -478,6 +525,7 @@ class LogDetector:
             repeats.set_state(state["repeats"])
             patterns = state["patterns"]
             novel = int(state["novel_templates_total"])
+            examples = {str(k): str(v) for k, v in state.get("examples", {}).items()}  # absent before 3
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"corrupt log scoring state: {e}") from e
         self.line_.counts_ = line_counts
@@ -487,6 +535,7 @@ class LogDetector:
         self.boot_ts_ = state.get("boot_ts")
         self.boot_id_ = state.get("boot_id")
         self.novel_templates_total_ = novel
+        self.examples_ = examples
         return self
 
     @classmethod
@@ -538,7 +587,8 @@ def incidents_from_entries(entries: list[LogEntry], config: LogDetectorConfig | 
     """Replay entries as the live service would: fit on the part before `train_until` (default: the
     first `train_fraction` of the time span), then score every `step_s` on the lines of that step,
     and merge anomalous results per detector and label set into incidents
-    {"detector", "labels", "start", "end", "peak_score", "summary"} (times in epoch seconds)."""
+    {"detector", "labels", "start", "end", "peak_score", "summary", "template"} (times in epoch
+    seconds; "template": the peak anomaly's template text, or None, beside any template_id label)."""
     entries = sorted(entries, key=lambda e: e.ts)
     if not entries:
         return []
@@ -569,11 +619,12 @@ def incidents_from_entries(entries: list[LogEntry], config: LogDetectorConfig | 
                 incident = None
             if incident is None:
                 open_[key] = {"detector": anomaly.detector, "labels": labels, "start": ts, "end": ts,
-                              "peak_score": anomaly.score, "summary": anomaly.summary}
+                              "peak_score": anomaly.score, "summary": anomaly.summary, "template": anomaly.template}
             else:
                 incident["end"] = max(incident["end"], ts)
                 if anomaly.score > incident["peak_score"]:
                     incident["peak_score"], incident["summary"] = anomaly.score, anomaly.summary
+                    incident["template"] = anomaly.template
         t += step_s
     done.extend(open_.values())
     return sorted(done, key=lambda i: (i["start"], i["detector"]))

@@ -7,8 +7,8 @@ Three models, each usable on its own (scikit-learn style: __init__ stores parame
   where that severity is news for the template (training did not show the template at that level).
 - RateModel: lines per window per key (a stream or a template) against a robust baseline, with an
   hour-of-day profile once training covers two days: bursts, and silence of a chatty key.
-- SequenceModel: an Isolation Forest (detector.models.iforest's, so its state is plain arrays) over
-  windows of template counts, for unusual mixes of otherwise ordinary lines.
+- SequenceModel: the order and combination of known templates in a window (a transition or a pair
+  training never showed), from presence and order alone: volume is RateModel's, novelty LineScorer's.
 The keyword and level lists below were fixed from general knowledge of system logs before any
 labelled data was looked at; they are not tuned on a benchmark.
 """
@@ -22,7 +22,6 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from detector.logs.windows import SlidingWindows
-from detector.models.iforest import IsolationForestModel
 
 # Words of trouble in system and application logs (whole words, case-insensitive).
 TROUBLE_KEYWORDS = (
@@ -227,97 +226,217 @@ class RateModel:
         return self
 
 
+def _streams(window) -> list[list[str]]:
+    """A window as its streams' ordered template ids; a flat list of ids is one stream."""
+    window = list(window)
+    if window and isinstance(window[0], str):
+        return [window]
+    return [list(stream) for stream in window]
+
+
+def _components(size: int, edges: Iterable[tuple[int, int]]) -> np.ndarray:
+    """Strongly connected components of a directed graph on 0..size-1 (iterative Kosaraju): a
+    component label per node."""
+    forward: list[list[int]] = [[] for _ in range(size)]
+    backward: list[list[int]] = [[] for _ in range(size)]
+    for a, b in edges:
+        forward[a].append(b)
+        backward[b].append(a)
+    order, seen = [], [False] * size
+    for root in range(size):
+        if seen[root]:
+            continue
+        seen[root] = True
+        stack = [(root, iter(forward[root]))]
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                order.append(node)
+                stack.pop()
+            elif not seen[child]:
+                seen[child] = True
+                stack.append((child, iter(forward[child])))
+    label = np.full(size, -1, dtype=int)
+    for root in reversed(order):
+        if label[root] >= 0:
+            continue
+        label[root] = root
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            for parent in backward[node]:
+                if label[parent] < 0:
+                    label[parent] = root
+                    stack.append(parent)
+    return label
+
+
+class _Stats:
+    """What a set of training windows says about order and combination, counted in windows (not
+    lines: how chatty a template is must not weigh in)."""
+
+    def __init__(self, windows: Sequence, vocabulary: list[str] | None = None):
+        windows = [_streams(w) for w in windows]
+        if vocabulary is None:
+            vocabulary = sorted({t for w in windows for stream in w for t in stream})
+        self.vocabulary = vocabulary
+        self.index = {t: i for i, t in enumerate(vocabulary)}
+        size = len(vocabulary)
+        self.n_windows = len(windows)
+        self.present = np.zeros(size)         # windows holding the template
+        self.transitions: set[tuple[int, int]] = set()   # a -> b, next lines of one stream, a != b
+        self.together: set[tuple[int, int]] = set()      # a < b, both in one stream in one window
+        for window in windows:
+            present = set()
+            for stream in window:
+                ids = [self.index.get(t) for t in stream]
+                known = {i for i in ids if i is not None}
+                present |= known
+                self.together.update((a, b) for a in known for b in known if a < b)
+                for a, b in zip(ids, ids[1:], strict=False):
+                    if a is not None and b is not None and a != b:
+                        self.transitions.add((a, b))
+            self.present[list(present)] += 1
+        self.component = _components(size, self.transitions)
+
+    def findings(self, window) -> list[tuple[float, str, int, int, int]]:
+        """(evidence, kind, a, b, stream index) for what `window` shows that these windows never did:
+        - "transition": b right after a in a stream, never seen, and not within one cycle of the
+          training's transition graph (concurrent requests interleave the steps of a cycle in any
+          order; that is load, not news). Evidence: the smaller share of training windows holding
+          a or b - how often training had the chance to show a -> b and did not.
+        - "combination": a and b in one stream's window, never together in training. Evidence: the
+          share of windows expected to hold both were they independent (share a x share b).
+        Templates unknown to training are skipped (novelty is the line scorer's), and break a
+        stream's chain rather than join their neighbours. Counts do not matter, only presence and
+        order: more (or fewer) lines of the same templates in the same order find nothing."""
+        n = max(self.n_windows, 1)
+        found = []
+        for number, stream in enumerate(_streams(window)):
+            ids = [self.index.get(t) for t in stream]
+            for a, b in set(zip(ids, ids[1:], strict=False)):
+                if a is None or b is None or a == b or (a, b) in self.transitions:
+                    continue
+                if self.component[a] == self.component[b]:
+                    continue
+                found.append((min(self.present[a], self.present[b]) / n, "transition", a, b, number))
+            known = sorted({i for i in ids if i is not None})
+            for x, a in enumerate(known):
+                for b in known[x + 1:]:
+                    if (a, b) not in self.together:
+                        found.append((self.present[a] * self.present[b] / n / n, "combination", a, b, number))
+        return found
+
+
 class SequenceModel:
-    """Isolation Forest over windows of template counts (log1p of counts over a fixed vocabulary of
-    the `vocabulary_size` most common training templates, plus an `other` column). Scores are scaled
-    so that the training windows' `calibration_quantile` maps to 1 / `calibration_margin`: by default
-    the most unusual training window maps to 0.8, so only a mix clearly stranger than any seen in
-    training scores above 1 (a quantile below 1 would flag that share of ordinary windows by
-    construction, and many scoring windows will edge past the maximum of fewer training ones).
+    """Unusual order or combination of templates seen in training, whatever their volume.
 
-    An Isolation Forest only splits inside the training range, so a window far beyond it (a template
-    at five times its usual count, or a usual one gone) isolates no faster than the training's own
-    extremes. A range check covers that: per column, the distance outside the training [min, max] in
-    sqrt-count space (where Poisson noise has sd 1/2), in units of `range_sigmas` * 1/2. The `other`
-    column is left out of the range check: lines of new templates are the line scorer's to judge.
+    A window is its streams' lines in order (template ids). Two findings count (see _Stats.findings):
+    a template right after another in a stream where training never showed that transition (outside
+    a cycle of known transitions), and two templates in one stream's window that training never
+    showed together though each was common. Only presence and order are used, never counts: the
+    same templates at x0.3 or x10 their volume find nothing (volume is RateModel's, new templates
+    LineScorer's).
 
-    The forest is detector.models.iforest's: its state is numpy arrays, so get_state() needs no pickle."""
+    Calibration comes from the training windows: the model is fitted on each half of them and
+    scored on the other, and the largest evidence the held-out half shows (ordinary drift: what a
+    new week brings without anything wrong) times `calibration_margin` maps to a score of 1, with a
+    floor of `min_support` windows of support per half (nothing rarer can be a finding). Fewer than
+    2 x `min_support` windows: no model, scores 0.
 
-    def __init__(self, vocabulary_size: int = 100, n_estimators: int = 100,
-                 calibration_quantile: float = 1.0, calibration_margin: float = 1.25,
-                 range_sigmas: float = 4.0, random_state: int = 0):
-        self.vocabulary_size = vocabulary_size
+    State: JSON-able values and numpy arrays (the model store's npz), no pickle."""
+
+    def __init__(self, min_support: int = 8, calibration_margin: float = 1.25):
+        self.min_support = min_support
         self.calibration_margin = calibration_margin
-        self.n_estimators = n_estimators
-        self.calibration_quantile = calibration_quantile
-        self.range_sigmas = range_sigmas
-        self.random_state = random_state
 
-    def _matrix(self, windows: Sequence[Counter]) -> np.ndarray:
-        index = self.index_
-        matrix = np.zeros((len(windows), len(index) + 1))
-        for row, counts in enumerate(windows):
-            for template_id, count in counts.items():
-                matrix[row, index.get(template_id, len(index))] += count
-        return np.log1p(matrix)
-
-    def fit(self, windows: Sequence[Counter]) -> SequenceModel:
-        total = Counter()
-        for counts in windows:
-            total.update(counts)
-        self.vocabulary_ = [t for t, _c in total.most_common(self.vocabulary_size)]
-        self.index_ = {t: i for i, t in enumerate(self.vocabulary_)}
-        self.forest_ = None
-        if len(windows) < 8:  # too few windows to learn what a normal mix is
+    def fit(self, windows: Sequence) -> SequenceModel:
+        """windows: per window, its streams' ordered template ids (a flat list = one stream)."""
+        windows = list(windows)
+        self.stats_ = _Stats(windows)
+        self.vocabulary_ = self.stats_.vocabulary
+        self.fitted_ = len(windows) >= 2 * self.min_support
+        self.scale_ = {"transition": 1.0, "combination": 1.0}
+        if not self.fitted_:
             return self
-        matrix = self._matrix(windows)
-        roots = np.sqrt(np.expm1(matrix))
-        self.low_, self.high_ = roots.min(axis=0), roots.max(axis=0)
-        # max_samples=256 subsamples min(256, windows) per tree: scikit-learn's default, which the
-        # sequence calibration was chosen with
-        self.forest_ = IsolationForestModel(n_estimators=self.n_estimators, max_samples=256,
-                                            random_state=self.random_state)
-        self.forest_.fit(matrix)
-        raw = -self.forest_.score_samples(matrix)
-        self.center_ = float(np.median(raw))
-        self.spread_ = max(self.calibration_margin * (float(np.quantile(raw, self.calibration_quantile))
-                                                       - self.center_), 1e-6)
+        half = len(windows) // 2
+        held_out = {"transition": 0.0, "combination": 0.0}
+        for train, test in ((windows[:half], windows[half:]), (windows[half:], windows[:half])):
+            stats = _Stats(train)
+            for window in test:
+                for evidence, kind, _a, _b, _s in stats.findings(window):
+                    held_out[kind] = max(held_out[kind], evidence)
+        floor = {"transition": self.min_support / half,
+                 "combination": self.min_support / half}
+        self.scale_ = {kind: self.calibration_margin * max(held_out[kind], floor[kind]) for kind in held_out}
         return self
 
-    def score(self, windows: Sequence[Counter]) -> np.ndarray:
-        if self.forest_ is None or not len(windows):
-            return np.zeros(len(windows))
-        matrix = self._matrix(windows)
-        raw = -self.forest_.score_samples(matrix)
-        forest = np.clip((raw - self.center_) / self.spread_, 0.0, None)
-        roots = np.sqrt(np.expm1(matrix))
-        outside = np.maximum(roots - self.high_, self.low_ - roots).clip(min=0.0)
-        outside[:, -1] = 0.0  # templates new to the vocabulary are the line scorer's to judge
-        return np.maximum(forest, outside.max(axis=1) / (self.range_sigmas * 0.5))
+    def findings(self, window) -> list[dict]:
+        """What makes `window` unusual, most unusual first: {"kind", "first", "second" (template ids),
+        "stream" (index in the window), "score", "share_first", "share_second" (share of training
+        windows holding each)}."""
+        if not self.fitted_:
+            return []
+        stats = self.stats_
+        n = max(stats.n_windows, 1)
+        out = [{"kind": kind, "first": stats.vocabulary[a], "second": stats.vocabulary[b], "stream": number,
+                "score": float(evidence / self.scale_[kind]), "share_first": float(stats.present[a] / n),
+                "share_second": float(stats.present[b] / n)}
+               for evidence, kind, a, b, number in stats.findings(window)]
+        return sorted(out, key=lambda f: (-f["score"], f["kind"], f["first"], f["second"]))
+
+    def score(self, windows: Sequence) -> np.ndarray:
+        return np.array([max((f["score"] for f in self.findings(w)), default=0.0) for w in windows])
+
+    def remap(self, resolve) -> SequenceModel:
+        """Re-key by live template ids after the miner merged clusters; merged templates pool their
+        transitions and pairs (their window counts: the larger, a lower bound of the union)."""
+        stats = self.stats_
+        live = [resolve(t) for t in stats.vocabulary]
+        if live == stats.vocabulary:
+            return self
+        self.set_state({**self.get_state(), "vocabulary": live})
+        return self
 
     def get_state(self) -> dict:
         """Parameters and fitted state: JSON-able values and numpy arrays (the model store's npz)."""
-        state = {"params": {"vocabulary_size": self.vocabulary_size, "n_estimators": self.n_estimators,
-                            "calibration_quantile": self.calibration_quantile,
-                            "calibration_margin": self.calibration_margin, "range_sigmas": self.range_sigmas,
-                            "random_state": self.random_state},
-                 "vocabulary": list(self.vocabulary_), "forest": None}
-        if self.forest_ is not None:
-            state.update(forest=self.forest_.get_state(), low=self.low_, high=self.high_, center=self.center_,
-                         spread=self.spread_)
-        return state
+        stats = self.stats_
+        return {"params": {"min_support": self.min_support, "calibration_margin": self.calibration_margin},
+                "vocabulary": list(stats.vocabulary), "n_windows": stats.n_windows, "fitted": self.fitted_,
+                "present": stats.present,
+                "transitions": np.array(sorted(stats.transitions), dtype=int).reshape(-1, 2),
+                "together": np.array(sorted(stats.together), dtype=int).reshape(-1, 2),
+                "scale": dict(self.scale_)}
+
+    def set_state(self, state: dict) -> SequenceModel:
+        stats = _Stats([], [])
+        vocabulary = [str(t) for t in state["vocabulary"]]
+        merged = sorted(set(vocabulary))   # ids the miner merged collapse into one
+        stats.vocabulary, stats.index = merged, {t: i for i, t in enumerate(merged)}
+        to = np.array([stats.index[t] for t in vocabulary], dtype=int)
+        stats.n_windows = int(state["n_windows"])
+        stats.present = np.zeros(len(merged))
+        np.maximum.at(stats.present, to, np.asarray(state["present"], float).reshape(-1))
+
+        def pairs(key: str, ordered: bool) -> set[tuple[int, int]]:
+            out = set()
+            for a, b in np.asarray(state[key], int).reshape(-1, 2):
+                a, b = int(to[a]), int(to[b])
+                if a != b:
+                    out.add((a, b) if ordered else (min(a, b), max(a, b)))
+            return out
+
+        stats.transitions, stats.together = pairs("transitions", True), pairs("together", False)
+        stats.component = _components(len(merged), stats.transitions)
+        self.stats_, self.vocabulary_ = stats, merged
+        self.fitted_ = bool(state["fitted"])
+        self.scale_ = {kind: float(state["scale"][kind]) for kind in ("transition", "combination")}
+        return self
 
     @classmethod
     def from_state(cls, state: dict) -> SequenceModel:
-        model = cls(**state["params"])
-        model.vocabulary_ = [str(t) for t in state["vocabulary"]]
-        model.index_ = {t: i for i, t in enumerate(model.vocabulary_)}
-        model.forest_ = None
-        if state["forest"] is not None:
-            model.forest_ = IsolationForestModel.from_state(state["forest"])
-            model.low_, model.high_ = np.asarray(state["low"], float), np.asarray(state["high"], float)
-            model.center_, model.spread_ = float(state["center"]), float(state["spread"])
-        return model
+        return cls(**state["params"]).set_state(state)
 
 
 class RepeatTracker:

@@ -1,0 +1,239 @@
+"""`gpu_busy_without_requests` as a detector plugin (detector/plugin.py): every scoring step, per GPU,
+utilisation, the workloads holding its memory and the request activity of the inference servers
+among them, from Prometheus (and request log lines from Loki for servers without request metrics).
+Nothing is fitted: the decision is the rule in busy.py, so `fit` has nothing to store and the
+detector is ready at once. Published as `rigwatch_anomaly_score{detector="gpu_busy_without_requests"}`
+with the GPU's labels; the incident text names the servers, where their silence was read and the
+models they hold. It publishes its own families, not `rigwatch_anomaly_score` (one alert,
+GpuBusyWithoutRequests, whose text says what happened, rather than a generic MetricAnomaly):
+
+  rigwatch_gpu_busy_without_requests{<GPU labels>}           1 while the busy run has lasted `hold`
+  rigwatch_gpu_busy_without_requests_seconds{<GPU labels>}   how long the current busy run has lasted
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+from prometheus_client.core import GaugeMetricFamily
+
+from detector.config import Config
+from detector.context.activity import Activity, ServerActivity, from_log_counts, from_metrics, merge, on_grid
+from detector.context.busy import GpuContext, scores, unexplained_busy
+from detector.context.config import InferenceConfig
+from detector.health import SourceHealth
+from detector.incidents import IncidentPolicy, IncidentTracker
+from detector.logs.loki import LokiClient, LokiError
+from detector.plugin import BacktestPart, DetectorPlugin, ScorePass
+from detector.promclient import PromClient, PromError
+from detector.scores import ScoreBatch
+from detector.timefmt import iso
+
+log = logging.getLogger(__name__)
+
+NAME = "gpu_busy_without_requests"
+LABEL_NAMES = ["gpu", "uuid", "name", "job", "instance"]
+MODEL = "context"
+UTIL_QUERY = "gpu_utilization_ratio"
+WORKLOAD_QUERY = "gpu_workload_memory_used_bytes"
+MODELS_QUERY = "inference_model_vram_bytes"
+# A workload that is no inference server explains a busy GPU only if it holds real memory: a desktop
+# session (Xorg, a compositor: ~100-300 MiB) on a card that also serves models explains no compute.
+EXPLAINS_MIN_BYTES = 512 * 1024**2
+# an unexplained busy run is one incident even if a request or two blips through it
+POLICY = IncidentPolicy(min_duration=60.0, merge_gap=600.0)
+BACKTEST_CHUNK = 86400.0
+
+
+def _gpu_key(labels: dict[str, str]) -> tuple[str, str]:
+    return labels.get("instance", ""), labels.get("uuid") or labels.get("gpu", "")
+
+
+class ContextPlugin(DetectorPlugin):
+    fit_task = "context_fit"
+    score_task = "context_score"
+    publishes_scores = False
+
+    def __init__(self, config: Config, client: PromClient, *, loki: LokiClient | None = None,
+                 health: SourceHealth | None = None):
+        self.settings: InferenceConfig = config.inference or InferenceConfig()
+        self.step = config.schedule.step
+        self.context = config.schedule.context
+        self.warmup = config.schedule.warmup
+        self.client = client
+        self.loki = loki
+        self.health = health
+        self.sources = ("prometheus", "loki") if loki is not None else ("prometheus",)
+        self.last_t_: float | None = None
+        self.latest_: dict[tuple, tuple[dict[str, str], float, float]] = {}  # gpu -> labels, run s, score
+
+    # -- protocol: nothing to fit or store ----------------------------------------------------------
+    def detector_names(self) -> list[str]:
+        return [NAME]
+
+    def load(self) -> int:
+        return 0
+
+    def fit(self, now: float, only: set[str] | None = None) -> bool:
+        return True
+
+    def incident_policy(self) -> dict[str, IncidentPolicy]:
+        return {NAME: POLICY}
+
+    def reconfigure(self, config) -> list[str]:
+        self.settings = config.inference or InferenceConfig()
+        return []
+
+    def models(self) -> list[dict[str, Any]]:
+        s = self.settings
+        return [{"detector": NAME, "kind": MODEL, "busy_utilization": s.busy_utilization, "hold_seconds": s.hold,
+                 "servers": [{"server": x.name, "workload": x.workload.pattern, "requests_log": x.requests_log}
+                             for x in s.servers]}]
+
+    # -- scoring -------------------------------------------------------------------------------------
+    def score(self, now: float) -> ScorePass:
+        end = math.floor(now / self.step) * self.step
+        first = end - self.context if self.last_t_ is None else max(self.last_t_ + self.step, end - self.context)
+        if first > end:
+            return ScorePass()
+        try:
+            batches = self.evaluate(first - self.settings.hold, end)
+        except PromError as e:
+            log.warning("%s: Prometheus: %s", NAME, e)
+            return ScorePass(ok=False)
+        self.last_t_ = end
+        self.latest_ = {_gpu_key(b.labels): (dict(b.labels), float(b.score[-1]) * self.settings.hold,
+                                             float(b.score[-1])) for b in batches if len(b.t)}
+        return ScorePass([_since(b, first) for b in batches])
+
+    def families(self):
+        flag = GaugeMetricFamily("rigwatch_gpu_busy_without_requests",
+                                 "1 while the GPU has been busy for the detector's hold with every inference "
+                                 "server on it reporting no request and no other workload on it.",
+                                 labels=LABEL_NAMES)
+        run = GaugeMetricFamily("rigwatch_gpu_busy_without_requests_seconds",
+                                "How long the GPU's current busy run with no active request has lasted.",
+                                labels=LABEL_NAMES)
+        for labels, seconds, score in self.latest_.values():
+            values = [labels.get(k, "") for k in LABEL_NAMES]
+            flag.add_metric(values, 1.0 if score > 1 else 0.0)
+            run.add_metric(values, seconds)
+        yield flag
+        yield run
+
+    def evaluate(self, start: float, end: float, *, use_loki: bool = True) -> list[ScoreBatch]:
+        """Scores of every GPU over the step grid [start, end] (each run counted from `start`)."""
+        step, s = self.step, self.settings
+        start = math.floor(start / step) * step
+        grid = np.arange(start, end + step / 2, step)
+        util = self.client.query_range(UTIL_QUERY, start, end, step)
+        if not util:
+            return []
+        work = self.client.query_range(WORKLOAD_QUERY, start, end, step)
+        activity = self._activity(grid, start, end, use_loki)
+        models = self._models(end)
+        out = []
+        for u in util:
+            ctx = self._gpu_context(grid, u, work)
+            sc = scores(ctx, activity, busy_utilization=s.busy_utilization, hold=s.hold, step=step)
+            expl = self._explain(ctx, activity, models, sc)
+            nan = np.full(len(grid), np.nan)
+            out.append(ScoreBatch(NAME, MODEL, dict(u.labels), grid, ctx.util, sc, nan, nan, nan, [expl]))
+        return out
+
+    def _activity(self, grid: np.ndarray, start: float, end: float, use_loki: bool) -> Activity:
+        s = self.settings
+        metric = from_metrics(grid, self.client.query_range(s.requests_query, start, end, self.step))
+        logs: dict[str, ServerActivity] = {}
+        if use_loki and self.loki is not None:
+            for spec in s.servers:
+                m = metric.get(spec.name)
+                if spec.requests_log is None or (m is not None and m.known.all()):
+                    continue
+                try:
+                    counts = self.loki.metric_query(f"count_over_time({spec.requests_log}[{self.step:g}s])",
+                                                    start, end, self.step)
+                    presence = self.loki.metric_query(
+                        f"count_over_time({spec.stream_selector()}[{s.log_presence:g}s])", start, end, self.step)
+                except LokiError as e:  # unknown, never zero: nothing is concluded for this server
+                    log.warning("%s: Loki, request lines of %s: %s", NAME, spec.name, e)
+                    continue
+                logs[spec.name] = from_log_counts(grid, counts, presence)
+        return merge(grid, metric, logs)
+
+    def _models(self, at: float) -> dict[str, list[str]]:
+        try:
+            series = self.client.query(MODELS_QUERY, at)
+        except PromError:
+            return {}
+        out: dict[str, list[str]] = {}
+        for ser in series:
+            if ser.labels.get("server") and ser.labels.get("model"):
+                out.setdefault(ser.labels["server"], []).append(ser.labels["model"])
+        return {k: sorted(v) for k, v in out.items()}
+
+    def _gpu_context(self, grid: np.ndarray, util, work) -> GpuContext:
+        key = _gpu_key(util.labels)
+        n = len(grid)
+        servers: list[set[str]] = [set() for _ in range(n)]
+        others: list[set[str]] = [set() for _ in range(n)]
+        for w in work:
+            if _gpu_key(w.labels) != key:
+                continue
+            name = w.labels.get("workload", "")
+            spec = self.settings.server_for(name)
+            v = on_grid(grid, np.asarray(w.t, float), np.asarray(w.y, float))
+            for i in np.nonzero(np.isfinite(v))[0]:
+                if spec is not None:
+                    servers[i].add(spec.name)
+                elif v[i] >= EXPLAINS_MIN_BYTES:
+                    others[i].add(name)
+        return GpuContext(on_grid(grid, np.asarray(util.t, float), np.asarray(util.y, float)),
+                          [frozenset(x) for x in servers], [frozenset(x) for x in others])
+
+    def _explain(self, ctx: GpuContext, activity: Activity, models: dict[str, list[str]], sc: np.ndarray) -> str:
+        """The text of the newest unexplained run (or the newest step): which servers, read where."""
+        hot = np.nonzero(sc > 0)[0]
+        i = int(hot[-1]) if len(hot) else len(sc) - 1
+        minutes = sc[i] * self.settings.hold / 60 if len(sc) else 0.0
+        parts = []
+        for server in sorted(ctx.servers[i]) if len(sc) else []:
+            a = activity.get(server)
+            how = "no request lines in its log" if a.source == "logs" else "0 requests running"
+            held = models.get(server)
+            parts.append(f"{server}: {how}" + (f", holding {', '.join(held[:3])}" if held else ""))
+        util = ctx.util[i] if len(sc) and np.isfinite(ctx.util[i]) else float("nan")
+        return (f"GPU busy {util:.0%} for {minutes:.0f} min with no active requests "
+                f"({'; '.join(parts) or 'no inference server on it'}): a hung kernel or a job nobody asked for")
+
+    # -- backtest ------------------------------------------------------------------------------------
+    def backtest(self, start: float, end: float, *, threshold: float, plot_dir: str | None = None,
+                 progress=None) -> BacktestPart:
+        tracker = IncidentTracker(threshold=threshold, policy=self.incident_policy(), step=self.step, keep=None)
+        t = min(start + self.warmup, end)  # scored from where the report says scoring starts
+        gpus: set[str] = set()
+        while t < end:
+            chunk_end = min(end, t + BACKTEST_CHUNK)
+            for b in self.evaluate(t - self.settings.hold, chunk_end, use_loki=False):
+                gpus.add(repr(_gpu_key(b.labels)))
+                tracker.update(_since(b, t))
+            if progress is not None:
+                progress.update((chunk_end - t) / 3600)
+            t = chunk_end + self.step
+        tracker.flush()
+        return BacktestPart(detectors=[{"detector": NAME, "kind": MODEL, "series": len(gpus)}],
+                            incidents=[i.to_dict(iso) for i in tracker.closed])
+
+    def backtest_hours(self, start: float, end: float) -> float:
+        return max(0.0, end - min(start + self.warmup, end)) / 3600
+
+
+def _since(b: ScoreBatch, first: float) -> ScoreBatch:
+    keep = b.t >= first - 1e-9
+    return ScoreBatch(b.detector, b.model, b.labels, b.t[keep], b.y[keep], b.score[keep], b.expected[keep],
+                      b.lower[keep], b.upper[keep], b.explanation)
+
+
+__all__ = ["NAME", "ContextPlugin", "unexplained_busy"]
