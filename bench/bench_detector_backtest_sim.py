@@ -1,11 +1,12 @@
 """Backtest the built-in preset on simulated history and score it against the ground truth.
 
-    .venv/bin/python bench/bench_detector_backtest_sim.py --days 7 --seed 2
+    .venv/bin/python bench/bench_detector_backtest_sim.py --days 7 --seed 2 [--box studio]
 
 Writes `rigwatch-sim history` (the packaged 7-day incident schedule unless --schedule), backfills it
 into a real Prometheus with promtool, runs `rigwatch-detector backtest` with the default preset and
 prints: incidents found (with delay), missed, false incidents per simulated day, incidents on the
 benign look-alikes, and the backtest wall time. Seeds 1 and 2 were used while tuning the preset.
+`--box` picks the simulated box (`rigwatch-sim history --box`; default aibox) and its default schedule.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--start", default="2026-11-01T00:00:00Z")
     ap.add_argument("--schedule", default=None)
+    ap.add_argument("--box", default="aibox", help="simulated box: aibox or studio (default aibox)")
     ap.add_argument("--config", default=None, help="detector.yml (default: the built-in preset)")
     ap.add_argument("--keep", default=None, help="work directory to keep (default: a temp dir)")
     args = ap.parse_args()
@@ -38,10 +40,13 @@ def main() -> int:
     hist = work / "history"
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "exporter.sim.cli", "history", "--out", str(hist), "--days", str(args.days),
-           "--seed", str(args.seed), "--start", args.start]
+           "--seed", str(args.seed), "--start", args.start, "--box", args.box]
     if args.schedule:
         cmd += ["--schedule", args.schedule]
-    subprocess.run(cmd, check=True, capture_output=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr.strip(), file=sys.stderr)
+        return done.returncode
     t1 = time.perf_counter()
     backfill_openmetrics(hist / "metrics.om", work / "tsdb")
     t2 = time.perf_counter()
@@ -58,7 +63,7 @@ def main() -> int:
     result = evaluate(report, truth)
     (work / "evaluation.json").write_text(json.dumps(result, indent=1))
     s = result["summary"]
-    print(f"seed {args.seed}, {args.days:g} simulated days of 1-minute data")
+    print(f"box {args.box}, seed {args.seed}, {args.days:g} simulated days of 1-minute data")
     print(f"  sim history {t1 - t0:.1f} s, promtool backfill {t2 - t1:.1f} s, backtest {t4 - t3:.1f} s wall")
     print(f"  injected incidents found: {s['found']}/{s['injected']}")
     for f in result["found"]:

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between polls of the inference servers (default 10)")
     p.add_argument("--sim-config", default=None, help="sim backend: YAML box/incident config (default built-in)")
     p.add_argument("--seed", type=int, default=0, help="sim backend: random seed (default 0)")
+    p.add_argument("--box", default="aibox", metavar="NAME",
+                   help="sim backend: which simulated box, aibox or studio (default aibox)")
     p.add_argument("--speed", type=float, default=1.0, help="sim backend: sim seconds per wall second (default 1)")
     p.add_argument("--sim-journal", default=None, metavar="FILE",
                    help="sim backend: append the simulated box's journal to FILE as `journalctl -o json` lines "
@@ -89,20 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
 def _sim_box(args):
     """The simulated box; errors name the flag they are about (ValueError/OSError)."""
     from exporter.sim.box import SimBox  # only the sim backend needs the simulation
+    from exporter.sim.boxes import get_box
 
     journal = getattr(args, "sim_journal", None)
     try:
-        incidents = SimBox.load_incidents(args.sim_config)
+        profile = get_box(getattr(args, "box", "aibox"))
+    except KeyError as e:
+        raise ValueError(f"--box: {e.args[0]}") from None
+    try:
+        incidents = SimBox.load_incidents(args.sim_config, profile)
     except (OSError, ValueError) as e:  # ScheduleError names the key
         raise ValueError(f"--sim-config {args.sim_config}: {e}") from e
     if not getattr(args, "sim_history", None):
-        return SimBox(incidents, seed=args.seed, speed=args.speed, journal_path=journal)
+        return SimBox(incidents, seed=args.seed, speed=args.speed, journal_path=journal, box=profile)
     from exporter.sim.history import box_with_history
 
     try:
         box, result = box_with_history(args.sim_history, args.sim_history_hours, args.sim_history_step,
                                        incidents=incidents, seed=args.seed, speed=args.speed,
-                                       job=args.sim_history_job, instance=args.listen, journal_path=journal)
+                                       job=args.sim_history_job, instance=args.listen, journal_path=journal,
+                                       box_name=profile.name)
     except OSError as e:
         raise OSError(f"--sim-history {args.sim_history}: {e}") from e
     log.info("wrote %g h of sim history to %s (%d samples) in %.1f s; the box plays on live",
@@ -185,6 +193,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         return 2
     registry = CollectorRegistry()
     registry.register(collector)
+    if box is not None:  # the sim's vLLM-like /metrics (nothing on a box without vLLM)
+        from exporter.sim.vllm import SimVLLMCollector
+        registry.register(SimVLLMCollector(box))
     try:
         limits = http_server.Limits(connection_limit=args.max_connections, idle_timeout_s=args.idle_timeout)
         server = MetricsServer(registry, host, port, backend=args.backend, limits=limits)

@@ -77,3 +77,23 @@ def test_exporter_cli_sim_history_needs_the_sim_backend(tmp_path):
     out = subprocess.run([sys.executable, "-m", "exporter.cli", "--sim-history", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--sim-history needs --backend sim" in out.stderr
+
+
+def test_exporter_cli_serves_the_studio_box_with_its_vllm_families(tmp_path):
+    port = free_port()
+    history = tmp_path / "history"
+    proc = subprocess.Popen([sys.executable, "-m", "exporter.cli", "--listen", f"127.0.0.1:{port}", "--backend", "sim",
+                             "--box", "studio", "--sim-history", str(history), "--sim-history-hours", "0.25",
+                             "--sim-history-step", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/metrics", timeout=60, proc=proc)
+        assert json.loads((history / "truth.json").read_text())["box"] == "studio"
+        assert "vllm:num_requests_running{" in (history / "metrics.om").read_text()
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert 'name="NVIDIA GeForce RTX 4090"' in text and 'name="NVIDIA RTX A4000"' in text
+        assert 'vllm:num_requests_running{model_name="Qwen/Qwen2.5-14B-Instruct-AWQ"}' in text
+        assert "vllm:generation_tokens_total{" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)

@@ -71,12 +71,43 @@ def test_labels_and_defaults():
     assert _one(kind="planned_reboot", at="1h")[0].benign
 
 
-def test_default_schedule_covers_every_kind_spaced_out_over_a_week():
-    incidents = load_schedule(None, containers=set(NAMES))
-    assert {i.kind for i in incidents} == set(KINDS)
-    assert max(i.end for i in incidents) <= 7 * 86400
-    for a, b in zip(incidents, incidents[1:], strict=False):
-        assert b.at - a.end >= 3600, f"{a.kind} and {b.kind} too close to tell apart"
+def test_default_schedules_cover_every_kind_spaced_out_over_a_week():
+    from exporter.sim.box import SimBox
+    kinds = set()
+    for box in ("aibox", "studio"):
+        incidents = SimBox.load_incidents(None, box)
+        kinds |= {i.kind for i in incidents}
+        assert max(i.end for i in incidents) <= 7 * 86400
+        for a, b in zip(incidents, incidents[1:], strict=False):
+            assert b.at - a.end >= 3600, f"{box}: {a.kind} and {b.kind} too close to tell apart"
+    assert kinds == set(KINDS)
+    assert load_schedule(None, containers=set(NAMES)) == SimBox.load_incidents(None, "aibox")
+    studio = SimBox.load_incidents(None, "studio")
+    real = [i for i in studio if not i.benign]
+    assert len(real) >= 10 and all("gpu" in i.labels() or "container" in i.labels() for i in real)
+    assert {"batch_at_power_cap", "big_model_load", "planned_reboot", "model_swaps", "busy_request_log"} <= \
+        {i.kind for i in studio if i.benign}
+
+
+@pytest.mark.parametrize("box,item,key,message", [
+    ("studio", {"kind": "gpu_lost", "at": "1h", "gpu": 2}, "incidents[0].gpu", "0..1"),
+    ("aibox", {"kind": "container_restart_loop", "at": "1h", "container": "librechat"},
+     "incidents[0].container", "unknown container 'librechat'"),
+    ("studio", {"kind": "container_restart_loop", "at": "1h", "container": "open-webui"},
+     "incidents[0].container", "unknown container 'open-webui'"),
+    ("aibox", {"kind": "batch_at_power_cap", "at": "1h", "gpu": 0}, "incidents[0].gpu", "serves vLLM (none"),
+    ("studio", {"kind": "batch_at_power_cap", "at": "1h", "gpu": 1}, "incidents[0].gpu", "serves vLLM (0)"),
+    ("studio", {"kind": "model_swaps", "at": "1h", "gpu": 0}, "incidents[0].gpu", "runs Ollama (1)"),
+    ("studio", {"kind": "big_model_load", "at": "1h", "gpu": 1}, "incidents[0].model", "unknown model 'gemma2:27b'"),
+    ("studio", {"kind": "model_swaps", "at": "1h", "gpu": 1, "every": "often"}, "incidents[0].every", ""),
+])
+def test_schedules_are_validated_against_the_selected_box(tmp_path, box, item, key, message):
+    from exporter.sim.box import SimBox
+    p = tmp_path / "s.yml"
+    p.write_text(yaml.safe_dump({"incidents": [item]}))
+    with pytest.raises(ScheduleError) as err:
+        SimBox.load_incidents(p, box)
+    assert str(err.value).startswith(key) and message in str(err.value)
 
 
 def test_parse_schedule_round_trips_yaml_text():

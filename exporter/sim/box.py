@@ -3,6 +3,10 @@
 It owns a FakeNVML whose FakeGPUs it mutates, a container source and a fake /proc tree, and moves
 them forward in fixed ticks from one seeded RNG, so the same seed and start give the same box at the
 same simulated time whether it is played live (`start()`) or stepped by the history writer.
+
+Which box it is (cards, containers, inference servers, rhythm) comes from a profile (boxes.py,
+`--box NAME`). What the inference servers say (Ollama /api/ps, ComfyUI /queue, vLLM's metrics and
+logs) draws only from a second RNG, `inference-<seed>`, so a seed's older signals stay as they were.
 """
 from __future__ import annotations
 
@@ -14,23 +18,40 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .boxes import DEFAULT_BOX, BoxProfile, get_box
 from .containers import NAMES as CONTAINER_NAMES  # noqa: F401 (re-exported)
 from .containers import SimContainerSource
 from .fake_nvml import FakeNVML, FakeProcess
 from .journal import Background, Journal, iso_ms
-from .model import DEFAULT_SPECS, GIB, MIB, Faults, GPUPhysics, GPUSpec, make_fake_gpu
+from .model import GIB, MIB, Faults, GPUPhysics, GPUSpec, Load, make_fake_gpu
 from .procfs import FakeProcTree
 from .schedule import Incident, load_schedule, parse_duration
-from .workload import CATALOG, Session, Workload
+from .servers import SimComfyUISource, SimOllamaSource, comfyui_queue_document, ollama_ps_document
+from .vllm_server import Burst, SimVLLM, Stream
+from .workload import Resident, Session, Workload
 
 DRIVER_VERSION = "570.133.07"
 DRIVER_OVERHEAD = 260 * MIB  # what NVML shows used on a headless card with no process
 DOCKERD_PID = 1021
 
 
+def _vllm_ts(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%m-%d %H:%M:%S")
+
+
 def rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t == int(t) else \
         datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _combine(a: Load, b: Load) -> Load:
+    """Two servers' work on one GPU in a tick: busy time adds up, the hungrier kernel sets the power."""
+    if b.busy <= 0:
+        return a
+    if a.busy <= 0:
+        return b
+    return Load(busy=min(1.0, a.busy + b.busy), intensity=max(a.intensity, b.intensity),
+                pcie_rx_bps=a.pcie_rx_bps + b.pcie_rx_bps, pcie_tx_bps=a.pcie_tx_bps + b.pcie_tx_bps)
 
 
 @dataclass
@@ -47,9 +68,12 @@ class _External:
 
 class SimBox:
     def __init__(self, incidents: list[Incident] | None = None, seed: int = 0, speed: float = 1.0,
-                 start: float | None = None, tick: float = 5.0, specs: tuple[GPUSpec, ...] = DEFAULT_SPECS,
+                 start: float | None = None, tick: float = 5.0, specs: tuple[GPUSpec, ...] | None = None,
                  proc_root: str | Path | None = None, journal_maxlen: int | None = 20000,
-                 journal_path: str | Path | None = None):
+                 journal_path: str | Path | None = None, box: str | BoxProfile = DEFAULT_BOX):
+        self.profile = p = get_box(box)
+        if specs is None:
+            specs = p.specs
         if start is None:
             start = time.time()
         self.tick = float(tick)
@@ -58,15 +82,16 @@ class SimBox:
         self.speed = float(speed)
         self.seed = seed
         self.rng = random.Random(seed)
+        self.irng = random.Random(f"inference-{seed}")  # everything the inference servers add
         self.specs = specs
         self.incidents = list(incidents or [])
         # Start at the idle steady state so history does not begin with a warm-up ramp.
         self.physics = [GPUPhysics(s, temperature=29.0 + s.idle_power_w * s.r0 / 0.6) for s in specs]
         self.nvml = FakeNVML([make_fake_gpu(s) for s in specs], driver_version=DRIVER_VERSION)
-        self.container_source = SimContainerSource(self.rng, self.t)
+        self.container_source = SimContainerSource(self.rng, self.t, p.containers)
         self.proc = FakeProcTree(proc_root)
         self.proc_root = str(self.proc.root)
-        self.journal = Journal(self.rng, maxlen=journal_maxlen)
+        self.journal = Journal(self.rng, maxlen=journal_maxlen, hostname=p.hostname)
         self.journal.boot_time = self.t - self.rng.uniform(86400, 20 * 86400)
         self.journal_path = Path(journal_path) if journal_path is not None else None
         for phys in self.physics:  # the driver has been up since boot: energy counters are not at 0
@@ -74,8 +99,15 @@ class SimBox:
         self._pid = 3000 + self.rng.randint(0, 2000)
         self.background = Background(self.journal, self.rng, self.t, self._new_pid)
         self.workload = Workload(self.rng, len(specs), [s.memory_total for s in specs], self._new_pid,
-                                 self._container_log)
+                                 self._container_log, catalog=p.catalog, sessions_per_hour=p.sessions_per_hour,
+                                 embed_model=p.embed_model, frontend=p.frontend, frontend_line=p.frontend_line,
+                                 comfy_gpu=p.comfy_gpu, keep_alive_s=p.keep_alive_s)
         self.workload.reset(self.t)
+        self.vllm: SimVLLM | None = None
+        if p.vllm is not None:  # up since boot: the model is resident and answering from the first scrape
+            self.vllm = SimVLLM(p.vllm, self.irng, self._container_log, specs[p.vllm.gpu].memory_total)
+            self.vllm.running_since_boot(self.t, self._new_pid("python3"))
+        self._warm_start()
         self.down = False  # the whole box is off (planned reboot): no scrape can succeed
         self.boot_count = 0
         self.externals: dict[int, _External] = {}
@@ -90,20 +122,72 @@ class SimBox:
 
     # --- construction -------------------------------------------------------------------------
     @staticmethod
-    def load_incidents(path_or_none: str | Path | None) -> list[Incident]:
-        """An incident schedule (None: the packaged ~7-day default), checked against the box's GPUs and
-        containers; errors name the key (ScheduleError) or the file (OSError)."""
-        return load_schedule(path_or_none, n_gpus=len(DEFAULT_SPECS), containers=set(CONTAINER_NAMES))
+    def load_incidents(path_or_none: str | Path | None, box: str | BoxProfile = DEFAULT_BOX) -> list[Incident]:
+        """An incident schedule (None: the box's packaged ~7-day default), checked against that box's GPUs,
+        containers, servers and models; errors name the key (ScheduleError) or the file (OSError)."""
+        p = get_box(box)
+        vllm_gpus = {p.vllm.gpu} if p.vllm is not None else set()
+        ollama = p.ollama_gpus
+        return load_schedule(path_or_none if path_or_none is not None else p.default_schedule(),
+                             n_gpus=len(p.specs), containers=p.container_names,
+                             gpus_for_kind={"batch_at_power_cap": (vllm_gpus, "serves vLLM"),
+                                            "vram_leak": (ollama, "runs Ollama"),
+                                            "model_swaps": (ollama, "runs Ollama"),
+                                            "big_model_load": (ollama, "runs Ollama")},
+                             models=set(p.catalog))
 
     @classmethod
     def from_config(cls, path_or_none: str | Path | None, seed: int = 0, speed: float = 1.0,
-                    start: float | None = None, **kw) -> SimBox:
-        """Load an incident schedule (None: the packaged ~7-day default) and build the box."""
-        return cls(cls.load_incidents(path_or_none), seed=seed, speed=speed, start=start, **kw)
+                    start: float | None = None, box: str | BoxProfile = DEFAULT_BOX, **kw) -> SimBox:
+        """Load an incident schedule (None: the box's packaged ~7-day default) and build the box."""
+        return cls(cls.load_incidents(path_or_none, box), seed=seed, speed=speed, start=start, box=box, **kw)
+
+    def _warm_start(self) -> None:
+        """The model the box's Ollama holds at the first scrape: used just before the start, on its way
+        out after keep-alive. Drawn from the inference stream and, on the aibox, small and gone before the
+        first chat can arrive, so the main stream's draws (and every older signal) stay as they were."""
+        p = self.profile
+        if p.warm_model is None:
+            return
+        m = p.catalog[p.warm_model]
+        expires = self.t + self.irng.uniform(*p.warm_expiry_s)
+        last_used = expires - p.keep_alive_s
+        pid = self.irng.randint(1500, 2900)  # older than anything the main stream hands out (>= 3000)
+        self.workload.residents[m.name] = Resident(m, pid, last_used - self.irng.uniform(5, 90), last_used)
+
+    # --- what the inference servers answer ----------------------------------------------------------
+    def ollama_api_ps(self) -> dict | None:
+        """Ollama's `GET /api/ps` document now; None while Ollama cannot answer (container or box down)."""
+        with self._lock:
+            if self.down or not self._container("ollama").running:
+                return None
+            return ollama_ps_document(list(self.workload.residents.values()), self.profile.keep_alive_s)
+
+    def comfyui_queue(self) -> dict | None:
+        """ComfyUI's `GET /queue` document now; None on a box without ComfyUI or while it is down."""
+        with self._lock:
+            if self.profile.comfy_gpu is None or self.down or not self._container("comfyui").running:
+                return None
+            running, pending = self.workload.comfy_queue(self.t)
+            return comfyui_queue_document(running, pending, self.seed)
+
+    def vllm_snapshot(self) -> tuple[str, int, int, float, int, int] | None:
+        """(model, running, waiting, kv cache usage 0..1, prompt tokens, generation tokens) of the box's
+        vLLM; None where no vLLM answers."""
+        with self._lock:
+            v = self.vllm
+            if v is None or self.down or not self._container(v.spec.container).running or \
+                    not v.serving(self.t) or not self._gpu_ok(v.spec.gpu):
+                return None
+            return (v.spec.model, len(v.running), len(v.waiting), v.kv_usage(), v.prompt_tokens_total,
+                    v.generation_tokens_total)
 
     def inference_sources(self) -> list:
-        """The box's inference servers as collector sources (placeholder: none yet)."""
-        return []
+        """Sources (`.server`, `.poll() -> ServerState`) over this box's Ollama and ComfyUI."""
+        out: list = [SimOllamaSource(self)]
+        if self.profile.comfy_gpu is not None:
+            out.append(SimComfyUISource(self))
+        return out
 
     def truth(self) -> list[dict]:
         return [{"kind": i.kind, "start": rfc3339(self.start_time + i.at),
@@ -197,16 +281,22 @@ class SimBox:
         for inc in active:
             self._during(t, dt, inc)
         ollama_up = self._container("ollama").running
-        comfy_up = self._container("comfyui").running
+        comfy_up = self.profile.comfy_gpu is not None and self._container("comfyui").running
         others = [self._other_vram(i, t) for i in range(len(self.specs))]
+        self.workload.stuck = {inc.gpu for inc in active if inc.kind == "gpu_stuck"}
         self.workload.tick(t, dt, others, self._gpu_ok, ollama_up, comfy_up)
+        if self.vllm is not None:
+            v = self.vllm
+            self.vllm.tick(t, dt, self._container(v.spec.container).running and self._gpu_ok(v.spec.gpu))
         self._emit_scanner(t + dt)
         self._apply_readings(dt, active)
 
     def _other_vram(self, gpu: int, t: float) -> int:
         v = sum(e.vram for g, e in self.externals.items() if g == gpu)
-        if gpu == 1 and self._container("comfyui").running:
+        if gpu == self.profile.comfy_gpu and self._container("comfyui").running:
             v += self.workload.comfy_vram(t)
+        if self.vllm is not None and gpu == self.vllm.spec.gpu and self.vllm.pid is not None:
+            v += self.vllm.vram()
         return v
 
     def _apply_readings(self, dt: float, active: list[Incident] = ()) -> None:
@@ -215,7 +305,9 @@ class SimBox:
         ambient = 23.0 + 2.0 * math.sin(2 * math.pi * (hour - 9) / 24)
         wanted: dict[int, tuple[str, str]] = {}
         ollama = self._container("ollama")
-        comfy = self._container("comfyui")
+        comfy_gpu = self.profile.comfy_gpu
+        comfy = self._container("comfyui") if comfy_gpu is not None else None
+        v = self.vllm
         for i, (phys, gpu) in enumerate(zip(self.physics, self.nvml.gpus, strict=True)):
             if gpu.lost:
                 continue
@@ -242,12 +334,17 @@ class SimBox:
                     if r.model.gpu == i:
                         procs.append(FakeProcess(r.pid, r.model.size + r.leak))
                         wanted[r.pid] = ("ollama_llama_se", f"/system.slice/docker-{ollama.id}.scope")
-            if i == 1 and comfy.running:
+            if i == comfy_gpu and comfy.running:
                 pid = self.workload.comfy_pid
                 if pid is None:
                     pid = self.workload.comfy_pid = self._new_pid("python3")
                 procs.append(FakeProcess(pid, self.workload.comfy_vram(t)))
                 wanted[pid] = ("python3", f"/system.slice/docker-{comfy.id}.scope")
+            if v is not None and i == v.spec.gpu and v.pid is not None:
+                c = self._container(v.spec.container)
+                if c.running:
+                    procs.append(FakeProcess(v.pid, v.vram() if v.serving(t) else v.vram() // 2))
+                    wanted[v.pid] = ("python3", f"/system.slice/docker-{c.id}.scope")
             ext = self.externals.get(i)
             if ext is not None:
                 procs.append(FakeProcess(ext.pid, ext.vram))
@@ -255,6 +352,8 @@ class SimBox:
             self.workload.external = {g: (e.pid, e.vram, e.busy, e.intensity) for g, e in self.externals.items()}
             vram = min(gpu.memory_total - 64 * MIB, DRIVER_OVERHEAD + sum(p.used_gpu_memory for p in procs))
             load = self.workload.load(t, dt, i)
+            if v is not None and i == v.spec.gpu:
+                load = _combine(load, v.load)
             phys.step(dt, load, faults, ambient, self.rng, gpu, vram, procs)
         self.proc.sync(wanted)
         self.container_source.update(t)
@@ -278,6 +377,8 @@ class SimBox:
             self.journal.kernel(t, f"NVRM: Xid (PCI:{pci}): 79, {pid_s}, GPU has fallen off the bus.", 4)
             self.journal.kernel(t + 0.001, f"NVRM: GPU {pci}.0: GPU has fallen off the bus.", 3)
             self.journal.kernel(t + 0.002, f"NVRM: GPU {pci}.0: RmInitAdapter failed! (0x26:0xffff:1589)", 3)
+            if self.vllm is not None and self.vllm.spec.gpu == i and self.vllm.pid is not None:
+                self._vllm_crash(t, "RuntimeError: CUDA error: unspecified launch failure")
             for r in victims:
                 self.workload.unload(t, r)
                 self._container_log(t + 0.5, "ollama", f'time={iso_ms(t + 0.5)} level=ERROR source=server.go:'
@@ -294,7 +395,7 @@ class SimBox:
             self.journal.unit(t + 2, "lora-train.service", "python3", pid,
                               f"Loading base model onto cuda:{i} ...", 6, transport="stdout")
         elif k == "big_model_load":
-            model = CATALOG.get(inc.params["model"], CATALOG["gemma2:27b"])
+            model = self.profile.catalog[inc.params["model"]]
             from dataclasses import replace
             model = replace(model, gpu=inc.gpu)
             self.workload.request(t, model, self._other_vram(inc.gpu, t), self._gpu_ok)
@@ -307,9 +408,36 @@ class SimBox:
         elif k in ("fan_failure", "degraded_cooling"):
             # A cooling fault only shows under load: the schedule plays it while someone is chatting
             # with the card's usual model (an idle card at 20 W runs cool even with seized fans).
-            model = self._usual_model(inc.gpu)
-            self.workload.sessions.append(Session(model, t + self.rng.uniform(5, 40),
-                                                  max(3, int(inc.duration / 50)), mean_gap=35.0))
+            if self._is_vllm_gpu(inc.gpu):
+                self.vllm.streams.append(Stream(t + 20, self.start_time + inc.end, 4, prompt=700, gen=400))
+            else:
+                model = self._usual_model(inc.gpu)
+                self.workload.sessions.append(Session(model, t + self.rng.uniform(5, 40),
+                                                      max(3, int(inc.duration / 50)), mean_gap=35.0))
+        elif k == "gpu_stuck":
+            # The kernel hangs: what was queued on the card never finishes and its clients leave.
+            g = inc.gpu
+            self.workload.jobs = [j for j in self.workload.jobs if not (j.gpu == g and j.end > t)]
+            self.workload.busy_until[g] = t
+            if self._is_vllm_gpu(g):
+                self.vllm.hang(t)
+        elif k == "batch_at_power_cap":
+            self.vllm.streams.append(Stream(t, self.start_time + inc.end, inc.params["concurrency"]))
+            self.journal.unit(t, "cron.service", "CRON", self._new_pid("cron"),
+                              "(admin) CMD (/srv/batch/run-summaries.sh --concurrency "
+                              f"{inc.params['concurrency']})", 6, comm="cron", facility=9)
+        elif k == "model_swaps":
+            pass  # played tick by tick in _during
+        elif k == "busy_request_log":
+            rate = inc.params["rate_per_min"]
+            if self._is_vllm_gpu(inc.gpu):
+                self.vllm.bursts.append(Burst(t, self.start_time + inc.end, rate))
+            else:
+                model = self._usual_model(inc.gpu)
+                n = max(1, int(rate / 5))  # each client asks about every 12 s
+                for _ in range(n):
+                    self.workload.sessions.append(Session(model, t + self.irng.uniform(0, 10),
+                                                          int(inc.duration * rate / 60 / n), mean_gap=4.0))
         elif k == "ssh_scanner_noise":
             n = inc.params["attempts"]
             ips = [f"{self.rng.choice([45, 61, 92, 103, 141, 185, 193, 218])}.{self.rng.randint(1, 254)}."
@@ -333,6 +461,9 @@ class SimBox:
             gpu.lost = False
             self.physics[inc.gpu].reset_after_boot(23.0)
             self.journal.kernel(t, f"NVRM: GPU at PCI:{self._pci_short(inc.gpu)}: {self.specs[inc.gpu].uuid}", 6)
+            if self._is_vllm_gpu(inc.gpu) and self.vllm.pid is None and \
+                    self._container(self.vllm.spec.container).running:
+                self.vllm.start(t + 5, self._new_pid("python3"))  # Docker restarts the crashed server
         elif k == "full_power_hours":
             e = self.externals.pop(inc.gpu, None)
             if e is not None:
@@ -341,6 +472,9 @@ class SimBox:
                 self.journal.systemd(t, "lora-train.service: Deactivated successfully.")
                 self.journal.systemd(t, f"lora-train.service: Consumed {int(inc.duration // 3600)}h "
                                         f"{int(inc.duration % 3600 // 60)}min CPU time.")
+        elif k == "gpu_stuck":
+            if self._is_vllm_gpu(inc.gpu):
+                self.vllm.stuck = False
         elif k == "vram_leak":
             for r in self.workload.residents.values():
                 if r.model.gpu == inc.gpu and r.leak:
@@ -354,8 +488,17 @@ class SimBox:
                 self._container_start(t, inc.container)
 
     def _during(self, t: float, dt: float, inc: Incident) -> None:
-        if inc.kind == "gpu_stuck":
+        if inc.kind == "gpu_stuck" and not self._is_vllm_gpu(inc.gpu):
             self._pin_model(t, inc)
+        if inc.kind == "model_swaps" and self.irng.random() < dt / parse_duration(inc.params["every"]):
+            # Someone (an agent, a model comparison) asks for another model than the one loaded.
+            loaded = {r.model.name for r in self.workload.residents.values() if r.model.gpu == inc.gpu}
+            choices = [m for m in self.profile.catalog.values()
+                       if m.gpu == inc.gpu and m.weight > 0 and m.name not in loaded]
+            if choices:
+                model = self.irng.choice(choices)
+                self.workload.sessions.append(Session(model, t + self.irng.uniform(0, dt),
+                                                      self.irng.randint(1, 3), mean_gap=15.0))
         if inc.kind == "vram_leak":
             r = self._pin_model(t, inc)
             if r is None:
@@ -388,9 +531,20 @@ class SimBox:
         r.pinned_until = self.start_time + inc.end
         return r
 
-    @staticmethod
-    def _usual_model(gpu: int):
-        return CATALOG["llama3.1:8b"] if gpu == 0 else CATALOG["qwen2.5-coder:7b"]
+    def _usual_model(self, gpu: int):
+        p = self.profile
+        return p.catalog[p.usual_models[gpu]]
+
+    def _is_vllm_gpu(self, gpu: int | None) -> bool:
+        return self.vllm is not None and gpu == self.vllm.spec.gpu
+
+    def _vllm_crash(self, t: float, error: str) -> None:
+        c = self.vllm.spec.container
+        self._container_log(t + 0.2, c, f"ERROR {_vllm_ts(t)} engine.py:135] Engine background task failed",
+                            False)
+        self._container_log(t + 0.21, c, error, False)
+        self._container_log(t + 0.3, c, "INFO:     Shutting down", False)
+        self.vllm.stop()
 
     def _emit_scanner(self, until: float) -> None:
         while self._scanner_times and self._scanner_times[0][0] <= until:
@@ -412,6 +566,11 @@ class SimBox:
         "open-webui": ["ERROR [open_webui.internal.db] Database connection failed: (psycopg2.OperationalError) "
                        'could not translate host name "postgres" to address: Temporary failure in name resolution',
                        "sqlalchemy.exc.OperationalError: (psycopg2.OperationalError) could not connect to server"],
+        "librechat": ["error: There was an uncaught error: MongoServerSelectionError: connect ECONNREFUSED "
+                      "172.19.0.3:27017", "error: [Meilisearch] Error: fetch failed (connect ECONNREFUSED)"],
+        "qdrant": ["ERROR qdrant: Panic occurred in file lib/collection/src/shards/local_shard/mod.rs at line 280: "
+                   "Failed to load local shard: Service internal error: RocksDB open error",
+                   "thread 'main' panicked: Failed to load local shard"],
     }
 
     def _restart_loops(self, t: float, dt: float) -> None:
@@ -430,6 +589,8 @@ class SimBox:
                 if name == "ollama":
                     for r in list(self.workload.residents.values()):
                         self.workload.unload(t, r)
+                if self.vllm is not None and name == self.vllm.spec.container:
+                    self.vllm.stop()
                 # Docker's restart policy backs off (100 ms doubling); a few seconds on a busy box.
                 st["down_until"] = t + self.rng.uniform(2, 9)
             elif not c.running and st["down_until"] is not None and t >= st["down_until"]:
@@ -446,14 +607,24 @@ class SimBox:
                 c.restart_count += 1
         self.container_source.update(t, mut)
         self._startup_lines(t, name)
+        if self.vllm is not None and name == self.vllm.spec.container:
+            self.vllm.start(t, self._new_pid("python3"))
 
     def _startup_lines(self, t: float, name: str) -> None:
+        if self.vllm is not None and name == self.vllm.spec.container:
+            return  # SimVLLM.start logs vLLM's own start-up
+        og = self.specs[min(self.profile.ollama_gpus)]
         msgs = {
             "ollama": [f'time={iso_ms(t)} level=INFO source=routes.go:1310 msg="Listening on [::]:11434 '
                        '(version 0.5.7)"',
                        f'time={iso_ms(t + 0.3)} level=INFO source=types.go:131 msg="inference compute" '
-                       f'id={self.specs[0].uuid} library=cuda variant=v12 compute=8.6 driver=12.8 '
-                       f'name="{self.specs[0].name}" total="24.0 GiB" available="23.6 GiB"'],
+                       f'id={og.uuid} library=cuda variant=v12 compute=8.6 driver=12.8 '
+                       f'name="{og.name}" total="{og.memory_total / GIB:.1f} GiB" '
+                       f'available="{og.memory_total / GIB - 0.4:.1f} GiB"'],
+            "librechat": ["info: Server listening on all interfaces at port 3080. Use http://localhost:3080 to "
+                          "access it", "info: Connected to MongoDB"],
+            "mongodb": ['{"t":{"$date":"' + iso_ms(t) + '"},"s":"I",  "c":"NETWORK",  "id":23016,   '
+                        '"ctx":"listener","msg":"Waiting for connections","attr":{"port":27017,"ssl":"off"}}'],
             "open-webui": ["INFO:     Started server process [1]", "INFO:     Waiting for application startup.",
                            "INFO:     Application startup complete."],
             "postgres": ["LOG:  database system is ready to accept connections"],
@@ -473,6 +644,8 @@ class SimBox:
                           "devices.", 6, transport="journal")
         self.journal.kernel(t + 6, "reboot: Restarting system", 5)
         self.down = True
+        if self.vllm is not None:
+            self.vllm.stop()
         self.container_source.update(t, lambda by: [setattr(c, "running", False) for c in by.values()])
 
     def _boot(self, t: float, failing_unit: str | None = None) -> None:
@@ -512,6 +685,8 @@ class SimBox:
                 c.started_at = t + 14 + self.rng.uniform(0, 6)
                 c.restart_count = 0
         self.container_source.update(t, restart_all)
-        for name in ("ollama", "open-webui", "postgres", "redis"):
+        for name in self.profile.boot_containers:
             self._startup_lines(t + 15, name)
+        if self.vllm is not None:
+            self.vllm.start(t + 15, self._new_pid("python3"))
         j.systemd(t + 20, "Startup finished in 4.1s (kernel) + 16.2s (userspace) = 20.3s.")

@@ -1,7 +1,8 @@
 """`rigwatch-sim`: the simulated AI box's command line.
 
-    rigwatch-sim history --out DIR [--start RFC3339] [--days 7] [--step 60s] [--seed N] [--schedule FILE]
-    rigwatch-sim check-schedule FILE
+    rigwatch-sim history --out DIR [--box NAME] [--start RFC3339] [--days 7] [--step 60s] [--seed N]
+                         [--schedule FILE]
+    rigwatch-sim check-schedule [--box NAME] [FILE]
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 from datetime import datetime
 
+from .boxes import BOXES, DEFAULT_BOX
 from .schedule import ScheduleError, parse_duration
 
 
@@ -45,12 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--days", type=float, default=7.0, help="length in days (default 7)")
     h.add_argument("--step", type=_duration, default=60.0, help="scrape interval, e.g. 60s, 15s (default 60s)")
     h.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    h.add_argument("--schedule", default=None, help="incident schedule YAML (default: the packaged 7-day one)")
+    h.add_argument("--box", choices=sorted(BOXES), default=DEFAULT_BOX,
+                   help=f"which simulated box (default {DEFAULT_BOX})")
+    h.add_argument("--schedule", default=None, help="incident schedule YAML (default: the box's packaged 7-day one)")
     h.add_argument("--job", default="rigwatch-exporter", help="job label (default rigwatch-exporter)")
-    h.add_argument("--instance", default="aibox:9842", help="instance label (default aibox:9842)")
+    h.add_argument("--instance", default=None, help="instance label (default BOX:9842, e.g. aibox:9842)")
     h.add_argument("-v", "--verbose", action="store_true", help="show the collector's log lines")
-    c = sub.add_parser("check-schedule", help="validate a schedule and print its incidents")
-    c.add_argument("file")
+    c = sub.add_parser("check-schedule", help="validate a schedule against a box and print its incidents")
+    c.add_argument("file", nargs="?", default=None, help="schedule YAML (default: the box's packaged one)")
+    c.add_argument("--box", choices=sorted(BOXES), default=DEFAULT_BOX,
+                   help=f"the box whose GPUs and containers it must fit (default {DEFAULT_BOX})")
     return p
 
 
@@ -60,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-schedule":
         from .box import SimBox
         try:
-            incidents = SimBox.load_incidents(args.file)
+            incidents = SimBox.load_incidents(args.file, args.box)
         except ScheduleError as e:
-            print(f"rigwatch-sim: {args.file}: {e}", file=sys.stderr)
+            print(f"rigwatch-sim: {args.file or '(default)'} on box {args.box}: {e}", file=sys.stderr)
             return 2
         for i in incidents:
             print(f"{i.at / 3600:8.2f}h  {i.kind:24s} {i.duration / 60:6.1f} min  {json.dumps(i.labels())}")
@@ -76,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     start = args.start if args.start is not None else (time.time() - args.days * 86400) // args.step * args.step
     try:
         res = write_history(args.out, start=start, days=args.days, step=args.step, seed=args.seed,
-                            schedule=args.schedule, job=args.job, instance=args.instance)
+                            schedule=args.schedule, job=args.job, instance=args.instance or f"{args.box}:9842",
+                            box_name=args.box)
     except ScheduleError as e:
-        print(f"rigwatch-sim: schedule {args.schedule or '(default)'}: {e}", file=sys.stderr)
+        print(f"rigwatch-sim: schedule {args.schedule or '(default)'} on box {args.box}: {e}", file=sys.stderr)
         return 2
     print(f"wrote {res.out}/metrics.om ({res.samples} samples, {res.steps} scrapes), "
           f"journal.jsonl ({res.journal_lines} lines), truth.json in {res.seconds:.1f}s")

@@ -1,4 +1,5 @@
-"""The box's Docker containers as the sim plays them; `snapshot()` is the exporter's container source."""
+"""The box's Docker containers as the sim plays them; `snapshot()` is the exporter's container source.
+`CONTAINERS` are the aibox's; other boxes pass theirs (exporter.sim.boxes)."""
 from __future__ import annotations
 
 import random
@@ -44,11 +45,11 @@ class SimContainer:
 
 
 class SimContainerSource:
-    def __init__(self, rng: random.Random, now: float):
+    def __init__(self, rng: random.Random, now: float, containers=CONTAINERS):
         self._lock = threading.Lock()
         self.now = now
         self.by_name: dict[str, SimContainer] = {}
-        for name, image, hc in CONTAINERS:
+        for name, image, hc in containers:
             cid = f"{rng.getrandbits(256):064x}"
             self.by_name[name] = SimContainer(cid, name, image, hc, started_at=now - rng.uniform(3600, 6 * 86400))
 

@@ -5,7 +5,10 @@ openmetrics`), with the journal lines of the same run and the ground truth of th
 Output directory:
 - metrics.om     OpenMetrics, one block per family, samples in time order, ending `# EOF`
 - journal.jsonl  `journalctl -o json` lines, sorted by __REALTIME_TIMESTAMP
-- truth.json     {"start", "end", "step_seconds", "seed", "incidents": [{kind, start, end, labels, benign}]}
+- truth.json     {"start", "end", "step_seconds", "seed", "box", "incidents": [{kind, start, end, labels, benign}]}
+
+A box that runs vLLM also gets its vLLM-like families (sim/vllm.py), as a Prometheus scraping that
+server beside the exporter would have stored them.
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ from pathlib import Path
 from exporter.collector import RigCollector
 
 from .box import SimBox, rfc3339
+from .boxes import DEFAULT_BOX
 from .schedule import Incident
+from .vllm import SimVLLMCollector
 
 DEFAULT_JOB = "rigwatch-exporter"
 DEFAULT_INSTANCE = "aibox:9842"
@@ -113,8 +118,9 @@ class _OpenMetricsWriter:
 def write_history(out: str | Path, start: float, days: float = 7.0, step: float = 60.0, seed: int = 0,
                   schedule: str | Path | None = None, job: str = DEFAULT_JOB,
                   instance: str = DEFAULT_INSTANCE, box: SimBox | None = None,
-                  close_box: bool = True) -> HistoryResult:
+                  close_box: bool = True, box_name: str = DEFAULT_BOX) -> HistoryResult:
     """Play `days` of the sim from `start` and scrape it every `step` seconds with RigCollector.
+    `box_name` picks the profile (boxes.py) when no box is given.
     With close_box=False a given box stays usable, to play on live (see `box_with_history`)."""
     if step <= 0 or days <= 0:
         raise ValueError("step and days must be positive")
@@ -122,11 +128,12 @@ def write_history(out: str | Path, start: float, days: float = 7.0, step: float 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if box is None:
-        box = SimBox.from_config(schedule, seed=seed, start=start, journal_maxlen=None)
+        box = SimBox.from_config(schedule, seed=seed, start=start, journal_maxlen=None, box=box_name)
     start = box.start_time
     end = start + days * 86400.0
     now = [start]
     om = _OpenMetricsWriter({"job": job, "instance": instance})
+    vllm = SimVLLMCollector(box)
     journal: list[dict[str, str]] = []
     collector = None
     boot = -1
@@ -146,15 +153,19 @@ def write_history(out: str | Path, start: float, days: float = 7.0, step: float 
                 if collector is None or box.boot_count != boot:
                     # A new boot is a new exporter process: its counters (Xid, read errors) start again.
                     collector = RigCollector(box.nvml, container_source=box.container_source,
-                                             proc_root=box.proc_root, clock=lambda: now[0])
+                                             proc_root=box.proc_root, clock=lambda: now[0],
+                                             inference_sources=box.inference_sources())
                     boot = box.boot_count
                 collector.refresh_slow()
                 collector.refresh_containers()
+                collector.refresh_inference()
                 collector.poll_events(0)
                 om.add_sample("up", "gauge", "Scrape target reachable.", {}, 1, ts)
                 for fam in collector.collect():
                     if fam.name not in _SKIP_FAMILIES:
                         om.add_family(fam, ts)
+                for fam in vllm.collect():
+                    om.add_family(fam, ts)
             journal.extend(box.journal.drain())
             t = start + steps * step
         box.advance_to(end)
@@ -174,7 +185,7 @@ def write_history(out: str | Path, start: float, days: float = 7.0, step: float 
         for e in journal:
             fh.write(json.dumps(e, ensure_ascii=False) + "\n")
     truth = {"start": rfc3339(start), "end": rfc3339(end), "step_seconds": step, "seed": box.seed,
-             "job": job, "instance": instance,
+             "job": job, "instance": instance, "box": box.profile.name,
              "incidents": [d for d, i in zip(box.truth(), box.incidents, strict=True)
                            if start + i.at < end]}
     (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
@@ -184,7 +195,8 @@ def write_history(out: str | Path, start: float, days: float = 7.0, step: float 
 def box_with_history(out: str | Path, hours: float, step: float = 15.0, *, incidents: Sequence[Incident] = (),
                      seed: int = 0, speed: float = 1.0, job: str = DEFAULT_JOB, instance: str = DEFAULT_INSTANCE,
                      journal_path: str | Path | None = None,
-                     clock: Callable[[], float] = time.time) -> tuple[SimBox, HistoryResult]:
+                     clock: Callable[[], float] = time.time,
+                     box_name: str = DEFAULT_BOX) -> tuple[SimBox, HistoryResult]:
     """One simulated box, played twice over: `hours` of clean history ending now, written to `out`
     (for promtool and Loki), then the same box, ready to `start()` live. Counters (energy, restarts),
     temperatures and the workload carry on from the history's last tick, as on a box whose exporter
@@ -192,7 +204,7 @@ def box_with_history(out: str | Path, hours: float, step: float = 15.0, *, incid
     SimBox.load_incidents) count from the live start (their offsets are shifted past the history), so
     a demo's "fan fails 30 s in" still means 30 s after the exporter starts serving."""
     start = (clock() - hours * 3600.0) // step * step
-    box = SimBox([], seed=seed, speed=speed, start=start, journal_path=journal_path)
+    box = SimBox([], seed=seed, speed=speed, start=start, journal_path=journal_path, box=box_name)
     try:
         result = write_history(out, start, days=hours / 24.0, step=step, job=job, instance=instance, box=box,
                                close_box=False)

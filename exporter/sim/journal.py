@@ -21,8 +21,9 @@ def _hex(rng: random.Random, nbytes: int) -> str:
 class Journal:
     """Builds entries for one machine; `entries` is a bounded buffer the box's users drain."""
 
-    def __init__(self, rng: random.Random, maxlen: int | None = None):
+    def __init__(self, rng: random.Random, maxlen: int | None = None, hostname: str = HOSTNAME):
         self.rng = rng
+        self.hostname = hostname
         self.machine_id = _hex(rng, 16)
         self.boot_id = _hex(rng, 16)
         self.boot_time = 0.0
@@ -48,7 +49,7 @@ class Journal:
             "__MONOTONIC_TIMESTAMP": str(mono),
             "_BOOT_ID": self.boot_id,
             "_MACHINE_ID": self.machine_id,
-            "_HOSTNAME": HOSTNAME,
+            "_HOSTNAME": self.hostname,
             "PRIORITY": str(priority),
             "_TRANSPORT": transport,
             "MESSAGE": message,

@@ -66,6 +66,13 @@ KINDS: dict[str, KindSpec] = {
     "full_power_hours": KindSpec(True, "gpu", 3 * 3600),
     "ssh_scanner_noise": KindSpec(True, "", 1800, {"attempts": (int, 4)}, {"unit": "ssh.service"}),
     "unit_failure_at_boot": KindSpec(True, "", 150, {"unit": (str, "systemd-networkd-wait-online.service")}),
+    # A long vLLM batch job: `concurrency` requests kept in flight, the card at its power cap, answers
+    # streaming out the whole time.
+    "batch_at_power_cap": KindSpec(True, "gpu", 3 * 3600, {"concurrency": (int, 24)}),
+    # Someone asks Ollama for one model after another (about one new model `every`): loads, evictions.
+    "model_swaps": KindSpec(True, "gpu", 3600, {"every": (str, "2m")}),
+    # A burst of many short requests: a busy request log, nothing wrong.
+    "busy_request_log": KindSpec(True, "gpu", 1800, {"rate_per_min": (float, 40.0)}),
 }
 
 _COMMON_KEYS = {"kind", "at", "duration", "gpu", "container"}
@@ -103,8 +110,12 @@ class Incident:
         return self.at <= t_rel < self.end
 
 
-def parse_schedule(data: Any, n_gpus: int = 2, containers: set[str] | None = None) -> list[Incident]:
-    """Validate a loaded YAML document and return incidents sorted by start."""
+def parse_schedule(data: Any, n_gpus: int = 2, containers: set[str] | None = None,
+                   gpus_for_kind: dict[str, tuple[set[int], str]] | None = None,
+                   models: set[str] | None = None) -> list[Incident]:
+    """Validate a loaded YAML document and return incidents sorted by start. `gpus_for_kind` narrows
+    the GPUs a kind may target on this box (kind -> (GPUs, what they have, for the message));
+    `models` are the models a big_model_load may name."""
     if data is None:
         return []
     if not isinstance(data, dict):
@@ -142,6 +153,10 @@ def parse_schedule(data: Any, n_gpus: int = 2, containers: set[str] | None = Non
                 raise ScheduleError(f"{where}.gpu: required for {kind}")
             if isinstance(gpu, bool) or not isinstance(gpu, int) or not 0 <= gpu < n_gpus:
                 raise ScheduleError(f"{where}.gpu: expected a GPU index 0..{n_gpus - 1}, got {gpu!r}")
+            allowed, what = (gpus_for_kind or {}).get(kind, (None, ""))
+            if allowed is not None and gpu not in allowed:
+                which = ", ".join(map(str, sorted(allowed))) or "none on this box"
+                raise ScheduleError(f"{where}.gpu: {kind} needs a GPU that {what} ({which}), got {gpu}")
         if spec.target == "container" or container is not None:
             if spec.target == "container" and container is None:
                 raise ScheduleError(f"{where}.container: required for {kind}")
@@ -159,20 +174,25 @@ def parse_schedule(data: Any, n_gpus: int = 2, containers: set[str] | None = Non
                     value = float(value)
                 if not isinstance(value, typ) or isinstance(value, bool):
                     raise ScheduleError(f"{where}.{name}: expected {typ.__name__}, got {value!r}")
-                if typ is str and name in ("ramp", "period"):
+                if typ is str and name in ("ramp", "period", "every"):
                     parse_duration(value, f"{where}.{name}")
                 if name == "fans" and not all(isinstance(f, int) and f >= 0 for f in value):
                     raise ScheduleError(f"{where}.fans: expected a list of fan indices")
                 if typ in (int, float) and value <= 0:
                     raise ScheduleError(f"{where}.{name}: must be positive, got {value!r}")
             params[name] = value
+        if kind == "big_model_load" and models is not None and params["model"] not in models:
+            raise ScheduleError(f"{where}.model: unknown model {params['model']!r} on this box; known: "
+                                f"{', '.join(sorted(models))}")
         out.append(Incident(kind, at, duration, gpu, container, params))
     out.sort(key=lambda x: (x.at, x.kind))
     return out
 
 
-def load_schedule(path: str | Path | None, n_gpus: int = 2, containers: set[str] | None = None) -> list[Incident]:
-    """Load and validate a schedule file; None loads the packaged default (about 7 days)."""
+def load_schedule(path: str | Path | None, n_gpus: int = 2, containers: set[str] | None = None,
+                  gpus_for_kind: dict[str, tuple[set[int], str]] | None = None,
+                  models: set[str] | None = None) -> list[Incident]:
+    """Load and validate a schedule file; None loads the aibox's packaged default (about 7 days)."""
     if path is None:
         path = default_schedule_path()
     try:
@@ -183,7 +203,7 @@ def load_schedule(path: str | Path | None, n_gpus: int = 2, containers: set[str]
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ScheduleError(f"schedule: {path} is not valid YAML: {e}") from None
-    return parse_schedule(data, n_gpus=n_gpus, containers=containers)
+    return parse_schedule(data, n_gpus=n_gpus, containers=containers, gpus_for_kind=gpus_for_kind, models=models)
 
 
 def default_schedule_path() -> Path:

@@ -36,7 +36,6 @@ CATALOG = {
         ModelSpec("gemma2:27b", int(19.6 * GIB), 0, 31, 0.0, 0.95),
     )
 }
-CHAT_MODELS = [m for m in CATALOG.values() if m.weight > 0]
 
 # Chat sessions started per hour, by hour of day (UTC; the box's owner lives on UTC).
 SESSIONS_PER_HOUR = (0.3, 0.15, 0.1, 0.05, 0.05, 0.1, 0.3, 1.2, 2.2, 3.4, 3.8, 3.8,
@@ -50,6 +49,7 @@ class Job:
     gpu: int
     intensity: float
     rx_bps: float = 0.0
+    kind: str = ""  # "comfy": a ComfyUI prompt (its /queue counts these)
 
 
 @dataclass
@@ -88,18 +88,29 @@ class Workload:
     comfy_pid: int | None = None
     comfy_vram_until: float = 0.0
     external: dict[int, tuple[int, int, float, float]] = field(default_factory=dict)  # gpu -> pid, bytes, busy, intensity
+    # The box profile's knobs (defaults: the aibox's).
+    catalog: dict[str, ModelSpec] = field(default_factory=lambda: CATALOG)
+    sessions_per_hour: tuple[float, ...] = SESSIONS_PER_HOUR
+    embed_model: str = "nomic-embed-text"
+    frontend: str = "open-webui"
+    frontend_line: str = 'INFO:     192.168.1.20:0 - "POST /api/chat/completions HTTP/1.1" 200 OK'
+    comfy_gpu: int | None = 1
+    keep_alive_s: float = KEEP_ALIVE_S
+    # GPUs with a hung kernel: their clients gave up, so no request reaches (or finishes on) them.
+    stuck: set[int] = field(default_factory=set)
 
     def __post_init__(self):
         self.busy_until = [0.0] * self.n_gpus
+        self.chat_models = [m for m in self.catalog.values() if m.weight > 0]
 
     # --- time of day ------------------------------------------------------------------------------
-    @staticmethod
-    def session_rate(t: float) -> float:
+    def session_rate(self, t: float) -> float:
         d = datetime.fromtimestamp(t, UTC)
         h = d.hour + d.minute / 60.0
         i = int(h) % 24
         frac = h - int(h)
-        rate = SESSIONS_PER_HOUR[i] * (1 - frac) + SESSIONS_PER_HOUR[(i + 1) % 24] * frac
+        table = self.sessions_per_hour
+        rate = table[i] * (1 - frac) + table[(i + 1) % 24] * frac
         if d.weekday() >= 5 and 9 <= d.hour <= 23:
             rate *= 1.25
         return rate
@@ -160,6 +171,8 @@ class Workload:
             self.log(t + 0.01, "ollama", f"[GIN] {_gin(t)} | 500 | {self.rng.uniform(0.2, 2):8.4f}s | "
                                          f"     172.18.0.3 | POST     \"/api/chat\"", True)
             return
+        if model.gpu in self.stuck:
+            return  # the runner is wedged: the client times out, nothing is logged as answered
         ready = self.ensure_loaded(t, model, other_vram)
         if ready is None:
             return
@@ -173,8 +186,7 @@ class Workload:
         total = start + dur - t
         self.log(start + dur, "ollama", f"[GIN] {_gin(start + dur)} | 200 | {total:8.4f}s | "
                                         f"     172.18.0.3 | POST     \"/api/chat\"", True)
-        self.log(start + dur + 0.02, "open-webui", 'INFO:     192.168.1.20:0 - "POST /api/chat/completions '
-                                                    'HTTP/1.1" 200 OK', False)
+        self.log(start + dur + 0.02, self.frontend, self.frontend_line.format(ts=_iso(start + dur + 0.02)), False)
 
     # --- per tick ---------------------------------------------------------------------------------
     def tick(self, t: float, dt: float, other_vram: list[int], gpu_ok, ollama_up: bool,
@@ -183,12 +195,13 @@ class Workload:
         rate = self.session_rate(t) / 3600.0
         while self.next_session < t + dt:
             ts = self.next_session
-            model = self.rng.choices(CHAT_MODELS, weights=[m.weight for m in CHAT_MODELS])[0]
+            model = self.rng.choices(self.chat_models, weights=[m.weight for m in self.chat_models])[0]
             if ollama_up:
                 self.sessions.append(Session(model, ts, 1 + int(self.rng.expovariate(1 / 7.0))))
                 if self.rng.random() < 0.25:  # RAG: Open-WebUI embeds the uploaded document first
-                    emb = CATALOG["nomic-embed-text"]
-                    if gpu_ok(emb.gpu) and self.ensure_loaded(ts, emb, other_vram[emb.gpu]) is not None:
+                    emb = self.catalog[self.embed_model]
+                    if gpu_ok(emb.gpu) and emb.gpu not in self.stuck and \
+                            self.ensure_loaded(ts, emb, other_vram[emb.gpu]) is not None:
                         start = max(ts, self.busy_until[emb.gpu])
                         dur = self.rng.uniform(4, 40)
                         self.jobs.append(Job(start, start + dur, emb.gpu, emb.intensity))
@@ -204,27 +217,35 @@ class Workload:
             if s.remaining <= 0:
                 self.sessions.remove(s)
         for r in list(self.residents.values()):
-            if r.pinned_until <= t and r.last_used + KEEP_ALIVE_S <= t:
+            if r.pinned_until <= t and r.last_used + self.keep_alive_s <= t:
                 self.unload(t, r)
         self._comfy(t, dt, comfy_up, gpu_ok)
         # Drop finished jobs (kept one tick back for overlap accounting).
         self.jobs = [j for j in self.jobs if j.end > t - dt]
 
     def _comfy(self, t: float, dt: float, up: bool, gpu_ok) -> None:
+        g = self.comfy_gpu
+        if g is None:
+            return
         d = datetime.fromtimestamp(t, UTC)
         evening = 17 <= d.hour <= 23 or d.weekday() >= 5 and 10 <= d.hour <= 23
         while self.next_comfy < t + dt:
             ts = self.next_comfy
-            if up and evening and gpu_ok(1):
-                start = max(ts, self.busy_until[1])
+            if up and evening and gpu_ok(g) and g not in self.stuck:
+                start = max(ts, self.busy_until[g])
                 n = self.rng.randint(3, 14)
                 for _ in range(n):
                     dur = self.rng.uniform(14, 32)
-                    self.jobs.append(Job(start, start + dur, 1, 1.12))
+                    self.jobs.append(Job(start, start + dur, g, 1.12, kind="comfy"))
                     start += dur + self.rng.uniform(2, 40)
-                self.busy_until[1] = start
+                self.busy_until[g] = start
                 self.comfy_vram_until = start + 1200  # ComfyUI keeps the checkpoint cached a while
             self.next_comfy = ts + self.rng.expovariate(1 / 5400.0)
+
+    def comfy_queue(self, t: float) -> tuple[list[Job], list[Job]]:
+        """ComfyUI's queue at t: the prompt being rendered and those waiting behind it."""
+        mine = [j for j in self.jobs if j.kind == "comfy" and j.end > t]
+        return [j for j in mine if j.start <= t], [j for j in mine if j.start > t]
 
     def comfy_vram(self, t: float) -> int:
         return int(7.2 * GIB) if t < self.comfy_vram_until else 380 * MIB
