@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import numpy as np
 from prometheus_client.core import GaugeMetricFamily
@@ -86,11 +85,7 @@ class ContextPlugin(DetectorPlugin):
         self.settings = config.inference or InferenceConfig()
         return []
 
-    def models(self) -> list[dict[str, Any]]:
-        s = self.settings
-        return [{"detector": NAME, "kind": MODEL, "busy_utilization": s.busy_utilization, "hold_seconds": s.hold,
-                 "servers": [{"server": x.name, "workload": x.workload.pattern, "requests_log": x.requests_log}
-                             for x in s.servers]}]
+    # models(): none — a rule over live context has no fitted model, version or registry to list
 
     # -- scoring -------------------------------------------------------------------------------------
     def score(self, now: float) -> ScorePass:
