@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "journal.jsonl, truth.json); the same box then plays on live, so counters and "
                         "temperatures continue without a seam, and the --sim-config schedule counts from the "
                         "live start")
+    p.add_argument("--sim-history-config", default=None, metavar="FILE",
+                   help="sim backend: an incident schedule played in the --sim-history (offsets from its start; "
+                        "one may run on into the live part); default: the history is clean")
     p.add_argument("--sim-history-hours", type=float, default=3.0,
                    help="sim backend: hours of history for --sim-history (default 3)")
     p.add_argument("--sim-history-step", type=float, default=15.0,
@@ -102,6 +105,12 @@ def _sim_box(args):
         incidents = SimBox.load_incidents(args.sim_config, profile)
     except (OSError, ValueError) as e:  # ScheduleError names the key
         raise ValueError(f"--sim-config {args.sim_config}: {e}") from e
+    history_incidents = []
+    if getattr(args, "sim_history_config", None):
+        try:
+            history_incidents = SimBox.load_incidents(args.sim_history_config, profile)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--sim-history-config {args.sim_history_config}: {e}") from e
     if not getattr(args, "sim_history", None):
         return SimBox(incidents, seed=args.seed, speed=args.speed, journal_path=journal, box=profile)
     from exporter.sim.history import box_with_history
@@ -110,7 +119,7 @@ def _sim_box(args):
         box, result = box_with_history(args.sim_history, args.sim_history_hours, args.sim_history_step,
                                        incidents=incidents, seed=args.seed, speed=args.speed,
                                        job=args.sim_history_job, instance=args.listen, journal_path=journal,
-                                       box_name=profile.name)
+                                       box_name=profile.name, history_incidents=history_incidents)
     except OSError as e:
         raise OSError(f"--sim-history {args.sim_history}: {e}") from e
     log.info("wrote %g h of sim history to %s (%d samples) in %.1f s; the box plays on live",
@@ -178,6 +187,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
                  "sim_history_step", "max_connections", "idle_timeout", "inference_interval"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0")
+    if args.sim_history_config and not args.sim_history:
+        parser.error("--sim-history-config needs --sim-history")
     if args.sim_history and args.backend != "sim":
         parser.error("--sim-history needs --backend sim")
     url_error = check_inference_urls(args, os.environ if environ is None else environ)

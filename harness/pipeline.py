@@ -36,6 +36,8 @@ class PipelineOptions:
     """What differs between the demo and the test; everything else is the committed configuration."""
 
     schedule: str = "incidents: []\n"  # the live incident schedule (YAML), offsets from the exporter's start
+    history_schedule: str | None = None  # incidents played in the backfilled history (offsets from its start)
+    box: str = "aibox"  # the simulated box (rigwatch-exporter --box)
     speed: float = 1.0  # sim seconds per wall second for the live part
     seed: int = 0
     history_hours: float = 3.0  # clean sim history backfilled before "now" (detector training data)
@@ -169,6 +171,10 @@ class Pipeline:
         self.webhook.start()
         self._run(AlertmanagerServer(w, self.alertmanager_config(), port=self.am_port))
         (w / "schedule.yml").write_text(o.schedule)
+        history_args: list[str] = []
+        if o.history_schedule is not None:
+            (w / "history_schedule.yml").write_text(o.history_schedule)
+            history_args = ["--sim-history-config", str(w / "history_schedule.yml")]
         journal_args: list[str] = []
         if o.loki_url is not None:
             self.live_journal.unlink(missing_ok=True)
@@ -177,7 +183,8 @@ class Pipeline:
         # the exporter first writes the clean history ending now (the detector's training data), then
         # the same simulated box plays on live; the schedule's offsets count from the live start
         self._run(self._part("exporter", [sys.executable, "-m", "exporter.cli", "--backend", "sim",
-                                          "--listen", self.exporter_instance, "--sim-config", str(w / "schedule.yml"),
+                                          "--listen", self.exporter_instance, "--box", o.box,
+                                          "--sim-config", str(w / "schedule.yml"), *history_args,
                                           "--speed", f"{o.speed:g}", "--seed", str(o.seed), *journal_args,
                                           "--sim-history", str(w / "history"),
                                           "--sim-history-hours", f"{o.history_hours:g}",

@@ -196,21 +196,27 @@ def box_with_history(out: str | Path, hours: float, step: float = 15.0, *, incid
                      seed: int = 0, speed: float = 1.0, job: str = DEFAULT_JOB, instance: str = DEFAULT_INSTANCE,
                      journal_path: str | Path | None = None,
                      clock: Callable[[], float] = time.time,
-                     box_name: str = DEFAULT_BOX) -> tuple[SimBox, HistoryResult]:
+                     box_name: str = DEFAULT_BOX,
+                     history_incidents: Sequence[Incident] = ()) -> tuple[SimBox, HistoryResult]:
     """One simulated box, played twice over: `hours` of clean history ending now, written to `out`
     (for promtool and Loki), then the same box, ready to `start()` live. Counters (energy, restarts),
     temperatures and the workload carry on from the history's last tick, as on a box whose exporter
     kept running: no seam where rate() sees a counter reset. The `incidents` (see
     SimBox.load_incidents) count from the live start (their offsets are shifted past the history), so
-    a demo's "fan fails 30 s in" still means 30 s after the exporter starts serving."""
+    a demo's "fan fails 30 s in" still means 30 s after the exporter starts serving.
+    `history_incidents` are played in the history instead (offsets from its start; one may run on
+    past it into the live part): a test that needs an incident already under way when the detector
+    starts scoring waits for none of it."""
     start = (clock() - hours * 3600.0) // step * step
-    box = SimBox([], seed=seed, speed=speed, start=start, journal_path=journal_path, box=box_name)
+    box = SimBox(list(history_incidents), seed=seed, speed=speed, start=start, journal_path=journal_path,
+                 box=box_name)
     try:
         result = write_history(out, start, days=hours / 24.0, step=step, job=job, instance=instance, box=box,
                                close_box=False)
         box.advance_to(clock())  # the seconds spent writing, played too: live starts at now
         shift = box.t - box.start_time
-        box.incidents = [replace(i, at=i.at + shift) for i in incidents]
+        # the history's incidents keep their places (the box's started/ended bookkeeping is by index)
+        box.incidents = list(history_incidents) + [replace(i, at=i.at + shift) for i in incidents]
     except BaseException:
         box.close()
         raise
