@@ -97,3 +97,33 @@ def test_exporter_cli_serves_the_studio_box_with_its_vllm_families(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+def test_history_incidents_play_in_the_history_and_run_on_into_live(tmp_path):
+    """--sim-history-config: an incident under way when the history ends is still under way live."""
+    now = [1_790_000_000.0]
+    stuck = Incident(kind="gpu_stuck", at=1200.0, duration=1800.0, gpu=0)  # 20 min in, 10 min into live
+    box, _ = box_with_history(tmp_path, 0.5, 30.0, clock=lambda: now[0], history_incidents=[stuck],
+                              incidents=[Incident(kind="fan_failure", at=60.0, duration=600.0, gpu=1)])
+    try:
+        truth = json.loads((tmp_path / "truth.json").read_text())
+        assert [i["kind"] for i in truth["incidents"]] == ["gpu_stuck"]
+        assert [i.kind for i in box.incidents] == ["gpu_stuck", "fan_failure"]
+        assert box.incidents[0].active(box.t - box.start_time)  # still on as live begins
+        box.advance_to(box.t + 300)
+        assert box.nvml.gpus[0].utilization_gpu >= 90
+        box.advance_to(box.start_time + stuck.end + 60)
+        assert not box.incidents[0].active(box.t - box.start_time)
+    finally:
+        box.close()
+
+
+def test_exporter_cli_sim_history_config_needs_sim_history_and_a_valid_file(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "exporter.cli", "--backend", "sim", "--sim-history-config",
+                          str(tmp_path / "x.yml")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--sim-history-config needs --sim-history" in out.stderr
+    bad = tmp_path / "bad.yml"
+    bad.write_text("incidents:\n  - {kind: gpu_stuck, at: 1h, gpu: 7}\n")
+    out = subprocess.run([sys.executable, "-m", "exporter.cli", "--backend", "sim", "--sim-history", str(tmp_path / "h"),
+                          "--sim-history-config", str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--sim-history-config" in out.stderr and "incidents[0].gpu" in out.stderr, out.stderr
