@@ -26,3 +26,12 @@ def pytest_runtest_setup(item):  # fixtures that start Prometheus or backfill wi
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     return (yield from _fail_on_missing_binary())
+
+
+@pytest.fixture
+def closing():
+    """Register sim boxes (or anything with close()) to close after the test."""
+    boxes = []
+    yield boxes.append
+    for b in boxes:
+        b.close()

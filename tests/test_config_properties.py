@@ -272,6 +272,8 @@ def test_limits_cover_every_numeric_key_and_nothing_else():
     expected.add("maintenance[].duration")  # how long a window may be (end - start)
     expected |= {f"tracking.{f.name}" for f in fields(config_module.TrackingConfig) if f.type == "float"}
     expected |= {f"gate.{f.name}" for f in fields(config_module.GateConfig) if f.type in ("float", "int")}
+    from detector.context.config import InferenceConfig
+    expected |= {f"inference.{f.name}" for f in fields(InferenceConfig) if f.type in ("float", "int")}
     # params.rule.number / positive / fraction are kinds a rule may declare; some may be unused today
     spare = {k for k in LIMITS if k.startswith("params.rule.")} - expected
     assert set(LIMITS) - spare == expected, (set(LIMITS) ^ expected)

@@ -41,14 +41,6 @@ class Scraper:
         return self.registry.get_sample_value(metric, labels)
 
 
-@pytest.fixture
-def closing():
-    boxes = []
-    yield boxes.append
-    for b in boxes:
-        b.close()
-
-
 def trace(box, hours=3.0, every=60.0):
     out = []
     t = box.t

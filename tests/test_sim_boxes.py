@@ -25,14 +25,6 @@ def make(box, *items, seed=5, start=START, **kw):
                   journal_maxlen=None, **kw)
 
 
-@pytest.fixture
-def closing():
-    boxes = []
-    yield boxes.append
-    for b in boxes:
-        b.close()
-
-
 def vllm_registry(box):
     reg = CollectorRegistry()
     reg.register(SimVLLMCollector(box))
