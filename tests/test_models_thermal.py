@@ -197,3 +197,12 @@ def test_settled_floor_defaults_off_and_round_trips():
 def test_settled_params_validated(params):
     with pytest.raises(ValueError, match=next(iter(params))):
         ThermalModel(**params)._check_params()
+
+
+def test_a_state_without_span_loads_as_a_young_fit():
+    # release 0.1.0 stored version-2 states without span_: they load, with the young floor until refit
+    t, X, y = idle_history(n=30 * 60, seed=4)
+    state = ThermalModel(feature_names=("power",), min_deviation=10.0, settled_deviation=6.0).fit(t, X, y).get_state()
+    assert ThermalModel.from_state(state).deviation_floor() == 6.0
+    del state["state"]["span_"]
+    assert ThermalModel.from_state(state).deviation_floor() == 10.0

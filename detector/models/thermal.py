@@ -67,9 +67,12 @@ class ThermalModel(BaseModel):
     multivariate = True
     takes_features = True
     guards_extrapolation = True
-    version = 3  # 2: non-negative power terms, seen input range (lo_/hi_); 3: the fit's span_
+    version = 2  # 2: non-negative power terms, seen input range (lo_/hi_) in the state
     _state_attrs = ("coef_", "mean_", "std_", "scale_", "ewma_", "last_raw_", "last_t_", "n_fit_",
-                    "r2_", "lo_", "hi_", "span_")
+                    "r2_", "lo_", "hi_")
+    # span_ (the fit's history span) is stored beside them but optional, so a stored version-2
+    # state (release 0.1.0's store) still loads: without it the fit counts as young until refitted
+    span_ = 0.0
 
     def __init__(self, feature_names=("power", "fan"), lagged=("power",),
                  time_constants=(60.0, 180.0, 600.0, 1800.0), sensitivity: float = 4.0, direction: str = "up",
@@ -216,6 +219,17 @@ class ThermalModel(BaseModel):
         self.n_fit_ = int(ok.sum())
         self.span_ = float(t[ok][-1] - t[ok][0])  # how much of the day (and its ambient) the fit saw
         return self
+
+    def get_state(self) -> dict:
+        d = super().get_state()
+        d["state"]["span_"] = float(self.span_)
+        return d
+
+    @classmethod
+    def from_state(cls, d: dict):
+        model = super().from_state(d)
+        model.span_ = float(d["state"].get("span_", 0.0))
+        return model
 
     def fit_metrics(self) -> dict:
         self._require_fitted()
