@@ -112,6 +112,8 @@ LIMITS: dict[str, Limit] = {
     "params.thermal.ridge": Limit(0, 1e6),
     "params.thermal.huber": Limit(0, 1e6, lo_open=True),
     "params.thermal.extrapolation_slope": Limit(0, 1e6),
+    "params.thermal.settled_deviation": Limit(0, 1e6),  # degrees, like min_deviation
+    "params.thermal.settled_after": _dur(0, 400 * _D),  # the fit's span before it is trusted
     "params.iforest.n_estimators": _count(1, 10_000),  # trees: fit time and memory grow with each
     "params.iforest.max_samples": _count(4, 1_000_000),
     "params.iforest.calibration_quantile": Limit(0.5, 1),

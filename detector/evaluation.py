@@ -4,11 +4,13 @@ An injected incident is *found* when some reported incident carries its labels (
 the truth's own label values) and starts within `max_delay` after the injected start (or up to
 `early` before it) while overlapping the window. A reported incident is *false* when it overlaps no
 injected window (padded by `early` before and `aftermath` after: a failed fan's card takes a while
-to cool down), and *on a benign look-alike* when it overlaps a benign window instead.
+to cool down), and *on a benign look-alike* when it overlaps a benign window instead. The summary adds
+the median and max delay of the found ones and a per-detector count (`per_detector`).
 """
 from __future__ import annotations
 
 from datetime import datetime
+from statistics import median
 from typing import Any
 
 
@@ -52,7 +54,29 @@ def evaluate(report: dict[str, Any], truth: dict[str, Any], *, max_delay: float 
         else:
             false.append(brief)
     days = (_ts(truth["end"]) - max(_ts(truth["start"]), scored_from or 0)) / 86400
+    delays = sorted(f["delay_seconds"] for f in found)
     return {"found": found, "missed": missed, "false": false, "on_benign": on_benign,
             "summary": {"injected": len(found) + len(missed), "found": len(found), "missed": len(missed),
                         "false": len(false), "on_benign": len(on_benign), "days": round(days, 2),
-                        "false_per_day": round(len(false) / days, 2) if days > 0 else None}}
+                        "false_per_day": round(len(false) / days, 2) if days > 0 else None,
+                        "median_delay_seconds": median(delays) if delays else None,
+                        "max_delay_seconds": delays[-1] if delays else None,
+                        "per_detector": per_detector(found, false, on_benign)}}
+
+
+def per_detector(found: list[dict[str, Any]], false: list[dict[str, Any]],
+                 on_benign: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per detector: injected incidents it found (an incident found by two counts for both), false
+    incidents and incidents on look-alikes it raised — which detector to look at when a figure moves."""
+    out: dict[str, dict[str, int]] = {}
+
+    def row(d: str) -> dict[str, int]:
+        return out.setdefault(d, {"found": 0, "false": 0, "on_benign": 0})
+    for f in found:
+        for d in f["detectors"]:
+            row(d)["found"] += 1
+    for i in false:
+        row(i["detector"])["false"] += 1
+    for i in on_benign:
+        row(i["detector"])["on_benign"] += 1
+    return dict(sorted(out.items()))

@@ -169,3 +169,40 @@ def test_band_widens_only_beyond_the_seen_range(idle_fitted):
 def test_extrapolation_slope_validated():
     with pytest.raises(ValueError, match="extrapolation_slope"):
         ThermalModel(extrapolation_slope=-1)._check_params()
+
+
+@pytest.mark.parametrize("hours, flagged", [(10, False), (30, True)])
+def test_settled_floor_only_once_the_fit_spans_a_day(hours, flagged):
+    # a card settled 12 C hotter than its idle load explains (dead fans at idle): below the young
+    # fit's floor (15 C: a night of idle has not seen the room warm up), above a day-long fit's
+    t, X, y = idle_history(n=hours * 60, seed=3)
+    model = ThermalModel(feature_names=("power",), min_deviation=15.0, settled_deviation=6.0).fit(t, X, y)
+    assert model.deviation_floor() == (6.0 if flagged else 15.0)
+    assert model.fit_metrics()["history_span_seconds"] == pytest.approx(t[-1] - t[0] - 1800, abs=60)
+    healthy = _after(model, t[-1], np.full(60, 21.0), np.full(60, 33.0))
+    sick = _after(model, t[-1], np.full(60, 21.0), np.full(60, 33.0 + 12.0))
+    assert np.all(healthy.score <= 1)
+    assert np.all(sick.score[10:] > 1) == flagged and np.all(sick.score[10:] <= 1) != flagged
+
+
+def test_settled_floor_defaults_off_and_round_trips():
+    t, X, y = idle_history(n=30 * 60, seed=4)
+    model = ThermalModel(feature_names=("power",), min_deviation=10.0).fit(t, X, y)
+    assert model.deviation_floor() == 10.0  # no settled_deviation: the floor stays min_deviation
+    back = ThermalModel.from_state(model.get_state())
+    assert back.span_ == model.span_ and back.settled_after == 86400.0
+
+
+@pytest.mark.parametrize("params", [{"settled_deviation": -1}, {"settled_after": -5}, {"settled_deviation": True}])
+def test_settled_params_validated(params):
+    with pytest.raises(ValueError, match=next(iter(params))):
+        ThermalModel(**params)._check_params()
+
+
+def test_a_state_without_span_loads_as_a_young_fit():
+    # release 0.1.0 stored version-2 states without span_: they load, with the young floor until refit
+    t, X, y = idle_history(n=30 * 60, seed=4)
+    state = ThermalModel(feature_names=("power",), min_deviation=10.0, settled_deviation=6.0).fit(t, X, y).get_state()
+    assert ThermalModel.from_state(state).deviation_floor() == 6.0
+    del state["state"]["span_"]
+    assert ThermalModel.from_state(state).deviation_floor() == 10.0

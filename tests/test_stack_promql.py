@@ -344,3 +344,58 @@ def test_synthetic_block_is_limited_to_contract_names(sim_prometheus):
     # the inference servers' request series under the names their servers publish (issue 12)
     assert {"vllm:num_requests_running", "llamacpp:requests_processing", "inference_requests_running"} <= \
         sim_prometheus.names
+
+
+
+@pytest.fixture(scope="module")
+def throttle_prometheus(tmp_path_factory):
+    """Two GPUs pegged at 100 % drawing 30 % of their limit for an hour: GPU 0 under a thermal
+    slowdown for its first half hour (its reasons family says so), GPU 1 publishing no reasons."""
+    work = tmp_path_factory.mktemp("prom-throttle")
+    start = 1_793_491_200
+    times = range(start, start + 3600, 60)
+    gpus = [{"gpu": str(i), "uuid": f"GPU-{i}", "job": "rigwatch-exporter", "instance": "box:9842"} for i in (0, 1)]
+    lines = []
+    for fam, fn in (("gpu_utilization_ratio", lambda g, t: 1.0), ("gpu_power_usage_watts", lambda g, t: 100.0),
+                    ("gpu_power_limit_watts", lambda g, t: 350.0)):
+        lines.append(f"# TYPE {fam} gauge")
+        lines += [f"{fam}{_fmt(g)} {fn(g, t)} {t}" for g in gpus for t in times]
+    lines.append("# TYPE gpu_clocks_event_reason_active gauge")
+    for reason in ("sw_thermal_slowdown", "gpu_idle"):
+        on = reason == "sw_thermal_slowdown"
+        lines += [f"gpu_clocks_event_reason_active{_fmt({**gpus[0], 'reason': reason})} "
+                  f"{int(on and t < start + 1800)} {t}" for t in times]
+    path = work / "throttle.om"
+    path.write_text("\n".join(lines) + "\n# EOF\n")
+    backfill_openmetrics(path, work / "data")
+    with PrometheusServer(work / "prom", EMPTY_CONFIG, storage=work / "data") as prom:
+        prom.range = (start, start + 3540)
+        yield prom
+
+
+def _range(prom, expr: str) -> dict[tuple[str, float], float]:
+    start, end = prom.range
+    r = requests.get(prom.url + "/api/v1/query_range",
+                     params={"query": expr, "start": start, "end": end, "step": 60}, timeout=60)
+    assert r.status_code == 200, f"{r.status_code}: {r.text[:300]}"
+    return {(s["metric"]["gpu"], float(t)): float(v) for s in r.json()["data"]["result"] for t, v in s["values"]}
+
+
+def test_gpu_stuck_is_silent_while_a_slowdown_explains_the_low_draw(throttle_prometheus):
+    """The preset's gpu_stuck reads 0 whenever a thermal/hardware slowdown or power brake is active
+    (the throttle, not a spinning kernel, holds the power down), reads the plain load-and-power
+    condition otherwise, and still covers a card that publishes no slowdown reasons."""
+    import yaml
+
+    preset = yaml.safe_load(Path("detector/default_preset.yml").read_text())
+    expr = next(d["query"] for d in preset["detectors"] if d["name"] == "gpu_stuck")
+    plain = "(gpu_utilization_ratio >= bool 0.9) * ((gpu_power_usage_watts / gpu_power_limit_watts) < bool 0.75)"
+    slowed = ('max without (reason) (gpu_clocks_event_reason_active{reason=~"hw_slowdown|hw_thermal_slowdown|'
+              'hw_power_brake_slowdown|sw_thermal_slowdown"})')
+    stuck, raw, slow = (_range(throttle_prometheus, e) for e in (expr, plain, slowed))
+    assert set(stuck) == set(raw) and all(v == 1 for v in raw.values())
+    throttled = {k for k, v in slow.items() if v == 1}
+    assert throttled and all(g == "0" for g, _ in throttled)
+    assert all(stuck[k] == (0 if k in throttled else 1) for k in raw)
+    # GPU 1 publishes no reasons at all: judged on load and power alone, never dropped
+    assert any(g == "1" for g, _ in stuck) and all(v == 1 for (g, _), v in stuck.items() if g == "1")

@@ -13,6 +13,11 @@ idled so far: the smoothed-power coefficients are non-negative (more heat never 
 and scoring clips every input to the range the fit saw; beyond it the band widens to span every
 rise between 0 and ``extrapolation_slope`` per extra watt instead of trusting a slope fitted on
 idle noise.  ``direction="up"`` by default: running cooler than explained is harmless.
+A fit on less than a day cannot have seen the room's daily swing (a night of idle fits a constant):
+its residual scale understates what is normal, so ``min_deviation`` is the floor then; once the fit
+spans ``settled_after`` seconds, ``settled_deviation`` (when set) is the floor instead, so a card
+that settled at a few degrees hotter than its load explains (dead fans at idle, a clogged cooler
+under light load) is heard without waiting for heavy load.
 Scoring is causal: the smoothing state is carried over between calls.
 """
 from __future__ import annotations
@@ -65,11 +70,15 @@ class ThermalModel(BaseModel):
     version = 2  # 2: non-negative power terms, seen input range (lo_/hi_) in the state
     _state_attrs = ("coef_", "mean_", "std_", "scale_", "ewma_", "last_raw_", "last_t_", "n_fit_",
                     "r2_", "lo_", "hi_")
+    # span_ (the fit's history span) is stored beside them but optional, so a stored version-2
+    # state (release 0.1.0's store) still loads: without it the fit counts as young until refitted
+    span_ = 0.0
 
     def __init__(self, feature_names=("power", "fan"), lagged=("power",),
                  time_constants=(60.0, 180.0, 600.0, 1800.0), sensitivity: float = 4.0, direction: str = "up",
                  min_deviation: float = 2.0, ridge: float = 1e-3, huber: float = 1.5,
-                 extrapolation_slope: float = 0.3, concave: bool = True):
+                 extrapolation_slope: float = 0.3, concave: bool = True,
+                 settled_deviation: float | None = None, settled_after: float = 86400.0):
         self.feature_names = feature_names
         self.lagged = lagged
         self.time_constants = time_constants
@@ -80,6 +89,8 @@ class ThermalModel(BaseModel):
         self.huber = huber
         self.extrapolation_slope = extrapolation_slope
         self.concave = concave
+        self.settled_deviation = settled_deviation
+        self.settled_after = settled_after
 
     def _check_params(self):
         self._check_common()
@@ -96,6 +107,12 @@ class ThermalModel(BaseModel):
         k = self.extrapolation_slope
         if isinstance(k, bool) or not isinstance(k, (int, float)) or not (np.isfinite(k) and k >= 0):
             raise ValueError(f"thermal: extrapolation_slope must be a number >= 0, got {k!r}")
+        sd = self.settled_deviation
+        if sd is not None and (isinstance(sd, bool) or not isinstance(sd, (int, float)) or not (np.isfinite(sd) and sd >= 0)):
+            raise ValueError(f"thermal: settled_deviation must be a number >= 0 or null, got {sd!r}")
+        sa = self.settled_after
+        if isinstance(sa, bool) or not isinstance(sa, (int, float)) or not (np.isfinite(sa) and sa >= 0):
+            raise ValueError(f"thermal: settled_after must be seconds >= 0, got {sa!r}")
 
     def min_history(self, step_seconds: float = 60.0) -> int:
         # several time constants of data, and at least a few hours of varied load
@@ -200,14 +217,34 @@ class ThermalModel(BaseModel):
         self.ewma_, self.last_raw_ = state, held
         self.last_t_ = float(t[-1])
         self.n_fit_ = int(ok.sum())
+        self.span_ = float(t[ok][-1] - t[ok][0])  # how much of the day (and its ambient) the fit saw
         return self
+
+    def get_state(self) -> dict:
+        d = super().get_state()
+        d["state"]["span_"] = float(self.span_)
+        return d
+
+    @classmethod
+    def from_state(cls, d: dict):
+        model = super().from_state(d)
+        model.span_ = float(d["state"].get("span_", 0.0))
+        return model
 
     def fit_metrics(self) -> dict:
         self._require_fitted()
         n_lag = len(self.lagged) * len(self.time_constants)
         return {"r2": self.r2_, "residual_scale": self.scale_, "n_fit": self.n_fit_,
                 # the (smoothed) load range the fit saw: beyond it the band widens
-                "lagged_seen_min": float(self.lo_[:n_lag].min()), "lagged_seen_max": float(self.hi_[:n_lag].max())}
+                "lagged_seen_min": float(self.lo_[:n_lag].min()), "lagged_seen_max": float(self.hi_[:n_lag].max()),
+                "history_span_seconds": self.span_, "deviation_floor": self.deviation_floor()}
+
+    def deviation_floor(self) -> float:
+        """The band's smallest half-width: ``settled_deviation`` once the fit spans a settled
+        history (see module docstring), ``min_deviation`` before."""
+        if self.settled_deviation is not None and self.span_ >= self.settled_after:
+            return float(self.settled_deviation)
+        return float(self.min_deviation)
 
     def expected(self, F: np.ndarray) -> np.ndarray:
         Z = (F - self.mean_) / self.std_
@@ -242,9 +279,9 @@ class ThermalModel(BaseModel):
         if len(t):
             self.last_t_ = float(t[-1])
         expected, extra = self._extrapolate(sm2, other)
-        half = np.maximum(self.sensitivity * self.scale_, self.min_deviation) + extra
-        return band_score(y, expected, half / self.sensitivity, self.sensitivity, self.direction,
-                          self.min_deviation)
+        floor = self.deviation_floor()
+        half = np.maximum(self.sensitivity * self.scale_, floor) + extra
+        return band_score(y, expected, half / self.sensitivity, self.sensitivity, self.direction, floor)
 
     def score_samples(self, t, X, y) -> np.ndarray:
         import copy
