@@ -280,3 +280,16 @@ def test_the_service_publishes_a_hang_and_lists_its_incident(prom):
     incidents = {i.labels["gpu"]: i for i in service.incidents() if i.detector == NAME}
     assert set(incidents) == {"0", "1"}  # the Ollama hang now, the vLLM one 40 min before (in the context)
     assert "no active requests" in incidents["0"].summary and "ollama: no request lines" in incidents["0"].summary
+
+
+def test_the_incident_text_describes_the_longest_run_not_the_last_blip():
+    """A batch holding a 30 min hang and, at its end, the first minute of another run: the text (the
+    incident's summary is taken where the score peaks) says how long the hang lasted."""
+    p = plugin("http://127.0.0.1:9")  # no query is made
+    n = 40
+    c = ctx([1.0] * n, {"vllm"})
+    a = activity(n, vllm=("1" * n, "0" * n))
+    flags = np.array([T] * 30 + [F] * 9 + [T])
+    sc = run_seconds(flags, 60) / 600
+    text = p._explain(c, a, {"vllm": ["qwen"]}, sc)
+    assert "for 30 min" in text and "vllm: 0 requests running, holding qwen" in text, text

@@ -189,9 +189,9 @@ class ContextPlugin(DetectorPlugin):
                           [frozenset(x) for x in servers], [frozenset(x) for x in others])
 
     def _explain(self, ctx: GpuContext, activity: Activity, models: dict[str, list[str]], sc: np.ndarray) -> str:
-        """The text of the newest unexplained run (or the newest step): which servers, read where."""
-        hot = np.nonzero(sc > 0)[0]
-        i = int(hot[-1]) if len(hot) else len(sc) - 1
+        """The text of the longest unexplained run in the batch (where its score peaks, the point an
+        incident's summary is taken at), else of the newest step: which servers, read where."""
+        i = int(np.argmax(sc)) if len(sc) and sc.max() > 0 else len(sc) - 1
         minutes = sc[i] * self.settings.hold / 60 if len(sc) else 0.0
         parts = []
         for server in sorted(ctx.servers[i]) if len(sc) else []:
