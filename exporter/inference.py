@@ -87,3 +87,14 @@ def parse_comfyui_queue(doc: object) -> tuple[int, int]:
     if not isinstance(running, list) or not isinstance(pending, list):
         raise ValueError("not a ComfyUI /queue answer: queue_running/queue_pending are not lists")
     return len(running), len(pending)
+
+
+def ollama_state(server: str, doc: object) -> ServerState:
+    """An answer of Ollama's `GET /api/ps` as the state of an up server (ValueError: wrong shape)."""
+    return ServerState(server, up=True, models=parse_ollama_ps(doc))
+
+
+def comfyui_state(server: str, doc: object) -> ServerState:
+    """An answer of ComfyUI's `GET /queue` as the state of an up server (ValueError: wrong shape)."""
+    running, pending = parse_comfyui_queue(doc)
+    return ServerState(server, up=True, requests_running=running, requests_waiting=pending)

@@ -16,7 +16,7 @@ import logging
 
 import requests
 
-from exporter.inference import ServerState, parse_comfyui_queue, parse_ollama_ps
+from exporter.inference import ServerState, comfyui_state, ollama_state
 from rigwatch.redact import redact_text, redact_url
 
 log = logging.getLogger("rigwatch.exporter.inference")
@@ -74,7 +74,7 @@ class OllamaSource(HttpSource):
         super().__init__(url, server, session=session, timeout=timeout)
 
     def state(self, doc: object) -> ServerState:
-        return ServerState(self.server, up=True, models=parse_ollama_ps(doc))
+        return ollama_state(self.server, doc)
 
 
 class ComfyUISource(HttpSource):
@@ -87,5 +87,4 @@ class ComfyUISource(HttpSource):
         super().__init__(url, server, session=session, timeout=timeout)
 
     def state(self, doc: object) -> ServerState:
-        running, pending = parse_comfyui_queue(doc)
-        return ServerState(self.server, up=True, requests_running=running, requests_waiting=pending)
+        return comfyui_state(self.server, doc)

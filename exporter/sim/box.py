@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from exporter.inference import comfyui_state, ollama_state
+
 from .boxes import DEFAULT_BOX, BoxProfile, get_box
 from .containers import NAMES as CONTAINER_NAMES  # noqa: F401 (re-exported)
 from .containers import SimContainerSource
@@ -26,7 +28,7 @@ from .journal import Background, Journal, iso_ms
 from .model import GIB, MIB, Faults, GPUPhysics, GPUSpec, Load, make_fake_gpu
 from .procfs import FakeProcTree
 from .schedule import Incident, load_schedule, parse_duration
-from .servers import SimComfyUISource, SimOllamaSource, comfyui_queue_document, ollama_ps_document
+from .servers import SimSource, comfyui_queue_document, ollama_ps_document
 from .vllm_server import Burst, SimVLLM, Stream
 from .workload import Resident, Session, Workload
 
@@ -184,9 +186,9 @@ class SimBox:
 
     def inference_sources(self) -> list:
         """Sources (`.server`, `.poll() -> ServerState`) over this box's Ollama and ComfyUI."""
-        out: list = [SimOllamaSource(self)]
+        out: list = [SimSource("ollama", self.ollama_api_ps, ollama_state)]
         if self.profile.comfy_gpu is not None:
-            out.append(SimComfyUISource(self))
+            out.append(SimSource("comfyui", self.comfyui_queue, comfyui_state))
         return out
 
     def truth(self) -> list[dict]:

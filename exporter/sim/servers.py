@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-from exporter.inference import ServerState, parse_comfyui_queue, parse_ollama_ps
+from exporter.inference import ServerState
 
 from .workload import Job, Resident
 
@@ -70,38 +71,21 @@ def comfyui_queue_document(running: list[Job], pending: list[Job], seed: int) ->
     return {"queue_running": items[:len(running)], "queue_pending": items[len(running):]}
 
 
-class SimOllamaSource:
-    """The box's Ollama as an inference source: up while its container runs on a running box."""
+class SimSource:
+    """One of the box's servers as an inference source: its document (None while the server is down)
+    read by the same function as a real server's answer, so a wrong shape is down, as it is there."""
 
-    server = "ollama"
-
-    def __init__(self, box):
-        self.box = box
+    def __init__(self, server: str, document: Callable[[], dict | None],
+                 state: Callable[[str, object], ServerState]):
+        self.server = server
+        self.document = document
+        self.state = state
 
     def poll(self) -> ServerState:
-        doc = self.box.ollama_api_ps()
+        doc = self.document()
         if doc is None:
             return ServerState(self.server, up=False)
         try:
-            return ServerState(self.server, up=True, models=parse_ollama_ps(doc))
+            return self.state(self.server, doc)
         except ValueError:
             return ServerState(self.server, up=False)
-
-
-class SimComfyUISource:
-    """The box's ComfyUI: no models to list, but its queue says whether anyone asks for work."""
-
-    server = "comfyui"
-
-    def __init__(self, box):
-        self.box = box
-
-    def poll(self) -> ServerState:
-        doc = self.box.comfyui_queue()
-        if doc is None:
-            return ServerState(self.server, up=False)
-        try:
-            running, pending = parse_comfyui_queue(doc)
-        except ValueError:
-            return ServerState(self.server, up=False)
-        return ServerState(self.server, up=True, requests_running=running, requests_waiting=pending)
