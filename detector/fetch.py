@@ -74,7 +74,8 @@ def _query_range(client: PromClient, det: DetectorConfig, key: str, promql: str,
         raise DetectorQueryError(det.name, key, e) from None
 
 
-def _align(target_t: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+def align_to_grid(target_t: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Values of the samples (t, y) at the times `target_t` (a step grid), NaN where none falls."""
     out = np.full(len(target_t), np.nan)
     if len(t) == 0 or len(target_t) == 0:
         return out
@@ -121,14 +122,14 @@ def fetch_series(client: PromClient, det: DetectorConfig, start: float, end: flo
     for s in main:
         t, y = s.t, s.y
         if full_grid is not None and len(t):
-            y = _align(full_grid, t, y)
+            y = align_to_grid(full_grid, t, y)
             t = full_grid
         X = None
         if names:
             X = np.full((len(t), len(names)), np.nan)
             key = _join_key(s.labels, det.join_on)
             for j, fname in enumerate(names):
-                cols = [_align(t, f.t, f.y) for f in by_key.get(fname, {}).get(key, [])]
+                cols = [align_to_grid(t, f.t, f.y) for f in by_key.get(fname, {}).get(key, [])]
                 if cols:
                     with np.errstate(all="ignore"), warnings.catch_warnings():
                         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps stay NaN
@@ -146,7 +147,7 @@ def fetch_series(client: PromClient, det: DetectorConfig, start: float, end: flo
             if key in have or not hbs:
                 continue
             hb = hbs[0]
-            X = _align(full_grid, hb.t, hb.y)[:, None]
+            X = align_to_grid(full_grid, hb.t, hb.y)[:, None]
             out.setdefault(series_id(hb.labels), SeriesData(dict(hb.labels), full_grid,
                                                             np.full(len(full_grid), np.nan), X, names))
     return out

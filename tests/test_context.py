@@ -90,10 +90,11 @@ def test_logs_say_known_only_while_the_stream_was_seen():
 
 def test_metrics_win_where_they_speak_logs_fill_the_rest():
     grid = np.arange(3) * 60.0
-    m = {"ollama": ServerActivity(np.array([T, F, F]), np.array([F, F, F]), "metrics")}
-    lg = {"ollama": ServerActivity(np.array([T, T, F]), np.array([T, T, F]), "logs")}
+    m = {"ollama": ServerActivity(np.array([T, F, F]), np.array([F, F, F]))}
+    lg = {"ollama": ServerActivity(np.array([T, T, F]), np.array([T, T, F]), by_logs=np.array([T, T, F]))}
     a = merge(grid, m, lg).get("ollama")
     assert a.known.tolist() == [T, T, F] and a.active.tolist() == [F, T, F]
+    assert [a.read_in_logs(i) for i in range(3)] == [F, T, F]  # the incident text says where it was read
 
 
 # -- config --------------------------------------------------------------------------------------------

@@ -14,12 +14,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from detector.fetch import align_to_grid
+
 
 @dataclass
 class ServerActivity:
     known: np.ndarray  # bool per grid step
     active: np.ndarray  # bool per grid step
-    source: str = ""  # "metrics" / "logs": where it was read, for the incident text
+    by_logs: np.ndarray | None = None  # bool per grid step: read from request log lines (None: none was)
+
+    def read_in_logs(self, i: int) -> bool:
+        """Whether step i's reading came from request log lines (else from request metrics)."""
+        return self.by_logs is not None and bool(self.by_logs[i])
 
 
 @dataclass
@@ -35,17 +41,6 @@ class Activity:
         return a
 
 
-def on_grid(grid: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Values of (t, y) at the grid's steps (NaN where there is no sample at that step)."""
-    out = np.full(len(grid), np.nan)
-    if len(t):
-        idx = np.searchsorted(grid, t)
-        ok = (idx < len(grid))
-        ok[ok] &= np.isclose(grid[idx[ok]], t[ok])
-        out[idx[ok]] = y[ok]
-    return out
-
-
 def from_metrics(grid: np.ndarray, series: Iterable) -> dict[str, ServerActivity]:
     """`series`: the requests query's answer (promclient.Series, one per `server` label)."""
     out: dict[str, ServerActivity] = {}
@@ -53,13 +48,13 @@ def from_metrics(grid: np.ndarray, series: Iterable) -> dict[str, ServerActivity
         server = s.labels.get("server")
         if not server:
             continue
-        v = on_grid(grid, np.asarray(s.t, float), np.asarray(s.y, float))
+        v = align_to_grid(grid, np.asarray(s.t, float), np.asarray(s.y, float))
         known = np.isfinite(v)
         prev = out.get(server)
         active = known & (np.nan_to_num(v) > 0)
         if prev is not None:
             known, active = known | prev.known, active | prev.active
-        out[server] = ServerActivity(known, active, "metrics")
+        out[server] = ServerActivity(known, active)
     return out
 
 
@@ -68,14 +63,14 @@ def from_log_counts(grid: np.ndarray, counts: Iterable, presence: Iterable) -> S
     of its whole log stream over `log_presence` (Loki MetricSeries, any labels: summed)."""
     lines = np.zeros(len(grid))
     for s in counts:
-        v = on_grid(grid, np.array([p.ts for p in s.samples]), np.array([p.value for p in s.samples]))
+        v = align_to_grid(grid, np.array([p.ts for p in s.samples]), np.array([p.value for p in s.samples]))
         lines += np.nan_to_num(v)
     seen = np.zeros(len(grid))
     for s in presence:
-        v = on_grid(grid, np.array([p.ts for p in s.samples]), np.array([p.value for p in s.samples]))
+        v = align_to_grid(grid, np.array([p.ts for p in s.samples]), np.array([p.value for p in s.samples]))
         seen += np.nan_to_num(v)
     known = seen > 0
-    return ServerActivity(known, known & (lines > 0), "logs")
+    return ServerActivity(known, known & (lines > 0), by_logs=known)
 
 
 def merge(grid: np.ndarray, metric: dict[str, ServerActivity], logs: dict[str, ServerActivity]) -> Activity:
@@ -90,5 +85,5 @@ def merge(grid: np.ndarray, metric: dict[str, ServerActivity], logs: dict[str, S
         else:
             known = m.known | lg.known
             active = np.where(m.known, m.active, lg.active)
-            act.servers[server] = ServerActivity(known, active, "metrics" if m.known.all() else "metrics+logs")
+            act.servers[server] = ServerActivity(known, active, by_logs=~m.known & lg.known)
     return act

@@ -19,10 +19,10 @@ import numpy as np
 from prometheus_client.core import GaugeMetricFamily
 
 from detector.config import Config
-from detector.context.activity import Activity, ServerActivity, from_log_counts, from_metrics, merge, on_grid
+from detector.context.activity import Activity, ServerActivity, from_log_counts, from_metrics, merge
 from detector.context.busy import GpuContext, scores, unexplained_busy
 from detector.context.config import InferenceConfig
-from detector.health import SourceHealth
+from detector.fetch import align_to_grid
 from detector.incidents import IncidentPolicy, IncidentTracker
 from detector.logs.loki import LokiClient, LokiError
 from detector.plugin import BacktestPart, DetectorPlugin, ScorePass
@@ -55,15 +55,13 @@ class ContextPlugin(DetectorPlugin):
     score_task = "context_score"
     publishes_scores = False
 
-    def __init__(self, config: Config, client: PromClient, *, loki: LokiClient | None = None,
-                 health: SourceHealth | None = None):
+    def __init__(self, config: Config, client: PromClient, *, loki: LokiClient | None = None):
         self.settings: InferenceConfig = config.inference or InferenceConfig()
         self.step = config.schedule.step
         self.context = config.schedule.context
         self.warmup = config.schedule.warmup
         self.client = client
         self.loki = loki
-        self.health = health
         self.sources = ("prometheus", "loki") if loki is not None else ("prometheus",)
         self.last_t_: float | None = None
         self.latest_: dict[tuple, tuple[dict[str, str], float, float]] = {}  # gpu -> labels, run s, score
@@ -179,13 +177,13 @@ class ContextPlugin(DetectorPlugin):
                 continue
             name = w.labels.get("workload", "")
             spec = self.settings.server_for(name)
-            v = on_grid(grid, np.asarray(w.t, float), np.asarray(w.y, float))
+            v = align_to_grid(grid, np.asarray(w.t, float), np.asarray(w.y, float))
             for i in np.nonzero(np.isfinite(v))[0]:
                 if spec is not None:
                     servers[i].add(spec.name)
                 elif v[i] >= EXPLAINS_MIN_BYTES:
                     others[i].add(name)
-        return GpuContext(on_grid(grid, np.asarray(util.t, float), np.asarray(util.y, float)),
+        return GpuContext(align_to_grid(grid, np.asarray(util.t, float), np.asarray(util.y, float)),
                           [frozenset(x) for x in servers], [frozenset(x) for x in others])
 
     def _explain(self, ctx: GpuContext, activity: Activity, models: dict[str, list[str]], sc: np.ndarray) -> str:
@@ -196,7 +194,7 @@ class ContextPlugin(DetectorPlugin):
         parts = []
         for server in sorted(ctx.servers[i]) if len(sc) else []:
             a = activity.get(server)
-            how = "no request lines in its log" if a.source == "logs" else "0 requests running"
+            how = "no request lines in its log" if a.read_in_logs(i) else "0 requests running"
             held = models.get(server)
             parts.append(f"{server}: {how}" + (f", holding {', '.join(held[:3])}" if held else ""))
         util = ctx.util[i] if len(sc) and np.isfinite(ctx.util[i]) else float("nan")
