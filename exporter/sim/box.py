@@ -287,9 +287,9 @@ class SimBox:
         others = [self._other_vram(i, t) for i in range(len(self.specs))]
         self.workload.stuck = {inc.gpu for inc in active if inc.kind == "gpu_stuck"}
         self.workload.tick(t, dt, others, self._gpu_ok, ollama_up, comfy_up)
-        if self.vllm is not None:
-            v = self.vllm
-            self.vllm.tick(t, dt, self._container(v.spec.container).running and self._gpu_ok(v.spec.gpu))
+        v = self.vllm
+        if v is not None:
+            v.tick(t, dt, self._container(v.spec.container).running and self._gpu_ok(v.spec.gpu))
         self._emit_scanner(t + dt)
         self._apply_readings(dt, active)
 
@@ -297,7 +297,7 @@ class SimBox:
         v = sum(e.vram for g, e in self.externals.items() if g == gpu)
         if gpu == self.profile.comfy_gpu and self._container("comfyui").running:
             v += self.workload.comfy_vram(t)
-        if self.vllm is not None and gpu == self.vllm.spec.gpu and self.vllm.pid is not None:
+        if self._is_vllm_gpu(gpu) and self.vllm.pid is not None:
             v += self.vllm.vram()
         return v
 
@@ -379,7 +379,7 @@ class SimBox:
             self.journal.kernel(t, f"NVRM: Xid (PCI:{pci}): 79, {pid_s}, GPU has fallen off the bus.", 4)
             self.journal.kernel(t + 0.001, f"NVRM: GPU {pci}.0: GPU has fallen off the bus.", 3)
             self.journal.kernel(t + 0.002, f"NVRM: GPU {pci}.0: RmInitAdapter failed! (0x26:0xffff:1589)", 3)
-            if self.vllm is not None and self.vllm.spec.gpu == i and self.vllm.pid is not None:
+            if self._is_vllm_gpu(i) and self.vllm.pid is not None:
                 self._vllm_crash(t, "RuntimeError: CUDA error: unspecified launch failure")
             for r in victims:
                 self.workload.unload(t, r)
