@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 
 from detector.logs.windows import SlidingWindows
 
@@ -235,41 +237,10 @@ def _streams(window) -> list[list[str]]:
 
 
 def _components(size: int, edges: Iterable[tuple[int, int]]) -> np.ndarray:
-    """Strongly connected components of a directed graph on 0..size-1 (iterative Kosaraju): a
-    component label per node."""
-    forward: list[list[int]] = [[] for _ in range(size)]
-    backward: list[list[int]] = [[] for _ in range(size)]
-    for a, b in edges:
-        forward[a].append(b)
-        backward[b].append(a)
-    order, seen = [], [False] * size
-    for root in range(size):
-        if seen[root]:
-            continue
-        seen[root] = True
-        stack = [(root, iter(forward[root]))]
-        while stack:
-            node, children = stack[-1]
-            child = next(children, None)
-            if child is None:
-                order.append(node)
-                stack.pop()
-            elif not seen[child]:
-                seen[child] = True
-                stack.append((child, iter(forward[child])))
-    label = np.full(size, -1, dtype=int)
-    for root in reversed(order):
-        if label[root] >= 0:
-            continue
-        label[root] = root
-        stack = [root]
-        while stack:
-            node = stack.pop()
-            for parent in backward[node]:
-                if label[parent] < 0:
-                    label[parent] = root
-                    stack.append(parent)
-    return label
+    """Strongly connected components of a directed graph on 0..size-1: a component label per node."""
+    pairs = np.array(sorted(edges), dtype=int).reshape(-1, 2)
+    graph = csr_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(size, size))
+    return connected_components(graph, directed=True, connection="strong")[1]
 
 
 class _Stats:
@@ -367,9 +338,8 @@ class SequenceModel:
             for window in test:
                 for evidence, kind, _a, _b, _s in stats.findings(window):
                     held_out[kind] = max(held_out[kind], evidence)
-        floor = {"transition": self.min_support / half,
-                 "combination": self.min_support / half}
-        self.scale_ = {kind: self.calibration_margin * max(held_out[kind], floor[kind]) for kind in held_out}
+        floor = self.min_support / half  # nothing rarer than min_support windows of a half can be a finding
+        self.scale_ = {kind: self.calibration_margin * max(held_out[kind], floor) for kind in held_out}
         return self
 
     def findings(self, window) -> list[dict]:
