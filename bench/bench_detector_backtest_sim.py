@@ -26,11 +26,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detector.evaluation import evaluate  # noqa: E402
+from detector.evaluation import evaluate, per_detector  # noqa: E402
+from exporter.sim.boxes import BOXES, DEFAULT_BOX  # noqa: E402
 from harness.processes import backfill_openmetrics  # noqa: E402
 from harness.servers import PrometheusServer  # noqa: E402
 
-BOXES = ("aibox", "studio")
 # issue 12, "Done means"
 TARGET_FOUND, TARGET_FALSE_PER_DAY, TARGET_MEDIAN_DELAY = 0.9, 0.5, 300.0
 
@@ -87,12 +87,7 @@ def run_one(box: str, seed: int, work: Path, args: argparse.Namespace) -> dict[s
 def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Pool the evaluations of one box's seeds: sums, false per pooled day, delays over all found."""
     delays = sorted(f["delay_seconds"] for r in results for f in r["found"])
-    per: dict[str, dict[str, int]] = {}
-    for r in results:
-        for d, row in r["summary"]["per_detector"].items():
-            acc = per.setdefault(d, {"found": 0, "false": 0, "on_benign": 0})
-            for k in acc:
-                acc[k] += row[k]
+    per = per_detector(*([i for r in results for i in r[part]] for part in ("found", "false", "on_benign")))
     days = sum(r["summary"]["days"] for r in results)
     found = sum(r["summary"]["found"] for r in results)
     injected = sum(r["summary"]["injected"] for r in results)
@@ -101,7 +96,7 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
             "false_per_day": false / days if days else 0.0,
             "on_benign": sum(r["summary"]["on_benign"] for r in results),
             "median_delay_seconds": median(delays) if delays else None,
-            "max_delay_seconds": delays[-1] if delays else None, "per_detector": dict(sorted(per.items())),
+            "max_delay_seconds": delays[-1] if delays else None, "per_detector": per,
             "missed": [m for r in results for m in r["missed"]]}
 
 
@@ -140,8 +135,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds, each run on every box")
     ap.add_argument("--start", default="2026-11-01T00:00:00Z")
     ap.add_argument("--schedule", default=None)
-    ap.add_argument("--box", nargs="+", default=["aibox"], choices=BOXES,
-                    help="simulated box(es): aibox and/or studio (default aibox)")
+    ap.add_argument("--box", nargs="+", default=[DEFAULT_BOX], choices=sorted(BOXES),
+                    help=f"simulated box(es): {', '.join(sorted(BOXES))} (default {DEFAULT_BOX})")
     ap.add_argument("--config", default=None, help="detector.yml (default: the built-in preset)")
     ap.add_argument("--keep", default=None, help="work directory to keep (default: a temp dir); with several "
                     "runs each gets a BOX-SEED subdirectory")
