@@ -14,8 +14,9 @@
    --loki-url names a real one, the demo starts the repository's API-faithful Loki stand-in
    (harness/loki_standin.py: push + query_range, in memory) - a stand-in, not Loki;
 3. prints where to look, then streams what happens: anomaly scores crossing 1 (from Prometheus),
-   incidents the detector confirms (GET /api/v1/anomalies), notifications Alertmanager delivers, and
-   a line of live GPU readings every --interval seconds; and the model lifecycle from the detector's
+   incidents the detector confirms (GET /api/v1/anomalies), notifications Alertmanager delivers, a
+   line of live GPU readings every --interval seconds and, when it changes, what the box's inference
+   servers hold and run; and the model lifecycle from the detector's
    API (scripts/demo_lifecycle.py): the models after the first fit, one retrain with this run's API
    token and the decision recorded for each detector, feedback on the first incident; and the MLflow
    side (scripts/demo_mlflow.py): a real `mlflow server` (SQLite, in the workdir) started beside the
@@ -130,6 +131,31 @@ def fmt_readings(api: PrometheusAPI) -> str:
         parts.append(f"gpu {gpu}: {temp.get(gpu, float('nan')):3.0f} C {power.get(gpu, float('nan')):4.0f} W "
                      f"util {100 * util.get(gpu, 0):3.0f} % fan {100 * fan.get(gpu, 0):3.0f} %")
     return " | ".join(parts) or "(waiting for the first scrape)"
+
+
+def fmt_servers(api: PrometheusAPI) -> str:
+    """The box's inference servers as the exporter reads them: up or not, the models each holds, the
+    requests it says it runs (where it says), and a GPU busy with none of them asking."""
+    def rows(q):
+        return [(r["metric"], float(r["value"][1])) for r in api.query(q)]
+    held: dict[str, list[str]] = {}
+    for m, v in rows(f'inference_model_vram_bytes{{job="{EXPORTER_JOB}"}}'):
+        held.setdefault(m.get("server", ""), []).append(f"{m.get('model')} {v / 2**30:.1f} GiB")
+    running = {m.get("server"): v for m, v in rows(f'inference_requests_running{{job="{EXPORTER_JOB}"}}')}
+    waiting = {m.get("server"): v for m, v in rows(f'inference_requests_waiting{{job="{EXPORTER_JOB}"}}')}
+    parts = []
+    for m, up in sorted(rows(f'inference_server_up{{job="{EXPORTER_JOB}"}}'), key=lambda r: r[0].get("server", "")):
+        server = m.get("server", "")
+        if not up:
+            parts.append(f"{server} down")
+            continue
+        said = [f"holding {', '.join(sorted(held[server]))}"] if held.get(server) else []
+        if server in running:  # a queue (ComfyUI) names no model: say what it runs instead
+            said.append(f"{running[server]:.0f} running, {waiting.get(server, 0):.0f} queued")
+        parts.append(f"{server} up, {', '.join(said or ['no model loaded'])}")
+    for m, seconds in rows("rigwatch_gpu_busy_without_requests_seconds > 0"):
+        parts.append(f"gpu {m.get('gpu')} busy with no request for {seconds / 60:.0f} min")
+    return " | ".join(parts) or "(no inference server read yet)"
 
 
 class Streamer:
@@ -263,6 +289,7 @@ def main(argv=None) -> int:
                               speed=args.speed)
         t_end = time.monotonic() + args.duration if args.duration else None
         next_reading = 0.0
+        last_servers = None
         while not stop.is_set():
             dead = pipe.dead()
             if dead is not None:
@@ -271,6 +298,10 @@ def main(argv=None) -> int:
             try:
                 if time.monotonic() >= next_reading:
                     say(fmt_readings(pipe.prom))
+                    servers = fmt_servers(pipe.prom)
+                    if servers != last_servers:  # said when it changes: a model loads, a server goes down
+                        say(f"servers:  {servers}")
+                        last_servers = servers
                     next_reading = time.monotonic() + args.interval
                 streamer.scores()
                 streamer.confirmed()

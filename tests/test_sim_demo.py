@@ -55,6 +55,8 @@ def test_demo_streams_an_anomaly_and_an_alert_and_stops_on_ctrl_c(tmp_path):
         text = "".join(lines)
         assert proc.poll() is None, f"demo exited early:\n{text}"
         assert "  ALERT     GpuLost (critical) gpu=1 -> default-webhook: GPU 1" in text, text
+        # the sim's inference servers, read by the exporter through Prometheus (aibox: Ollama and ComfyUI)
+        assert re.search(r"  servers:  comfyui up, \d+ running, \d+ queued \| ollama up, ", text), text
         assert re.search(r"ANOMALY   gpu_xid \(counter_increase\) gpu=1 xid=79: score [\d.]+ > 1", text), text
         # the log side: the sim's Xid 79 kernel line, shipped into the Loki stand-in, read by the detector
         assert re.search(r"ANOMALY   log_pattern \(logs\) pattern=nvidia_xid gpu=1 xid=79: score [\d.]+ > 1",
