@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from detector.context.events import ContextEvent
 from detector.incidents import IncidentPolicy
 from detector.scores import ScoreBatch
 
@@ -123,6 +124,16 @@ class DetectorPlugin(ABC):
 
     def series_tracked(self) -> int:
         return 0
+
+    def context_events(self, start: float, end: float) -> list[ContextEvent]:
+        """Events of the box it has seen (in `score` or `backtest`) overlapping [start, end] that
+        explain incidents rather than raise them (detector/context/events.py). Default: none."""
+        return []
+
+    def annotate(self, incidents: list[dict[str, Any]], to_time=None) -> None:
+        """Add what it knows about each incident's context to its dict in place (the workload on
+        the incident's GPU); `to_time` reads the dicts' times (None: epoch). Default: nothing."""
+        return None
 
     def backtest_hours(self, start: float, end: float) -> float:
         """Hours of replay `backtest` will report to its progress bar."""
