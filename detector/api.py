@@ -96,20 +96,23 @@ def create_app(service, *, registry: CollectorRegistry | None = None, environ=No
         if detector is not None and detector not in service.detector_names() and \
                 detector not in {i.detector for i in items}:
             return error(404, f"detector: unknown detector {detector!r}")
+        kept, events = service.incidents_in_context(items)
         out = []
-        for inc in reversed(items):
+        for inc, d in reversed(kept):
             if since is not None and inc.end < since:
                 continue
             if detector is not None and inc.detector != detector:
                 continue
             if inc.peak_score < min_score:
                 continue
-            d = inc.to_dict(iso)
-            d["open"] = inc.is_open
+            d.update(start=iso(inc.start), end=iso(inc.end), peak_time=iso(inc.peak_t), open=inc.is_open)
             out.append(d)
             if len(out) >= limit:
                 break
-        return jsonify({"anomalies": out, "count": len(out)})
+        # the box's own events (a restart, a model load) with the incidents each explains
+        shown = [{**e, "start": iso(e["start"]), "end": iso(e["end"])} for e in reversed(events)
+                 if since is None or e["end"] >= since][:limit]
+        return jsonify({"anomalies": out, "count": len(out), "events": shown})
 
     @app.get("/api/v1/models")
     def models():

@@ -18,6 +18,7 @@ from typing import Any
 
 from detector.anomaly_rate import AnomalyRates
 from detector.config import Config, ConfigWatcher
+from detector.context.events import fold
 from detector.health import SourceHealth
 from detector.incidents import Incident, IncidentPolicy, IncidentTracker
 from detector.label_metrics import label_families
@@ -26,6 +27,7 @@ from detector.plugin import DetectorPlugin
 from detector.scores import ScoreBatch, series_id
 
 log = logging.getLogger(__name__)
+EVENTS_KEPT = 7 * 86400.0  # how far back GET /api/v1/anomalies asks the plugins for box events
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,23 @@ class DetectorService:
         """Recent incidents, oldest first, open ones included (`is_open` says which)."""
         with self._lock:
             return self.tracker.recent(include_open=True)
+
+    def incidents_in_context(self, items: list[Incident]) -> tuple[list[tuple[Incident, dict]], list[dict]]:
+        """`items` in the plugins' context: each plugin annotates their dicts (epoch times) and the box
+        events the plugins saw (a restart, a model load) fold the incidents they explain. Returns the
+        incidents no event explains, each with its annotated dict, and the events (epoch times), each
+        with what it explains. A plugin failing here costs its context, never the answer."""
+        dicts = [inc.to_dict() for inc in items]
+        events = []
+        for plugin in self.plugins:
+            try:
+                plugin.annotate(dicts)
+                events += plugin.context_events(self.clock() - EVENTS_KEPT, self.clock())
+            except Exception:  # noqa: BLE001 — one plugin's context never breaks the API
+                log.exception("context of incidents: %s", type(plugin).__name__)
+        kept, explained = fold(dicts, events, step=self.config.schedule.step)
+        by_dict = {id(d): inc for d, inc in zip(dicts, items, strict=True)}
+        return [(by_dict[id(d)], d) for d in kept], explained
 
     def extra_families(self) -> Iterable:
         for plugin in self.plugins:

@@ -10,6 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from detector.api import create_app
 from detector.backtest import run_backtest
 from detector.config import parse_config
+from detector.context.events import ContextEvent
 from detector.incidents import IncidentTracker
 from detector.metrics import DetectorCollector
 from detector.persistence import MemoryPersistence
@@ -141,3 +142,45 @@ def test_a_third_plugin_is_backtested_into_the_one_report():
     assert report["summary"]["by_detector"] == {"disk_fullness": 1}
     assert report["detectors"] == [{"detector": "disk_fullness", "kind": "level"}]
     assert report["disk"] == {"mean": 51.0}
+
+
+class DiskSwap(DiskFullness):
+    """The same plugin, knowing the disk was swapped during the jump: an event that explains it,
+    and an annotation the API and the report carry."""
+
+    def context_events(self, start, end):
+        ev = ContextEvent("disk_swap", T0, T0 + 600, "nvme0 swapped for a bigger one", scope={"disk": "nvme0"})
+        return [ev] if ev.end >= start and ev.start <= end else []
+
+    def annotate(self, incidents, to_time=None):
+        for d in incidents:
+            d["disk_model"] = "WD SN850X"
+
+
+def test_a_plugins_event_folds_the_incident_it_explains_live_and_in_the_report():
+    config = parse_config({"detectors": []})
+    now = [T0]
+    service = DetectorService(config, [DiskSwap(readings())], clock=lambda: now[0])
+    service.fit()
+    now[0] = T0 + 300
+    service.score()
+    body = create_app(service, environ={}).test_client().get("/api/v1/anomalies").get_json()
+    assert body["count"] == 0 and body["anomalies"] == [], body
+    (event,) = body["events"]
+    assert event["kind"] == "disk_swap" and event["start"] == iso(T0), event
+    (explained,) = event["explains"]
+    assert explained["detector"] == "disk_fullness" and "disk_fullness" in explained["summary"]
+
+    report = run_backtest(config, [DiskSwap(readings())], T0, T0 + 600, show_progress=False)
+    assert report["incidents"] == [] and report["summary"]["explained_by_events"] == 1
+    assert report["events"][0]["explains"][0]["detector"] == "disk_fullness"
+
+
+def test_an_incident_outside_the_event_stays_and_carries_the_annotation():
+    r = readings()
+    r.update({T0 + 900 + 60 * k: 95.0 for k in range(1, 6)})  # a second jump after the swap's window
+    config = parse_config({"detectors": []})
+    report = run_backtest(config, [DiskSwap(r)], T0, T0 + 1500, show_progress=False)
+    (incident,) = report["incidents"]
+    assert incident["start"] == iso(T0 + 960) and incident["disk_model"] == "WD SN850X", incident
+    assert len(report["events"][0]["explains"]) == 1
