@@ -9,6 +9,9 @@ GpuBusyWithoutRequests, whose text says what happened, rather than a generic Met
 
   rigwatch_gpu_busy_without_requests{<GPU labels>}           1 while the busy run has lasted `hold`
   rigwatch_gpu_busy_without_requests_seconds{<GPU labels>}   how long the current busy run has lasted
+
+It also reads the hosts' boot times for box restarts (restarts.py): one `box_restart` context event per
+reboot, handed out through `context_events`, never an incident of its own.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from detector.context.activity import Activity, ServerActivity, from_log_counts,
 from detector.context.busy import GpuContext, scores, unexplained_busy
 from detector.context.config import InferenceConfig
 from detector.context.events import ContextEvent
-from detector.context.restarts import BOOT_METRICS, BootSamples, Reboot, event, group, reboots
+from detector.context.restarts import BOOT_METRICS, BootSamples, Reboots, samples_from
 from detector.fetch import align_to_grid
 from detector.incidents import IncidentPolicy, IncidentTracker
 from detector.logs.loki import LokiClient, LokiError
@@ -73,11 +76,8 @@ class ContextPlugin(DetectorPlugin):
         self.sources = ("prometheus", "loki") if loki is not None else ("prometheus",)
         self.last_t_: float | None = None
         self.latest_: dict[tuple, tuple[dict[str, str], float, float]] = {}  # gpu -> labels, run s, score
-        # box restarts (restarts.py): the reboots seen, each exporter's last boot-time sample (so a
-        # reboot between two passes, however long the box was off, is seen) and how far it was read
-        self.reboots_: list[Reboot] = []
-        self.boot_tail_: dict[tuple[str, str], tuple[float, float]] = {}
-        self.boot_to_: float | None = None
+        self.reboots_ = Reboots()  # box restarts (restarts.py) seen in score() or backtest()
+        self.boot_to_: float | None = None  # the boot times were read up to here
 
     # -- protocol: nothing to fit or store ----------------------------------------------------------
     def detector_names(self) -> list[str]:
@@ -240,76 +240,42 @@ class ContextPlugin(DetectorPlugin):
 
     def _restart_events(self, start: float, end: float) -> list[ContextEvent]:
         """One `box_restart` event per boot of a host seen in score()/backtest(), overlapping [start, end]."""
-        evs = (event(g, self.settings.restart_settle) for g in group(self.reboots_))
-        return [e for e in evs if e.end >= start and e.start <= end]
+        return self.reboots_.events(self.settings.restart_settle, start, end)
 
     def _score_restarts(self, end: float) -> None:
         """Read the boot times since the last pass; a Prometheus error is retried at the next pass
         (the range is kept) and never fails the busy rule's pass."""
         lo = self.boot_to_ if self.boot_to_ is not None else end - max(self.context, RESTARTS_FIRST_LOOKBACK_S)
         try:
-            self._read_restarts(lo, end)
+            self.reboots_.add(self._boot_samples(lo, end))
         except PromError as e:
             log.warning("box restarts: Prometheus: %s", e)
             return
         self.boot_to_ = end
-        self.reboots_ = [r for r in self.reboots_ if r.first_new >= end - RESTARTS_KEEP_S][-RESTARTS_KEEP_N:]
+        self.reboots_.prune(end - RESTARTS_KEEP_S, RESTARTS_KEEP_N)
 
     def _backtest_restarts(self, start: float, end: float) -> None:
         """The reboots over the whole replayed range (warm-up included), in chunks like the replay;
         they replace what live scoring had seen: the report's events are the range's."""
-        self.reboots_, self.boot_tail_ = [], {}
+        self.reboots_, self.boot_to_ = Reboots(), None
         t = start
         while t < end:
             chunk_end = min(end, t + BACKTEST_CHUNK)
-            self._read_restarts(t, chunk_end)
+            self.reboots_.add(self._boot_samples(t, chunk_end))
             t = chunk_end + self.step
-        self.boot_to_ = None
-
-    def _read_restarts(self, start: float, end: float) -> None:
-        for s in self._boot_samples(start, end):
-            key = (s.metric, s.instance)
-            tail = self.boot_tail_.get(key)
-            if tail is not None:  # the last sample of the previous read: a reboot in between shows
-                keep = s.t > tail[0]
-                s = BootSamples(s.instance, np.concatenate([[tail[0]], s.t[keep]]),
-                                np.concatenate([[tail[1]], s.boot[keep]]), s.metric)
-            for r in reboots(s):
-                if r not in self.reboots_:
-                    self.reboots_.append(r)
-            ok = np.isfinite(s.boot)
-            if ok.any():
-                i = int(np.nonzero(ok)[0][-1])
-                self.boot_tail_[key] = (float(s.t[i]), float(s.boot[i]))
 
     def _boot_samples(self, start: float, end: float) -> list[BootSamples]:
-        """Each exporter's boot-time samples at their own times: `timestamp()` says which sample a step
-        of the range query read, so a backfilled series (no staleness markers) repeating its last
-        value into the gap does not move the pause's start."""
-        step = self.step
-        start = math.floor(start / step) * step
+        start = math.floor(start / self.step) * self.step
         out = []
         for metric in BOOT_METRICS:
-            values = self.client.query_range(metric, start, end, step)
-            if not values:
-                continue
-            stamps = {_labels_key(x.labels): x for x in self.client.query_range(f"timestamp({metric})", start, end, step)}
-            for v in values:
-                st = stamps.get(_labels_key(v.labels))
-                t = np.asarray(v.t, float)
-                if st is not None:
-                    at = dict(zip(np.asarray(st.t, float).tolist(), np.asarray(st.y, float).tolist(), strict=True))
-                    t = np.array([at.get(x, x) for x in t.tolist()])
-                first = np.concatenate([[True], np.diff(t) > 0])  # one point per sample read
-                out.append(BootSamples(v.labels.get("instance", ""), t[first], np.asarray(v.y, float)[first], metric))
+            values = self.client.query_range(metric, start, end, self.step)
+            if values:  # node-exporter's is often not there
+                stamps = self.client.query_range(f"timestamp({metric})", start, end, self.step)
+                out += samples_from(metric, values, stamps)
         return out
 
     def backtest_hours(self, start: float, end: float) -> float:
         return max(0.0, end - min(start + self.warmup, end)) / 3600
-
-
-def _labels_key(labels: dict[str, str]) -> frozenset:
-    return frozenset(labels.items())
 
 
 def _since(b: ScoreBatch, first: float) -> ScoreBatch:

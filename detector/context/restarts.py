@@ -11,6 +11,10 @@ wholly inside it on that host (events.py).
 Not a reboot: a scrape gap with the same boot time (the exporter or the network was away, the box
 was not), an exporter restart (same boot time, counters reset), and the kernel's btime wobbling by a
 second as NTP slews the clock (`SAME_BOOT_S`).
+
+`Reboots` keeps what was seen across reads (live scoring reads on from its last pass, backtest in
+chunks): each exporter's last sample is carried into the next read, so a reboot between two reads,
+however long the box was off, is seen once.
 """
 from __future__ import annotations
 
@@ -102,6 +106,59 @@ def restart_events(series: Iterable[BootSamples], settle: float) -> list[Context
     """Every reboot the series show, one event per boot of a host, in time order."""
     found = [r for s in series for r in reboots(s)]
     return [event(g, settle) for g in group(found)]
+
+
+def samples_from(metric: str, values, stamps) -> list[BootSamples]:
+    """A range query's boot-time series (`values`) and the same query under `timestamp()` (`stamps`:
+    which sample each step read) -> each exporter's samples at their own times, one point per sample.
+    A backfilled series (no staleness markers) repeats its last value up to 5 minutes into a gap:
+    read at the steps' times, the pause would start minutes late. Series: `.labels`, `.t`, `.y`."""
+    at_of = {frozenset(x.labels.items()): dict(zip(np.asarray(x.t, float).tolist(),
+                                                   np.asarray(x.y, float).tolist(), strict=True))
+             for x in stamps}
+    out = []
+    for v in values:
+        t = np.asarray(v.t, float)
+        at = at_of.get(frozenset(v.labels.items()))
+        if at is not None:
+            t = np.array([at.get(x, x) for x in t.tolist()], float)
+        if not len(t):
+            continue
+        first = np.concatenate([[True], np.diff(t) > 0])  # one point per sample read
+        out.append(BootSamples(v.labels.get("instance", ""), t[first], np.asarray(v.y, float)[first], metric))
+    return out
+
+
+class Reboots:
+    """The reboots seen over successive reads, each exporter's last sample carried into the next."""
+
+    def __init__(self) -> None:
+        self.found: list[Reboot] = []
+        self._tail: dict[tuple[str, str], tuple[float, float]] = {}  # (metric, instance) -> (t, boot)
+
+    def add(self, series: Iterable[BootSamples]) -> None:
+        found = list(self.found)
+        for s in series:
+            key = (s.metric, s.instance)
+            tail = self._tail.get(key)
+            if tail is not None:  # the previous read's last sample: a reboot in between shows
+                keep = s.t > tail[0]
+                s = BootSamples(s.instance, np.concatenate([[tail[0]], s.t[keep]]),
+                                np.concatenate([[tail[1]], s.boot[keep]]), s.metric)
+            found += [r for r in reboots(s) if r not in found]
+            ok = np.nonzero(np.isfinite(s.boot))[0]
+            if len(ok):
+                self._tail[key] = (float(s.t[ok[-1]]), float(s.boot[ok[-1]]))
+        self.found = found  # one swap: a reader on another thread sees the old list or the new one
+
+    def prune(self, since: float, keep: int) -> None:
+        """Forget reboots the box came back from before `since`; at most the last `keep`."""
+        self.found = [r for r in self.found if r.first_new >= since][-keep:]
+
+    def events(self, settle: float, start: float, end: float) -> list[ContextEvent]:
+        """One event per boot of a host, those overlapping [start, end]."""
+        evs = (event(g, settle) for g in group(self.found))
+        return [e for e in evs if e.end >= start and e.start <= end]
 
 
 def _duration(seconds: float) -> str:
