@@ -6,12 +6,20 @@ the truth's own label values) and starts within `max_delay` after the injected s
 injected window (padded by `early` before and `aftermath` after: a failed fan's card takes a while
 to cool down), and *on a benign look-alike* when it overlaps a benign window instead. The summary adds
 the median and max delay of the found ones and a per-detector count (`per_detector`).
+
+A box restart (`planned_reboot`, a benign look-alike) is *seen as one event* when exactly one
+`box_restart` event of the report's `events` overlaps its window (on its host, where both say):
+the reboot reported once instead of a lost GPU, a restart loop and a vanished series.
 """
 from __future__ import annotations
 
 from datetime import datetime
 from statistics import median
 from typing import Any
+
+from detector.context.events import host_of
+
+RESTART_KINDS = ("planned_reboot",)  # ground-truth kinds that are a reboot of the box
 
 
 def _ts(v: str | float) -> float:
@@ -53,15 +61,36 @@ def evaluate(report: dict[str, Any], truth: dict[str, Any], *, max_delay: float 
             on_benign.append(brief)
         else:
             false.append(brief)
+    restarts, as_one = restarts_seen(report, truth, scored_from)
     days = (_ts(truth["end"]) - max(_ts(truth["start"]), scored_from or 0)) / 86400
     delays = sorted(f["delay_seconds"] for f in found)
     return {"found": found, "missed": missed, "false": false, "on_benign": on_benign,
-            "summary": {"injected": len(found) + len(missed), "found": len(found), "missed": len(missed),
+            "restarts_as_one_event": as_one,
+            "summary": {"restarts": restarts, "restarts_as_one_event": len(as_one),"injected": len(found) + len(missed), "found": len(found), "missed": len(missed),
                         "false": len(false), "on_benign": len(on_benign), "days": round(days, 2),
                         "false_per_day": round(len(false) / days, 2) if days > 0 else None,
                         "median_delay_seconds": median(delays) if delays else None,
                         "max_delay_seconds": delays[-1] if delays else None,
                         "per_detector": per_detector(found, false, on_benign)}}
+
+
+def restarts_seen(report: dict[str, Any], truth: dict[str, Any],
+                  scored_from: float | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """(how many reboots the truth has from `scored_from` on, those seen as one `box_restart` event
+    with the event's summary and how many incidents it explains)."""
+    host = host_of(truth["instance"]) if truth.get("instance") else None
+    events = [e for e in report.get("events", []) if e.get("kind") == "box_restart"
+              and (host is None or (e.get("scope") or {}).get("host", host) == host)]
+    restarts = [t for t in truth["incidents"] if t["kind"] in RESTART_KINDS
+                and (scored_from is None or _ts(t["start"]) >= scored_from)]
+    seen = []
+    for t in restarts:
+        s, e = _ts(t["start"]), _ts(t["end"])
+        over = [ev for ev in events if _ts(ev["start"]) <= e and s <= _ts(ev["end"])]
+        if len(over) == 1:
+            seen.append({"kind": t["kind"], "start": t["start"], "event": over[0].get("summary"),
+                         "explains": len(over[0].get("explains") or [])})
+    return len(restarts), seen
 
 
 def per_detector(found: list[dict[str, Any]], false: list[dict[str, Any]],

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from exporter.attribution import CONTAINER, Attributor
 from exporter.containers import ContainerState
 from exporter.gpu_reader import CLOCKS_EVENT_REASONS, GpuDevice, NvmlGpus
+from exporter.host import BootTime
 from exporter.inference import ServerState
 from exporter.read_errors import ReadErrors
 from exporter.sampler import PeriodicThread
@@ -92,6 +93,7 @@ class RigCollector(Collector):
         self.xid = XidWatcher(nvml, self.errors)
         self.gpus.listeners.append(self.xid.register)
         self.attributor = Attributor(proc_root, self.errors)
+        self.boot_time = BootTime(proc_root, self.errors)
         self._containers: list[ContainerState] | None = None
         self._container_names: dict[str, str] = {}
         self._docker_ok: bool | None = None
@@ -109,7 +111,8 @@ class RigCollector(Collector):
         self.gpus.refresh_slow()
 
     def refresh_containers(self) -> None:
-        """Re-read the container source and re-attribute the known GPU PIDs."""
+        """Re-read the container source, re-attribute the known GPU PIDs and re-read the host's boot
+        time (the same /proc, on the same thread: a reboot shows within one refresh)."""
         if self.container_source is not None:
             try:
                 snapshot = list(self.container_source.snapshot())
@@ -126,6 +129,7 @@ class RigCollector(Collector):
                 self._containers = snapshot
                 self._container_names = {c.id: c.name for c in snapshot}
         self.attributor.refresh()
+        self.boot_time.refresh()
 
     def refresh_inference(self) -> None:
         """Poll every inference source once and cache the states. Sources never raise for a down
@@ -213,6 +217,10 @@ class RigCollector(Collector):
         self._container_metrics(f)
         self._inference_metrics(f)
         f.gauge("gpu_exporter_up", "1 if NVML is initialised and usable.", [], [], 1 if self.gpus.up else 0)
+        boot = self.boot_time.value
+        if boot is not None:
+            f.gauge("gpu_exporter_host_boot_time_seconds", "When the host last booted (btime of /proc/stat), "
+                    "epoch seconds; a new value is a reboot.", [], [], boot)
         for field_name, n in sorted(self.errors.snapshot().items()):
             f.counter("gpu_exporter_read_errors_total", "Failed reads, by field.", ["field"], [field_name], n)
         yield from f

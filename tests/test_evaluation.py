@@ -40,3 +40,24 @@ def test_nothing_found_has_no_delay():
     s = evaluate({"range": {}, "incidents": []}, TRUTH)["summary"]
     assert s["median_delay_seconds"] is None and s["max_delay_seconds"] is None
     assert s["per_detector"] == {} and s["missed"] == 3
+
+
+def test_a_reboot_is_seen_as_one_event_when_one_box_restart_event_overlaps_it():
+    truth = dict(TRUTH, instance="aibox:9842", incidents=TRUTH["incidents"] + [
+        {"kind": "planned_reboot", "start": "2026-11-02T18:00:00Z", "end": "2026-11-02T18:03:00Z",
+         "labels": {}, "benign": True}])
+    restart = {"kind": "box_restart", "start": "2026-11-02T02:59:45Z", "end": "2026-11-02T03:19:00Z",
+               "summary": "box aibox restarted (down 4 min, booted 2026-11-02T03:04:00Z)",
+               "scope": {"host": "aibox"}, "explains": [{"id": "x", "detector": "gpu_vanished"}]}
+    elsewhere = dict(restart, start="2026-11-02T17:59:00Z", end="2026-11-02T18:20:00Z", scope={"host": "studio"})
+    model = {"kind": "model_change", "start": "2026-11-02T17:59:00Z", "end": "2026-11-02T18:20:00Z",
+             "summary": "ollama loaded x", "scope": {"host": "aibox"}, "explains": []}
+    report = {"range": {}, "incidents": [], "events": [restart, elsewhere, model]}
+    r = evaluate(report, truth)
+    assert (r["summary"]["restarts"], r["summary"]["restarts_as_one_event"]) == (2, 1)
+    assert r["restarts_as_one_event"] == [{"kind": "planned_reboot", "start": "2026-11-02T03:00:00Z",
+                                           "event": restart["summary"], "explains": 1}]
+    # two events over one reboot are not one event; a report without events sees none
+    twice = dict(report, events=[restart, dict(restart, start="2026-11-02T03:02:00Z")])
+    assert evaluate(twice, truth)["summary"]["restarts_as_one_event"] == 0
+    assert evaluate({"range": {}, "incidents": []}, truth)["summary"]["restarts_as_one_event"] == 0

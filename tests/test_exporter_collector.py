@@ -49,7 +49,8 @@ def rtx3060(**kw) -> FakeGPU:
 def make(gpus, source=None, **kw):
     nvml = kw.pop("nvml", None) or FakeNVML(gpus)
     kw.setdefault("clock", Clock())
-    collector = RigCollector(nvml, container_source=source, proc_root=PROC, **kw)
+    kw.setdefault("proc_root", PROC)
+    collector = RigCollector(nvml, container_source=source, **kw)
     registry = CollectorRegistry()
     registry.register(collector)
     return nvml, collector, registry
@@ -304,6 +305,30 @@ def test_docker_socket_missing(tmp_path):
     text = generate_latest(reg).decode()
     assert "docker_container" not in text
     assert reg.get_sample_value("gpu_exporter_read_errors_total", {"field": "docker"}) == 2
+    assert reg.get_sample_value("gpu_up", g(0, rtx3090())) == 1
+
+
+def test_host_boot_time_from_proc_stat_and_a_missing_file_is_counted(tmp_path):
+    """btime from <proc root>/stat, read with the container refresh; unreadable: no sample, counted."""
+    _, c, reg = make([rtx3090()])  # the fixture tree's stat says btime 1793000000
+    assert reg.get_sample_value("gpu_exporter_host_boot_time_seconds") is None  # not read yet
+    c.refresh_containers()
+    assert reg.get_sample_value("gpu_exporter_host_boot_time_seconds") == 1_793_000_000
+    assert reg.get_sample_value("gpu_exporter_read_errors_total", {"field": "boot_time"}) is None
+
+    (tmp_path / "stat").write_text("cpu  1 2 3 4\nbtime 1793086400\nprocesses 9\n")
+    _, c, reg = make([rtx3090()], proc_root=tmp_path)
+    c.refresh_containers()
+    assert reg.get_sample_value("gpu_exporter_host_boot_time_seconds") == 1_793_086_400
+    (tmp_path / "stat").unlink()
+    c.refresh_containers()
+    c.refresh_containers()
+    assert reg.get_sample_value("gpu_exporter_host_boot_time_seconds") is None
+    assert reg.get_sample_value("gpu_exporter_read_errors_total", {"field": "boot_time"}) == 2
+    (tmp_path / "stat").write_text("cpu  1 2 3 4\nbtime garbage\n")  # no usable btime: the same
+    c.refresh_containers()
+    assert reg.get_sample_value("gpu_exporter_host_boot_time_seconds") is None
+    assert reg.get_sample_value("gpu_exporter_read_errors_total", {"field": "boot_time"}) == 3
     assert reg.get_sample_value("gpu_up", g(0, rtx3090())) == 1
 
 

@@ -232,6 +232,19 @@ def test_planned_reboot_gap_counters_reset_new_boot_id(closing):
     assert all(c.running and c.restart_count == 0 for c in box.container_source.snapshot())
 
 
+def test_planned_reboot_moves_the_host_boot_time_the_collector_reads(closing):
+    """The sim serves /proc/stat's btime; the real collector publishes it, and a reboot moves it."""
+    box = box_with({"kind": "planned_reboot", "at": "1h", "duration": "4m"})
+    closing(box)
+    s = Scraper(box).at(box.start_time + 600)
+    before = s.get("gpu_exporter_host_boot_time_seconds")
+    assert before == int(box.journal.boot_time) and before < box.start_time - 86400
+    s.at(box.start_time + 3600 + 300)
+    assert box.boot_count == 1
+    after = s.get("gpu_exporter_host_boot_time_seconds")
+    assert after == int(box.journal.boot_time) == int(box.start_time + 3600 + 240)
+
+
 def test_proc_tree_maps_gpu_pids_to_cgroups(closing):
     box = box_with()
     closing(box)

@@ -48,7 +48,7 @@ def test_openmetrics_shape(history):
     for contract in ("gpu_up", "gpu_temperature_celsius", "gpu_power_usage_watts", "gpu_fan_speed_ratio",
                      "gpu_energy_consumption_joules_total", "gpu_memory_used_bytes", "gpu_info",
                      "gpu_clocks_event_reason_active", "gpu_xid_errors_total", "docker_container_running",
-                     "gpu_workload_memory_used_bytes", "up"):
+                     "gpu_workload_memory_used_bytes", "gpu_exporter_host_boot_time_seconds", "up"):
         assert contract in seen_samples, contract
     assert "gpu_exporter_collect_duration_seconds" not in seen_samples  # wall-clock, not simulated
 

@@ -131,8 +131,8 @@ def test_alert_hygiene():
             problems.append(f"{a.name}: not CamelCase")
         if "for" not in r:
             problems.append(f"{a.name}: no for:")
-        if r.get("labels", {}).get("severity") not in {"warning", "critical"}:
-            problems.append(f"{a.name}: severity must be warning or critical")
+        if r.get("labels", {}).get("severity") not in {"info", "warning", "critical"}:
+            problems.append(f"{a.name}: severity must be info, warning or critical")
         ann = r.get("annotations", {})
         for key in ("summary", "description", "runbook_url", "dashboard", "explanation"):
             if not ann.get(key):
@@ -160,7 +160,7 @@ def test_threshold_table_matches_rules():
     with its severity and its `for:` duration, and nothing else does."""
     text = (ROOT / "prometheus" / "rules" / "alerts.yml").read_text()
     table = {}
-    for m in re.finditer(r"^#\s+([A-Z][A-Za-z]+) \.+ (.+?)\s+(warning|critical)\s*$", text, re.M):
+    for m in re.finditer(r"^#\s+([A-Z][A-Za-z]+) \.+ (.+?)\s+(info|warning|critical)\s*$", text, re.M):
         table[m.group(1)] = (m.group(2), m.group(3))
     alerts = {a.name: a.raw for a in alert_rules()}
     assert set(table) == set(alerts)
@@ -211,8 +211,11 @@ def test_alertmanager_routing_and_inhibition_shape():
     assert route["receiver"] == "default-webhook"
     assert {"alertname", "instance"} <= set(route["group_by"])
     severities = {m for r in route["routes"] for m in r["matchers"]}
-    assert {'severity="critical"', 'severity="warning"'} <= severities
+    assert {'severity="critical"', 'severity="warning"', 'severity="info"'} <= severities
     inhibit = cfg["inhibit_rules"]
+    restart = [r for r in inhibit if r["source_matchers"] == ['alertname="BoxRestarted"']]
+    assert restart and restart[0]["equal"] == ["instance"], "a reboot holds back its box's alerts"
+    assert restart[0]["target_matchers"] == ['severity=~"warning|critical"']
     gpu = [r for r in inhibit if "uuid" in r.get("equal", []) and 'severity="critical"' in r["source_matchers"]]
     ctr = [r for r in inhibit if "container" in r.get("equal", []) and 'severity="critical"' in r["source_matchers"]]
     assert gpu and ctr, "critical must inhibit warning for the same GPU (uuid) and container"
@@ -282,7 +285,8 @@ def _alert(name, severity, **labels):
 def test_alertmanager_routes_to_webhook_and_inhibits_warning_for_same_gpu(tmp_path):
     """The committed config in a real Alertmanager: a critical GPU alert is delivered to the webhook
     with its annotations; the warning about the same GPU (uuid) is inhibited; a warning about the
-    other GPU is not."""
+    other GPU is not. On another box that just rebooted (BoxRestarted, info), its critical alert is
+    held back and the info alert is not."""
     require_binary("prometheus-alertmanager")
     shutil.copytree(AM_TEMPLATES, tmp_path / "templates")
     with _Webhook() as hook, AlertmanagerServer(tmp_path / "am", _am_config_for(tmp_path / "templates", hook.url)) as am:
@@ -290,6 +294,10 @@ def test_alertmanager_routes_to_webhook_and_inhibits_warning_for_same_gpu(tmp_pa
             _alert("GpuAtSlowdownTemperature", "critical", uuid="GPU-3090", gpu="0"),
             _alert("GpuTemperatureNearSlowdown", "warning", uuid="GPU-3090", gpu="0"),
             _alert("GpuTemperatureNearSlowdown", "warning", uuid="GPU-3060", gpu="1"),
+            dict(_alert("BoxRestarted", "info"), labels={"alertname": "BoxRestarted", "severity": "info",
+                                                         "instance": "studio:9842"}),
+            dict(_alert("GpuMissing", "critical"), labels={"alertname": "GpuMissing", "severity": "critical",
+                                                           "instance": "studio:9842", "uuid": "GPU-4090"}),
         ]
         requests.post(am.url + "/api/v2/alerts", json=alerts, timeout=5).raise_for_status()
         deadline = time.monotonic() + 40  # critical: group_wait 10s
@@ -307,3 +315,5 @@ def test_alertmanager_routes_to_webhook_and_inhibits_warning_for_same_gpu(tmp_pa
         assert state[("GpuTemperatureNearSlowdown", "GPU-3090")]["inhibitedBy"]
         assert state[("GpuTemperatureNearSlowdown", "GPU-3060")]["state"] == "active"
         assert state[("GpuAtSlowdownTemperature", "GPU-3090")]["state"] == "active"
+        assert state[("GpuMissing", "GPU-4090")]["state"] == "suppressed"
+        assert state[("BoxRestarted", None)]["state"] == "active"

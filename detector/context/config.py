@@ -5,6 +5,7 @@ request activity is read, and when a busy GPU with nobody asking becomes an inci
       busy_utilization: 0.9     # a GPU at or above this utilisation counts as busy
       hold: 10m                 # busy this long while its servers report no request: an incident
       log_presence: 1d          # a server's log stream seen this recently: its silence means "no requests"
+      restart_settle: 15m       # after a box restart, incidents this long after it comes back are the reboot's
       requests_query: ...       # PromQL, active requests by `server` (see DEFAULT_REQUESTS_QUERY)
       servers:
         ollama: {workload: '(?i)ollama', requests_log: '{job="docker", container=~"(?i).*ollama.*"} |~ "..."'}
@@ -65,6 +66,7 @@ class InferenceConfig:
     busy_utilization: float = 0.9
     hold: float = 600.0
     log_presence: float = 86400.0
+    restart_settle: float = 900.0  # restarts.py: a box_restart event ends this long after the box is back
     requests_query: str = DEFAULT_REQUESTS_QUERY
     servers: tuple[ServerSpec, ...] = field(default=DEFAULT_SERVERS)
 
@@ -77,12 +79,13 @@ class InferenceConfig:
     @classmethod
     def from_dict(cls, raw: Any, key: str = "inference") -> InferenceConfig:
         d = cv.mapping(raw, key)
-        cv.check_keys(d, {"busy_utilization", "hold", "log_presence", "requests_query", "servers"}, key)
+        cv.check_keys(d, {"busy_utilization", "hold", "log_presence", "requests_query", "servers",
+                          "restart_settle"}, key)
         out: dict[str, Any] = {}
         if "busy_utilization" in d:
             out["busy_utilization"] = cv.number(d["busy_utilization"], f"{key}.busy_utilization",
                                                 "inference.busy_utilization")
-        for name in ("hold", "log_presence"):
+        for name in ("hold", "log_presence", "restart_settle"):
             if name in d:
                 out[name] = cv.duration(d[name], f"{key}.{name}", f"inference.{name}")
         if "requests_query" in d:

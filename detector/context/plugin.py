@@ -9,6 +9,9 @@ GpuBusyWithoutRequests, whose text says what happened, rather than a generic Met
 
   rigwatch_gpu_busy_without_requests{<GPU labels>}           1 while the busy run has lasted `hold`
   rigwatch_gpu_busy_without_requests_seconds{<GPU labels>}   how long the current busy run has lasted
+
+It also reads the hosts' boot times for box restarts (restarts.py): one `box_restart` context event per
+reboot, handed out through `context_events`, never an incident of its own.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from detector.config import Config
 from detector.context.activity import Activity, ServerActivity, from_log_counts, from_metrics, merge
 from detector.context.busy import GpuContext, scores, unexplained_busy
 from detector.context.config import InferenceConfig
+from detector.context.events import ContextEvent
+from detector.context.restarts import BOOT_METRICS, BootSamples, Reboots, samples_from
 from detector.fetch import align_to_grid
 from detector.incidents import IncidentPolicy, IncidentTracker
 from detector.logs.loki import LokiClient, LokiError
@@ -44,6 +49,12 @@ EXPLAINS_MIN_BYTES = 512 * 1024**2
 # an unexplained busy run is one incident even if a request or two blips through it
 POLICY = IncidentPolicy(min_duration=60.0, merge_gap=600.0)
 BACKTEST_CHUNK = 86400.0
+# Reboots kept from live scoring: the last week, at most 100 (a box in a reboot loop must not grow it).
+RESTARTS_KEEP_S = 7 * 86400.0
+RESTARTS_KEEP_N = 100
+# The first scoring pass looks this far back for a reboot: one just before the detector started
+# (the detector on the same box restarts with it) is still an event.
+RESTARTS_FIRST_LOOKBACK_S = 86400.0
 
 
 def _gpu_key(labels: dict[str, str]) -> tuple[str, str]:
@@ -65,6 +76,8 @@ class ContextPlugin(DetectorPlugin):
         self.sources = ("prometheus", "loki") if loki is not None else ("prometheus",)
         self.last_t_: float | None = None
         self.latest_: dict[tuple, tuple[dict[str, str], float, float]] = {}  # gpu -> labels, run s, score
+        self.reboots_ = Reboots()  # box restarts (restarts.py) seen in score() or backtest()
+        self.boot_to_: float | None = None  # the boot times were read up to here
 
     # -- protocol: nothing to fit or store ----------------------------------------------------------
     def detector_names(self) -> list[str]:
@@ -91,6 +104,7 @@ class ContextPlugin(DetectorPlugin):
         first = end - self.context if self.last_t_ is None else max(self.last_t_ + self.step, end - self.context)
         if first > end:
             return ScorePass()
+        self._score_restarts(end)
         try:
             batches = self.evaluate(first - self.settings.hold, end)
         except PromError as e:
@@ -216,8 +230,49 @@ class ContextPlugin(DetectorPlugin):
                 progress.update((chunk_end - t) / 3600)
             t = chunk_end + self.step
         tracker.flush()
+        self._backtest_restarts(start, end)
         return BacktestPart(detectors=[{"detector": NAME, "kind": MODEL, "series": len(gpus)}],
                             incidents=[i.to_dict(iso) for i in tracker.closed])
+
+    # -- box restarts (restarts.py) ------------------------------------------------------------------
+    def context_events(self, start: float, end: float) -> list[ContextEvent]:
+        return self._restart_events(start, end)
+
+    def _restart_events(self, start: float, end: float) -> list[ContextEvent]:
+        """One `box_restart` event per boot of a host seen in score()/backtest(), overlapping [start, end]."""
+        return self.reboots_.events(self.settings.restart_settle, start, end)
+
+    def _score_restarts(self, end: float) -> None:
+        """Read the boot times since the last pass; a Prometheus error is retried at the next pass
+        (the range is kept) and never fails the busy rule's pass."""
+        lo = self.boot_to_ if self.boot_to_ is not None else end - max(self.context, RESTARTS_FIRST_LOOKBACK_S)
+        try:
+            self.reboots_.add(self._boot_samples(lo, end))
+        except PromError as e:
+            log.warning("box restarts: Prometheus: %s", e)
+            return
+        self.boot_to_ = end
+        self.reboots_.prune(end - RESTARTS_KEEP_S, RESTARTS_KEEP_N)
+
+    def _backtest_restarts(self, start: float, end: float) -> None:
+        """The reboots over the whole replayed range (warm-up included), in chunks like the replay;
+        they replace what live scoring had seen: the report's events are the range's."""
+        self.reboots_, self.boot_to_ = Reboots(), None
+        t = start
+        while t < end:
+            chunk_end = min(end, t + BACKTEST_CHUNK)
+            self.reboots_.add(self._boot_samples(t, chunk_end))
+            t = chunk_end + self.step
+
+    def _boot_samples(self, start: float, end: float) -> list[BootSamples]:
+        start = math.floor(start / self.step) * self.step
+        out = []
+        for metric in BOOT_METRICS:
+            values = self.client.query_range(metric, start, end, self.step)
+            if values:  # node-exporter's is often not there
+                stamps = self.client.query_range(f"timestamp({metric})", start, end, self.step)
+                out += samples_from(metric, values, stamps)
+        return out
 
     def backtest_hours(self, start: float, end: float) -> float:
         return max(0.0, end - min(start + self.warmup, end)) / 3600

@@ -95,6 +95,7 @@ class SimBox:
         self.proc_root = str(self.proc.root)
         self.journal = Journal(self.rng, maxlen=journal_maxlen, hostname=p.hostname)
         self.journal.boot_time = self.t - self.rng.uniform(86400, 20 * 86400)
+        self.proc.set_boot_time(self.journal.boot_time)  # what the exporter reads as the host's boot time
         self.journal_path = Path(journal_path) if journal_path is not None else None
         for phys in self.physics:  # the driver has been up since boot: energy counters are not at 0
             phys.energy_j = (self.t - self.journal.boot_time) * phys.spec.idle_power_w * 1.6
@@ -653,6 +654,7 @@ class SimBox:
     def _boot(self, t: float, failing_unit: str | None = None) -> None:
         self.journal.new_boot(t)
         self.boot_count += 1
+        self.proc.set_boot_time(t)
         j = self.journal
         j.kernel(t, "Linux version 6.1.0-28-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian "
                     "12.2.0-14) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP PREEMPT_DYNAMIC "

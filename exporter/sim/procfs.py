@@ -1,4 +1,5 @@
-"""A fake /proc tree holding just what GPU-process attribution reads: <pid>/comm and <pid>/cgroup."""
+"""A fake /proc tree holding just what the exporter reads: <pid>/comm and <pid>/cgroup (GPU-process
+attribution) and `stat` (the host's boot time, its `btime` line)."""
 from __future__ import annotations
 
 import os
@@ -38,6 +39,15 @@ class FakeProcTree:
         if final.exists():
             shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
+
+    def set_boot_time(self, t: float) -> None:
+        """Serve `t` as /proc/stat's btime (whole seconds, as the kernel writes it), replaced whole so
+        a concurrent reader never sees half a file. The other lines are there for the shape only."""
+        text = (f"cpu  0 0 0 0 0 0 0 0 0 0\nintr 0\nctxt 0\nbtime {int(t)}\n"
+                "processes 0\nprocs_running 1\nprocs_blocked 0\n")
+        tmp = self.root / ".new-stat"
+        tmp.write_text(text)
+        os.replace(tmp, self.root / "stat")
 
     def sync(self, wanted: dict[int, tuple[str, str]]) -> None:
         """wanted: pid -> (comm, cgroup path such as /system.slice/docker-<id>.scope)."""
