@@ -70,6 +70,8 @@ LIMITS: dict[str, Limit] = {
     "inference.busy_utilization": Limit(0, 1, lo_open=True),  # NVML's utilisation is a fraction of time
     "inference.hold": _dur(0, _D),  # longer than a day of unexplained 100 % is no longer "held"
     "inference.log_presence": _dur(0, 30 * _D),  # as far back as a log stream's silence still counts as shipped
+    # a model load's heat and clocks settle within minutes; an hour-long window would hide real faults
+    "inference.model_change_settle": _dur(0, _H),
     # -- gate: (detector/gate.py)
     "gate.holdout": _dur(0, 400 * _D),  # as schedule.lookback; the effective window is at most lookback / 4
     "gate.max_extra_incidents": _count(0, 1_000_000),  # 0: never more incidents than the champion
