@@ -7,7 +7,7 @@ request activity is read, and when a busy GPU with nobody asking becomes an inci
       log_presence: 1d          # a server's log stream seen this recently: its silence means "no requests"
       requests_query: ...       # PromQL, active requests by `server` (see DEFAULT_REQUESTS_QUERY)
       model_change_settle: 5m   # a model load/unload explains its GPU's incidents this long after it
-      model_change_explains: [gpu_joint, gpu_thermal, gpu_memory_growth, gpu_workload_memory_growth]
+      model_change_explains: [gpu_joint, gpu_memory_growth, gpu_workload_memory_growth]
       servers:
         ollama: {workload: '(?i)ollama', requests_log: '{job="docker", container=~"(?i).*ollama.*"} |~ "..."'}
         vllm:   {workload: '(?i)vllm'}
@@ -62,8 +62,10 @@ DEFAULT_SERVERS = (
 )
 
 
-DEFAULT_MODEL_CHANGE_EXPLAINS = frozenset({"gpu_joint", "gpu_thermal", "gpu_memory_growth",
-                                           "gpu_workload_memory_growth"})
+# Not gpu_thermal: the thermal model already expects a load's heat from the power it draws, so a thermal
+# incident during a load is the card, not the load — on sim seed 11 the one incident a load window
+# would have folded was a failing fan's.
+DEFAULT_MODEL_CHANGE_EXPLAINS = frozenset({"gpu_joint", "gpu_memory_growth", "gpu_workload_memory_growth"})
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class InferenceConfig:
     servers: tuple[ServerSpec, ...] = field(default=DEFAULT_SERVERS)
     # a model loaded or unloaded on a GPU (detector/context/workload.py) is a window [t - step,
     # t + settle] explaining the incidents of these per-GPU detectors wholly inside it: a load's
-    # power, heat, clocks and VRAM step. Never hardware facts (gpu_xid, gpu_stuck, gpu_vanished,
+    # power, clocks and VRAM step. Never hardware facts (gpu_xid, gpu_stuck, gpu_vanished,
     # throttling): no load explains those.
     model_change_settle: float = 300.0
     model_change_explains: frozenset[str] = DEFAULT_MODEL_CHANGE_EXPLAINS

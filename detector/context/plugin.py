@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -80,8 +81,11 @@ class ContextPlugin(DetectorPlugin):
         self.sources = ("prometheus", "loki") if loki is not None else ("prometheus",)
         self.last_t_: float | None = None
         self.latest_: dict[tuple, tuple[dict[str, str], float, float]] = {}  # gpu -> labels, run s, score
-        self.model_changes_: dict[tuple, ModelChange] = {}  # ModelChange.key() -> change, seen so far
+        # ModelChange.key() -> change, seen so far. Replaced whole, never changed in place: the API's
+        # threads read it while the scheduler's scoring pass writes the next one
+        self.model_changes_: dict[tuple, ModelChange] = {}
         self.annotations_: OrderedDict[tuple, dict] = OrderedDict()  # incident (id, times) -> its context
+        self._annotations_lock = threading.Lock()  # the API answers on several threads
         self.annotate_failing_ = False  # Prometheus refused the last annotation (logged once per failure run)
 
     # -- protocol: nothing to fit or store ----------------------------------------------------------
@@ -263,13 +267,14 @@ class ContextPlugin(DetectorPlugin):
         except PromError as e:
             log.warning("%s: model changes over [%s, %s] not read: %s", NAME, iso(first), iso(end), e)
             changes = []
-        for c in changes:
-            self.model_changes_[c.key()] = c
-        kept = sorted(self.model_changes_.items(), key=lambda kv: kv[1].t)
-        if forget_before is not None:
-            kept = [(k, c) for k, c in kept if c.t >= forget_before]
-        if len(kept) != len(self.model_changes_) or len(kept) > MAX_CHANGES:
-            self.model_changes_ = dict(kept[-MAX_CHANGES:])
+        old = self.model_changes_
+        kept = [c for c in old.values() if forget_before is None or c.t >= forget_before]
+        if not changes and len(kept) == len(old):
+            return
+        merged = {c.key(): c for c in kept}
+        merged.update((c.key(), c) for c in changes)
+        newest = sorted(merged.values(), key=lambda c: c.t)[-MAX_CHANGES:]
+        self.model_changes_ = {c.key(): c for c in newest}
 
     def _model_events(self, start: float, end: float) -> list[ContextEvent]:
         events = change_events(self.model_changes_.values(), step=self.step, settle=self.settings.model_change_settle,
@@ -294,7 +299,8 @@ class ContextPlugin(DetectorPlugin):
             start, end = conv(inc["start"]), conv(inc["end"])
             at = conv(inc["peak_time"]) if inc.get("peak_time") is not None else start
             key = (inc.get("id"), uuid, start, end, at)
-            got = self.annotations_.get(key)
+            with self._annotations_lock:
+                got = self.annotations_.get(key)
             if got is None:
                 try:
                     got = self._annotation(uuid, labels.get("instance"), start, end, at)
@@ -304,10 +310,11 @@ class ContextPlugin(DetectorPlugin):
                     self.annotate_failing_ = True
                     return  # one failure per call: the rest would wait on the same Prometheus
                 self.annotate_failing_ = False
+            with self._annotations_lock:
                 self.annotations_[key] = got
+                self.annotations_.move_to_end(key)
                 while len(self.annotations_) > MAX_ANNOTATIONS:
                     self.annotations_.popitem(last=False)
-            self.annotations_.move_to_end(key)
             inc["workload"] = [dict(w) for w in got["workload"]]
             inc["model_changes"] = got["model_changes"]
             inc["summary"] = f"{inc.get('summary') or ''}; {got['text']}"
