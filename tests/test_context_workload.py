@@ -66,6 +66,9 @@ def test_an_unload_and_a_big_vram_move_are_changes_a_small_one_is_not():
     m = [model("llama3.1:8b", [6 * GIB, 6.2 * GIB, 9 * GIB, 9 * GIB, 9 * GIB, None])]
     assert changes(m, w, [up(6)]) == [(120.0, "GPU-0", "ollama", "llama3.1:8b", "resized"),
                                       (300.0, "GPU-0", "ollama", "llama3.1:8b", "unloaded")]
+    (ev,) = change_events(model_changes(grid(6), m, [up(6)], w, CFG.server_for), step=STEP, settle=300,
+                          explains=DEFAULT_MODEL_CHANGE_EXPLAINS)
+    assert ev.summary == "ollama resized llama3.1:8b (9.0 GiB) and unloaded llama3.1:8b on GPU 0 (card 0)"
 
 
 def test_a_server_that_stops_answering_unloads_nothing():
@@ -110,7 +113,9 @@ def test_changes_closer_than_settle_are_one_event_and_a_leak_past_it_stays_an_in
     m = [model("gemma2:9b", [6 * GIB] * 3 + [None] * 9), model("phi4:14b", [None] * 4 + [10 * GIB] * 8)]
     cs = model_changes(grid(12), m, [up(12)], w, CFG.server_for)
     (ev,) = change_events(cs, step=STEP, settle=300, explains=DEFAULT_MODEL_CHANGE_EXPLAINS)
-    assert ev.summary == "ollama unloaded gemma2:9b, loaded phi4:14b on GPU 1 (card 1)"
+    assert ev.summary == "ollama unloaded gemma2:9b and loaded phi4:14b on GPU 1 (card 1)"
+    assert [(c["at"], c["action"], c["model"]) for c in ev.details["changes"]] == [
+        ("1970-01-01T00:03:00Z", "unloaded", "gemma2:9b"), ("1970-01-01T00:04:00Z", "loaded", "phi4:14b")]
     assert (ev.start, ev.end) == (120.0, 540.0)
 
     def inc(detector, start, end, uuid="GPU-1"):

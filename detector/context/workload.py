@@ -19,6 +19,7 @@ import numpy as np
 
 from detector.context.events import ContextEvent, host_of
 from detector.fetch import align_to_grid
+from detector.timefmt import iso
 
 KIND = "model_change"
 # A loaded model whose VRAM moves this much (a reload with another context length, a spill to CPU) is
@@ -44,10 +45,6 @@ class ModelChange:
 
     def key(self) -> tuple:
         return (self.t, self.instance, self.uuid, self.server, self.model, self.action)
-
-    def text(self) -> str:
-        return f"{self.action} {self.model}" + (f" ({self.vram_bytes / 1024**3:.1f} GiB)"
-                                                 if self.action == "resized" else "")
 
 
 def _series(s) -> tuple[dict[str, str], np.ndarray, np.ndarray]:
@@ -150,18 +147,21 @@ def change_events(changes: Iterable[ModelChange], *, step: float, settle: float,
 def _event(instance: str, uuid: str, run: list[ModelChange], step: float, settle: float,
            explains: frozenset[str]) -> ContextEvent:
     first = run[0]
-    by_server: dict[str, list[str]] = {}
+    # "ollama unloaded gemma2:9b and loaded phi4:14b, qwen2.5:32b": per server, per action, in order
+    by_server: dict[str, dict[str, list[str]]] = {}
     for c in run:
-        texts = by_server.setdefault(c.server, [])
-        if c.text() not in texts:
-            texts.append(c.text())
-    what = "; ".join(f"{server} {', '.join(texts)}" for server, texts in by_server.items())
+        names = by_server.setdefault(c.server, {}).setdefault(c.action, [])
+        name = c.model + (f" ({c.vram_bytes / 1024**3:.1f} GiB)" if c.action == "resized" else "")
+        if name not in names:
+            names.append(name)
+    what = "; ".join(f"{server} " + " and ".join(f"{action} {', '.join(names)}" for action, names in acts.items())
+                     for server, acts in by_server.items())
     where = f"GPU {first.gpu}" + (f" ({first.gpu_name})" if first.gpu_name else "")
     scope = {"uuid": uuid}
     if instance:
         scope["host"] = host_of(instance)
     details = {"instance": instance, "gpu": first.gpu, "uuid": uuid,
-               "changes": [{"t": c.t, "server": c.server, "model": c.model, "action": c.action,
+               "changes": [{"at": iso(c.t), "server": c.server, "model": c.model, "action": c.action,
                             "vram_bytes": c.vram_bytes} for c in run]}
     return ContextEvent(KIND, run[0].t - step, run[-1].t + settle, f"{what} on {where}", scope, explains, details)
 
