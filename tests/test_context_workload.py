@@ -159,10 +159,13 @@ def write_history(path):
                                                    "inference_model_vram_bytes", "vllm:num_requests_running")}
     for t in np.arange(START, END + 1, STEP):
         ollama = 7 * GIB if t >= LOAD else 0.4 * GIB
-        for gpu, workload, used in (("0", "vllm", 20 * GIB), ("0", "Xorg", 0.2 * GIB), ("1", "ollama", ollama)):
+        for gpu, workload, used in (("0", "vllm", 20 * GIB), ("0", "Xorg", 0.2 * GIB), ("1", "ollama", ollama),
+                                    ("2", "ollama", 9 * GIB)):  # the same Ollama holding another model on card 2
             lab = f'gpu="{gpu}",uuid="GPU-{gpu}",name="card {gpu}",workload="{workload}",workload_kind="container",{JOB}'
             lines["gpu_workload_memory_used_bytes"].append(f"gpu_workload_memory_used_bytes{{{lab}}} {used:.0f} {t:.0f}")
         lines["inference_server_up"].append(f'inference_server_up{{server="ollama",{JOB}}} 1 {t:.0f}')
+        lines["inference_model_vram_bytes"].append(
+            f'inference_model_vram_bytes{{server="ollama",model="llama3.1:8b",{JOB}}} {8.5 * GIB:.0f} {t:.0f}')
         if t >= LOAD:
             lines["inference_model_vram_bytes"].append(
                 f'inference_model_vram_bytes{{server="ollama",model="qwen2.5:32b",{JOB}}} {6.5 * GIB:.0f} {t:.0f}')
@@ -217,6 +220,12 @@ def test_backtest_and_live_scoring_see_the_load_as_an_event(prom):
     live = plugin(prom.url)
     live.score(LOAD + 10 * 60)  # the first pass looks back `context` (1h): the load is in it
     assert [e.summary for e in live.context_events(LOAD - 3600, LOAD + 3600)] == [ev.summary]
+    # step by step, the load read in the pass that first sees it: on card 1, where Ollama's memory
+    # moved, not card 2, where the same server holds its other model unchanged
+    step_by_step = plugin(prom.url)
+    for t in np.arange(LOAD - 3 * STEP, LOAD + 3 * STEP, STEP):
+        step_by_step.score(t)
+    assert [e.scope["uuid"] for e in step_by_step.context_events(START, END)] == ["GPU-1"]
 
 
 def test_annotate_names_the_workload_and_the_model_changes_once_per_incident(prom):
@@ -230,8 +239,9 @@ def test_annotate_names_the_workload_and_the_model_changes_once_per_incident(pro
                                    "models": ["Qwen2.5-7B"], "requests": 3}]  # Xorg's 200 MiB: no workload
     assert steady["model_changes"] == 0
     assert steady["summary"] == "gpu_thermal on GPU 0; on the GPU: vllm serving Qwen2.5-7B (3 requests), no model change during it"
-    assert during["model_changes"] == 1 and during["workload"][0]["models"] == ["qwen2.5:32b"]
-    assert during["summary"].endswith("on the GPU: ollama serving qwen2.5:32b, 1 model change during it")
+    # a model has no GPU label: a server's models are listed on every card it holds memory on
+    assert during["model_changes"] == 1 and during["workload"][0]["models"] == ["llama3.1:8b", "qwen2.5:32b"]
+    assert during["summary"].endswith("on the GPU: ollama serving llama3.1:8b, qwen2.5:32b, 1 model change during it")
     assert "workload" not in other and other["summary"] == "restarts"
     # the live API hands fresh dicts on every GET: the same incident is not asked of Prometheus again
     asked = p.client.instant

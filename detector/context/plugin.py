@@ -29,7 +29,14 @@ from detector.context.activity import Activity, ServerActivity, from_log_counts,
 from detector.context.busy import GpuContext, scores, unexplained_busy
 from detector.context.config import InferenceConfig
 from detector.context.events import ContextEvent
-from detector.context.workload import ModelChange, change_events, describe, gpu_workloads, model_changes
+from detector.context.workload import (
+    MOVE_STEPS,
+    ModelChange,
+    change_events,
+    describe,
+    gpu_workloads,
+    model_changes,
+)
 from detector.fetch import align_to_grid
 from detector.incidents import IncidentPolicy, IncidentTracker
 from detector.logs.loki import LokiClient, LokiError
@@ -249,8 +256,9 @@ class ContextPlugin(DetectorPlugin):
 
     # -- what the GPUs hold: model changes as events, the workload of an incident's GPU ---------------
     def _fetch_changes(self, first: float, end: float) -> list[ModelChange]:
-        """Model changes at the steps [first, end] (the step before `first` gives the state before)."""
-        start = math.floor(first / self.step) * self.step - self.step
+        """Model changes at the steps [first, end]: the step before `first` gives the state before, and
+        MOVE_STEPS more the card whose memory moved (live, the steps after a change are not there yet)."""
+        start = math.floor(first / self.step) * self.step - (1 + MOVE_STEPS) * self.step
         grid = np.arange(start, end + self.step / 2, self.step)
         models = self.client.query_range(MODELS_QUERY, start, end, self.step)
         if not models:
