@@ -304,8 +304,11 @@ class ContextPlugin(DetectorPlugin):
             uuid = labels.get("uuid")
             if not uuid or "workload" in inc:
                 continue
-            start, end = conv(inc["start"]), conv(inc["end"])
-            at = conv(inc["peak_time"]) if inc.get("peak_time") is not None else start
+            try:
+                start, end = float(conv(inc["start"])), float(conv(inc["end"]))
+                at = float(conv(inc["peak_time"])) if inc.get("peak_time") is not None else start
+            except (KeyError, TypeError, ValueError):  # not an incident dict this can read: left as it is
+                continue
             key = (inc.get("id"), uuid, start, end, at)
             with self._annotations_lock:
                 got = self.annotations_.get(key)
