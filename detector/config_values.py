@@ -72,6 +72,8 @@ LIMITS: dict[str, Limit] = {
     "inference.log_presence": _dur(0, 30 * _D),  # as far back as a log stream's silence still counts as shipped
     # services, models and temperatures are back well within an hour; a day later it is not the reboot
     "inference.restart_settle": _dur(0, _D),
+    # a model load's heat and clocks settle within minutes; an hour-long window would hide real faults
+    "inference.model_change_settle": _dur(0, _H),
     # -- gate: (detector/gate.py)
     "gate.holdout": _dur(0, 400 * _D),  # as schedule.lookback; the effective window is at most lookback / 4
     "gate.max_extra_incidents": _count(0, 1_000_000),  # 0: never more incidents than the champion

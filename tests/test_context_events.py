@@ -35,3 +35,12 @@ def test_fold_reads_and_writes_times_through_the_given_converters():
     ev = ContextEvent("box_restart", 60, 120, "r")
     kept, (out,) = fold([inc("a", "t60", "t90")], [ev], to_time=lambda s: float(s[1:]), fmt_time=lambda x: f"@{x:g}")
     assert kept == [] and out["start"] == "@60" and out["explains"][0]["id"] == "a-t60"
+
+
+def test_a_quiet_event_is_listed_only_when_it_explains_something():
+    load = ContextEvent("model_change", 100, 400, "ollama loaded x", quiet=True)
+    reboot = ContextEvent("box_restart", 1000, 2000, "box restarted")
+    _, listed = fold([], [load, reboot])
+    assert [e["kind"] for e in listed] == ["box_restart"]
+    _, listed = fold([inc("gpu_joint", 160, 300)], [load, reboot])
+    assert [e["kind"] for e in listed] == ["model_change", "box_restart"]

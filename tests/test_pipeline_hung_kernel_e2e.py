@@ -54,6 +54,7 @@ def test_a_hung_vllm_card_is_notified_and_the_batch_before_it_is_not(tmp_path):
         assert "no active requests" in alert["annotations"]["summary"]
         assert alert["annotations"]["description"].startswith("GPU 0 (NVIDIA GeForce RTX 4090"), alert
         assert alert["annotations"]["runbook_url"] == "RUNBOOK.md#gpubusywithoutrequests"
+        assert "On the GPU: vllm (" in alert["annotations"]["description"], alert  # the workload, named
         # no GPU but the hung one was notified as busy without requests
         busy = [a for a in pipe.webhook.alerts() if a["labels"].get("alertname") == "GpuBusyWithoutRequests"]
         assert {a["labels"]["gpu"] for a in busy} == {"0"}, busy
@@ -66,6 +67,7 @@ def test_a_hung_vllm_card_is_notified_and_the_batch_before_it_is_not(tmp_path):
         began = parse_rfc3339(inc["start"])
         assert start + HANG[0] + 9 * 60 <= began <= start + HANG[0] + 12 * 60, (inc, start)
         assert "vllm: 0 requests running" in inc["summary"] and "no active requests" in inc["summary"], inc
+        assert [w["workload"] for w in inc["workload"]] == ["vllm"] and inc["model_changes"] == 0, inc
         assert time.time() - start < HISTORY_H * 3600 + 900  # the test stayed short
     finally:
         pipe.stop()

@@ -7,6 +7,8 @@ request activity is read, and when a busy GPU with nobody asking becomes an inci
       log_presence: 1d          # a server's log stream seen this recently: its silence means "no requests"
       restart_settle: 15m       # after a box restart, incidents this long after it comes back are the reboot's
       requests_query: ...       # PromQL, active requests by `server` (see DEFAULT_REQUESTS_QUERY)
+      model_change_settle: 5m   # a model load/unload explains its GPU's incidents this long after it
+      model_change_explains: [gpu_joint, gpu_memory_growth, gpu_workload_memory_growth]
       servers:
         ollama: {workload: '(?i)ollama', requests_log: '{job="docker", container=~"(?i).*ollama.*"} |~ "..."'}
         vllm:   {workload: '(?i)vllm'}
@@ -61,6 +63,12 @@ DEFAULT_SERVERS = (
 )
 
 
+# Not gpu_thermal: the thermal model already expects a load's heat from the power it draws, so a thermal
+# incident during a load is the card, not the load — on sim seed 11 the one incident a load window
+# would have folded was a failing fan's.
+DEFAULT_MODEL_CHANGE_EXPLAINS = frozenset({"gpu_joint", "gpu_memory_growth", "gpu_workload_memory_growth"})
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     busy_utilization: float = 0.9
@@ -69,6 +77,12 @@ class InferenceConfig:
     restart_settle: float = 900.0  # restarts.py: a box_restart event ends this long after the box is back
     requests_query: str = DEFAULT_REQUESTS_QUERY
     servers: tuple[ServerSpec, ...] = field(default=DEFAULT_SERVERS)
+    # a model loaded or unloaded on a GPU (detector/context/workload.py) is a window [t - step,
+    # t + settle] explaining the incidents of these per-GPU detectors wholly inside it: a load's
+    # power, clocks and VRAM step. Never hardware facts (gpu_xid, gpu_stuck, gpu_vanished,
+    # throttling): no load explains those.
+    model_change_settle: float = 300.0
+    model_change_explains: frozenset[str] = DEFAULT_MODEL_CHANGE_EXPLAINS
 
     def server_for(self, workload: str) -> ServerSpec | None:
         for s in self.servers:
@@ -80,16 +94,19 @@ class InferenceConfig:
     def from_dict(cls, raw: Any, key: str = "inference") -> InferenceConfig:
         d = cv.mapping(raw, key)
         cv.check_keys(d, {"busy_utilization", "hold", "log_presence", "requests_query", "servers",
-                          "restart_settle"}, key)
+                          "restart_settle", "model_change_settle", "model_change_explains"}, key)
         out: dict[str, Any] = {}
         if "busy_utilization" in d:
             out["busy_utilization"] = cv.number(d["busy_utilization"], f"{key}.busy_utilization",
                                                 "inference.busy_utilization")
-        for name in ("hold", "log_presence", "restart_settle"):
+        for name in ("hold", "log_presence", "restart_settle", "model_change_settle"):
             if name in d:
                 out[name] = cv.duration(d[name], f"{key}.{name}", f"inference.{name}")
         if "requests_query" in d:
             out["requests_query"] = cv.string(d["requests_query"], f"{key}.requests_query")
+        if "model_change_explains" in d:  # never empty: an event naming no detector would explain them all
+            out["model_change_explains"] = frozenset(cv.labels(d["model_change_explains"],
+                                                               f"{key}.model_change_explains", empty=False))
         if "servers" in d:
             out["servers"] = _servers(d["servers"], f"{key}.servers")
         return cls(**out)

@@ -28,6 +28,9 @@ class ContextEvent:
     # detectors whose incidents it can explain (empty: every detector but the plugin's own)
     detectors: frozenset[str] = frozenset()
     details: dict[str, Any] = field(default_factory=dict)  # kind-specific facts for the report
+    # listed only when it explains an incident: a box swapping models all day has hundreds of loads
+    # a week, and a report or API answer listing each would bury the ones that matter
+    quiet: bool = False
 
     def in_scope(self, series_labels: dict[str, str]) -> bool:
         for key, want in self.scope.items():
@@ -67,7 +70,7 @@ def fold(incidents: list[dict[str, Any]], events: Iterable[ContextEvent], *, ste
     """(incidents no event explains, the events as dicts each with `explains`: the ids and summaries
     of the incidents folded into it). Incident times are read through `to_time` (e.g. RFC3339 ->
     epoch; None: already epoch), event times written through `fmt_time`; an incident two events
-    explain goes to the earlier one."""
+    explain goes to the earlier one. A `quiet` event that explains nothing is left out."""
     conv = to_time or (lambda x: x)
     evs = sorted(events, key=lambda e: (e.start, e.kind))
     folded: list[list[dict[str, Any]]] = [[] for _ in evs]
@@ -80,4 +83,5 @@ def fold(incidents: list[dict[str, Any]], events: Iterable[ContextEvent], *, ste
                 break
         else:
             kept.append(inc)
-    return kept, [{**ev.to_dict(fmt_time), "explains": f} for ev, f in zip(evs, folded, strict=True)]
+    return kept, [{**ev.to_dict(fmt_time), "explains": f} for ev, f in zip(evs, folded, strict=True)
+                  if f or not ev.quiet]

@@ -12,11 +12,16 @@ GpuBusyWithoutRequests, whose text says what happened, rather than a generic Met
 
 It also reads the hosts' boot times for box restarts (restarts.py): one `box_restart` context event per
 reboot, handed out through `context_events`, never an incident of its own.
+It also knows what the GPUs hold (workload.py): the model loads and unloads it reads while scoring
+or replaying are `model_change` context events (`context_events`), and `annotate` names the workload
+on an incident's GPU and how many models changed on it during the incident.
 """
 from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections import OrderedDict
 
 import numpy as np
 from prometheus_client.core import GaugeMetricFamily
@@ -27,11 +32,19 @@ from detector.context.busy import GpuContext, scores, unexplained_busy
 from detector.context.config import InferenceConfig
 from detector.context.events import ContextEvent
 from detector.context.restarts import BOOT_METRICS, BootSamples, Reboots, samples_from
+from detector.context.workload import (
+    MOVE_STEPS,
+    ModelChange,
+    change_events,
+    describe,
+    gpu_workloads,
+    model_changes,
+)
 from detector.fetch import align_to_grid
 from detector.incidents import IncidentPolicy, IncidentTracker
 from detector.logs.loki import LokiClient, LokiError
 from detector.plugin import BacktestPart, DetectorPlugin, ScorePass
-from detector.promclient import PromClient, PromError
+from detector.promclient import PromClient, PromError, Series
 from detector.scores import ScoreBatch
 from detector.timefmt import iso
 
@@ -43,6 +56,14 @@ MODEL = "context"
 UTIL_QUERY = "gpu_utilization_ratio"
 WORKLOAD_QUERY = "gpu_workload_memory_used_bytes"
 MODELS_QUERY = "inference_model_vram_bytes"
+UP_QUERY = "inference_server_up"
+# vLLM serves one model, named on its own metrics (model_name), not in the exporter's inference_model_*
+VLLM_MODELS_QUERY = "vllm:num_requests_running"
+# model changes kept for context_events: as long as GET /api/v1/anomalies asks for (a week), and never
+# more than this many (a box swapping models every minute for a week is ~10k)
+CHANGES_KEPT = 7 * 86400.0
+MAX_CHANGES = 50_000
+MAX_ANNOTATIONS = 4096  # incidents whose context is remembered (the live API asks on every GET)
 # A workload that is no inference server explains a busy GPU only if it holds real memory: a desktop
 # session (Xorg, a compositor: ~100-300 MiB) on a card that also serves models explains no compute.
 EXPLAINS_MIN_BYTES = 512 * 1024**2
@@ -78,6 +99,12 @@ class ContextPlugin(DetectorPlugin):
         self.latest_: dict[tuple, tuple[dict[str, str], float, float]] = {}  # gpu -> labels, run s, score
         self.reboots_ = Reboots()  # box restarts (restarts.py) seen in score() or backtest()
         self.boot_to_: float | None = None  # the boot times were read up to here
+        # ModelChange.key() -> change, seen so far. Replaced whole, never changed in place: the API's
+        # threads read it while the scheduler's scoring pass writes the next one
+        self.model_changes_: dict[tuple, ModelChange] = {}
+        self.annotations_: OrderedDict[tuple, dict] = OrderedDict()  # incident (id, times) -> its context
+        self._annotations_lock = threading.Lock()  # the API answers on several threads
+        self.annotate_failing_ = False  # Prometheus refused the last annotation (logged once per failure run)
 
     # -- protocol: nothing to fit or store ----------------------------------------------------------
     def detector_names(self) -> list[str]:
@@ -110,6 +137,7 @@ class ContextPlugin(DetectorPlugin):
         except PromError as e:
             log.warning("%s: Prometheus: %s", NAME, e)
             return ScorePass(ok=False)
+        self._scan_models(first, end, forget_before=end - CHANGES_KEPT - self.settings.model_change_settle)
         self.last_t_ = end
         self.latest_ = {_gpu_key(b.labels): (dict(b.labels), float(b.score[-1]) * self.settings.hold,
                                              float(b.score[-1])) for b in batches if len(b.t)}
@@ -226,6 +254,7 @@ class ContextPlugin(DetectorPlugin):
             for b in self.evaluate(t - self.settings.hold, chunk_end, use_loki=False):
                 gpus.add(repr(_gpu_key(b.labels)))
                 tracker.update(_since(b, t))
+            self._scan_models(t, chunk_end)
             if progress is not None:
                 progress.update((chunk_end - t) / 3600)
             t = chunk_end + self.step
@@ -236,7 +265,8 @@ class ContextPlugin(DetectorPlugin):
 
     # -- box restarts (restarts.py) ------------------------------------------------------------------
     def context_events(self, start: float, end: float) -> list[ContextEvent]:
-        return self._restart_events(start, end)
+        """The box's restarts and its GPUs' model loads/unloads seen so far, overlapping [start, end]."""
+        return self._restart_events(start, end) + self._model_events(start, end)
 
     def _restart_events(self, start: float, end: float) -> list[ContextEvent]:
         """One `box_restart` event per boot of a host seen in score()/backtest(), overlapping [start, end]."""
@@ -276,6 +306,91 @@ class ContextPlugin(DetectorPlugin):
 
     def backtest_hours(self, start: float, end: float) -> float:
         return max(0.0, end - min(start + self.warmup, end)) / 3600
+
+    # -- what the GPUs hold: model changes as events, the workload of an incident's GPU ---------------
+    def _fetch_changes(self, first: float, end: float) -> list[ModelChange]:
+        """Model changes at the steps [first, end]: the step before `first` gives the state before, and
+        MOVE_STEPS more the card whose memory moved (live, the steps after a change are not there yet)."""
+        start = math.floor(first / self.step) * self.step - (1 + MOVE_STEPS) * self.step
+        grid = np.arange(start, end + self.step / 2, self.step)
+        models = self.client.query_range(MODELS_QUERY, start, end, self.step)
+        if not models:
+            return []
+        up = self.client.query_range(UP_QUERY, start, end, self.step)
+        work = self.client.query_range(WORKLOAD_QUERY, start, end, self.step)
+        return [c for c in model_changes(grid, models, up, work, self.settings.server_for) if c.t >= first - 1e-9]
+
+    def _scan_models(self, first: float, end: float, *, forget_before: float | None = None) -> None:
+        """Remember the model changes of [first, end] (and forget those before `forget_before`, live);
+        a failure loses only those (logged), never the pass."""
+        try:
+            changes = self._fetch_changes(first, end)
+        except PromError as e:
+            log.warning("%s: model changes over [%s, %s] not read: %s", NAME, iso(first), iso(end), e)
+            changes = []
+        old = self.model_changes_
+        kept = [c for c in old.values() if forget_before is None or c.t >= forget_before]
+        if not changes and len(kept) == len(old):
+            return
+        merged = {c.key(): c for c in kept}
+        merged.update((c.key(), c) for c in changes)
+        newest = sorted(merged.values(), key=lambda c: c.t)[-MAX_CHANGES:]
+        self.model_changes_ = {c.key(): c for c in newest}
+
+    def _model_events(self, start: float, end: float) -> list[ContextEvent]:
+        events = change_events(self.model_changes_.values(), step=self.step, settle=self.settings.model_change_settle,
+                               explains=self.settings.model_change_explains)
+        return [e for e in events if e.end >= start and e.start <= end]
+
+    def annotate(self, incidents: list[dict], to_time=None) -> None:
+        """Each GPU incident (its series labels carry a uuid, whichever detector) gets `workload` (what
+        held memory on the GPU at its peak: workload, server kind, memory, models, running requests)
+        and `model_changes` (loads/unloads on the GPU from a step before its start to its end), and a
+        clause on its summary. Remembered per incident, so the live API asks Prometheus once per
+        incident and step; Prometheus failing leaves the rest unannotated (logged once)."""
+        conv = to_time or (lambda x: x)
+        for inc in incidents:
+            labels = inc.get("series_labels") or {}
+            uuid = labels.get("uuid")
+            if not uuid or "workload" in inc:
+                continue
+            try:
+                start, end = float(conv(inc["start"])), float(conv(inc["end"]))
+                at = float(conv(inc["peak_time"])) if inc.get("peak_time") is not None else start
+            except (KeyError, TypeError, ValueError):  # not an incident dict this can read: left as it is
+                continue
+            key = (inc.get("id"), uuid, start, end, at)
+            with self._annotations_lock:
+                got = self.annotations_.get(key)
+            if got is None:
+                try:
+                    got = self._annotation(uuid, labels.get("instance"), start, end, at)
+                except PromError as e:
+                    if not self.annotate_failing_:
+                        log.warning("%s: incidents left without their GPU's workload: %s", NAME, e)
+                    self.annotate_failing_ = True
+                    return  # one failure per call: the rest would wait on the same Prometheus
+                self.annotate_failing_ = False
+            with self._annotations_lock:
+                self.annotations_[key] = got
+                self.annotations_.move_to_end(key)
+                while len(self.annotations_) > MAX_ANNOTATIONS:
+                    self.annotations_.popitem(last=False)
+            inc["workload"] = [dict(w) for w in got["workload"]]
+            inc["model_changes"] = got["model_changes"]
+            inc["summary"] = f"{inc.get('summary') or ''}; {got['text']}"
+
+    def _annotation(self, uuid: str, instance: str | None, start: float, end: float, at: float) -> dict:
+        work = self.client.query(WORKLOAD_QUERY, at)
+        models = self.client.query(MODELS_QUERY, at)
+        models += [Series({"server": "vllm", "model": s.labels["model_name"]}, s.t, s.y)
+                   for s in self.client.query(VLLM_MODELS_QUERY, at) if s.labels.get("model_name")]
+        requests = self.client.query(self.settings.requests_query, at)
+        held = gpu_workloads(uuid, work, models, requests, self.settings.server_for,
+                             min_bytes=EXPLAINS_MIN_BYTES, instance=instance)
+        changes = {(c.t, c.server, c.model, c.action) for c in self._fetch_changes(start - self.step, end)
+                   if c.uuid == uuid}
+        return {"workload": held, "model_changes": len(changes), "text": describe(held, len(changes))}
 
 
 def _since(b: ScoreBatch, first: float) -> ScoreBatch:
