@@ -253,7 +253,9 @@ def main(argv=None):
         cand_scores = [scores]
         for i, c in enumerate(cands[1:], 1):
             s, w = run_corpus(corpus, c, a.workers)
-            print(f"candidate {i} ({a.candidate[i - 1]}): wall {w:.1f} s")
+            std = score(s, corpus, {"standard": profiles["standard"]}, threshold=RIGWATCH_THRESHOLD)
+            print(f"candidate {i} ({a.candidate[i - 1]}): standard {std['standard']['score']:.2f} "
+                  f"in-sample, wall {w:.1f} s")
             cand_scores.append(s)
         held, chosen = loco(cand_scores, corpus, profiles["standard"], score)
         print("-- leave-one-category-out: candidate chosen per held-out category "
