@@ -218,7 +218,9 @@ def main(argv=None):
     a = ap.parse_args(argv)
     try:
         doc, fallback = base_sections(a.config)
-        doc = apply_overrides(doc, legacy_overrides(a) + [parse_override(s) for s in a.sets])
+        overrides = legacy_overrides(a) + [parse_override(s) for s in a.sets]
+        fallback = fallback and all(k != "defaults.model" for k, _ in overrides)
+        doc = apply_overrides(doc, overrides)
         cands = [doc] + [apply_overrides(doc, parse_candidate(c)) for c in a.candidate]
         for i, c in enumerate(cands):  # a bad key or value fails here, before the pool starts
             try:
