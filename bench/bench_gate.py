@@ -104,7 +104,7 @@ def main(argv=None) -> None:
         total["gate copies"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         d = evaluate(cfg.name, 2, champ, chall, data, start=float(t[0]), end=END, holdout=holdout, labels=[],
-                     rule=gate, policy={cfg.name: IncidentPolicy(cfg.min_duration, cfg.merge_gap)},
+                     rule=gate, policy={cfg.name: IncidentPolicy(cfg.min_duration, cfg.merge_gap, cfg.onsets)},
                      quiet=None, step=STEP)
         total["gate replay"] += time.perf_counter() - t0
         lines.append(f"  {cfg.name:9s} {n:5d} series: {d.outcome}: {d.reason}")

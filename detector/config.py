@@ -5,6 +5,7 @@ ConfigError("detectors[3].direction: must be one of up, down, both (got 'upward'
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from detector.context.config import InferenceConfig
 from detector.labels import MaintenanceWindow, maintenance_config
 from detector.logs.detector import LogDetectorConfig
 from detector.logs.loki import LokiClient
-from detector.models import FALLBACKS, FEATURE_KINDS, MODELS, RULES, make_model, model_class
+from detector.models import FALLBACKS, FEATURE_KINDS, MODELS, RULES, OnsetFilter, make_model, model_class
 from rigwatch import durations
 from rigwatch.redact import redact_url
 from rigwatch.secret_files import SecretFileError, secret_from_env
@@ -76,6 +77,10 @@ class DetectorConfig:
     heartbeat: str | None = None  # series_vanished: a query that proves the exporter is alive
     enabled: bool = True
     refit_on_drift: bool = False  # drift held high between fits refits at once (detector/drift_book.py)
+    # `onsets:` OnsetFilter's durations (horizon, quiet...) in seconds: an anomalous point opens an
+    # incident only when the filter passes it as an onset (detector/incidents.py); None: off, and
+    # `onsets: {}` is on with the filter's own defaults
+    onsets: dict[str, float] | None = None
 
     @property
     def kind(self) -> str:
@@ -143,7 +148,7 @@ _TOP_KEYS = {"prometheus", "loki", "logs", "listen", "api_token", "store", "sche
              "maintenance", "tracking", "gate", "inference"}
 _DET_KEYS = {"name", "query", "model", "rule", "params", "sensitivity", "direction", "min_deviation",
              "min_duration", "merge_gap", "key", "features", "join_on", "heartbeat", "enabled", "fallback",
-             "min_fit_r2", "refit_on_drift"}
+             "min_fit_r2", "refit_on_drift", "onsets"}
 _DEFAULTS_KEYS = _DET_KEYS - {"name", "query", "rule", "key", "features", "heartbeat"}
 _SCHEDULE_KEYS = ("step", "fit_every", "lookback", "context", "warmup", "fallback_refit")
 # what `params:` of a model may hold besides the numbers LIMITS bounds (params.<model>.<name>)
@@ -152,6 +157,9 @@ _MODEL_PARAM_TYPES: dict[str, Callable[[Any, str], Any]] = {
     "thermal.lagged": lambda v, k: cv.labels(v, k, empty=False),
     "thermal.concave": cv.boolean,
 }
+# what `onsets:` may hold: OnsetFilter's keyword parameters (all durations) but the threshold, which is
+# the tracker's: derived from its signature so a parameter it gains is accepted without an edit here
+ONSET_KEYS = tuple(n for n in inspect.signature(OnsetFilter.__init__).parameters if n not in ("self", "threshold"))
 # set on the detector itself (they are shared with rules and the fallback), never in params
 _DETECTOR_LEVEL = ("direction", "min_deviation", "sensitivity")
 
@@ -190,6 +198,21 @@ def _common_fields(d: dict, key: str) -> dict:
         out["fallback"] = cv.one_of(d["fallback"], f"{key}.fallback", FALLBACKS)
     if "refit_on_drift" in d:
         out["refit_on_drift"] = cv.boolean(d["refit_on_drift"], f"{key}.refit_on_drift")
+    if "onsets" in d:  # an explicit `onsets: null` turns off what `defaults:` turned on
+        out["onsets"] = None if d["onsets"] is None else onsets_config(d["onsets"], f"{key}.onsets")
+    return out
+
+
+def onsets_config(value: Any, key: str) -> dict[str, float]:
+    """`onsets:` -> OnsetFilter's keyword durations in seconds, each checked and named; the filter is
+    built once so a bad combination fails at load time."""
+    d = cv.mapping(value, key)
+    cv.check_keys(d, set(ONSET_KEYS), key)
+    out = {k: parse_duration(v, f"{key}.{k}") for k, v in d.items() if v is not None}
+    try:
+        OnsetFilter(**out)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(key, str(e)) from None
     return out
 
 
@@ -236,6 +259,7 @@ def _detector(raw: Any, key: str, defaults: dict) -> DetectorConfig:
         enabled=merged.get("enabled", True), fallback=merged.get("fallback", "robust_z"),
         min_fit_r2=merged.get("min_fit_r2"),
         refit_on_drift=bool(merged.get("refit_on_drift", False)) and rule is None,
+        onsets=None if merged.get("onsets") is None else dict(merged["onsets"]),
     )
     if model is not None:
         _check_model_params(out, f"{key}.params")

@@ -6,6 +6,7 @@
     DetectorQueryError  one of them refused by Prometheus, naming which
     PrometheusSource  fetch_series over a client: the metric plugin's data source when live (an
                     exported dataset, detector.dataset.DatasetSource, stands in for it offline)
+    MemorySource    series held in memory (benchmarks, tests) through the same seam
 """
 from __future__ import annotations
 
@@ -173,3 +174,24 @@ class PrometheusSource:
 
     def provenance(self) -> dict[str, Any]:
         return {"source": "prometheus"}
+
+
+class MemorySource:
+    """Series held in memory, by detector name then series id: a benchmark's or a test's data run
+    through the service's own fit/score path (MetricPlugin, backtest) with no Prometheus. `fetch`
+    answers what a query over [start, end] would: the detector's series cut to start <= t <= end
+    (their own timestamps: no step grid is imposed)."""
+
+    def __init__(self, data: dict[str, dict[str, SeriesData]]):
+        self.data = data
+
+    def fetch(self, det: DetectorConfig, start: float, end: float, step: float) -> dict[str, SeriesData]:
+        out = {}
+        for sid, sd in self.data.get(det.name, {}).items():
+            cut = sd.slice((sd.t >= start) & (sd.t <= end))
+            if len(cut.t):
+                out[sid] = cut
+        return out
+
+    def provenance(self) -> dict[str, Any]:
+        return {"source": "memory"}

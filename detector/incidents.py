@@ -3,7 +3,9 @@
 The same online tracker serves the live API (GET /api/v1/anomalies) and the backtest report, so
 both say the same thing about the same data. A run starts at its first anomalous point and ends at
 its last one (tight brackets: normal data around it is not part of the incident); runs closer than
-`merge_gap` merge; a merged incident shorter than `min_duration` is dropped as a blip.
+`merge_gap` merge; a merged incident shorter than `min_duration` is dropped as a blip. With a
+detector's `onsets` (config `onsets:`), a run may only start at a point its series' OnsetFilter
+passes, so one long episode that dips and rings on opens one incident, not one per ring.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from detector.labels import incident_id
-from detector.models import RULES
+from detector.models import RULES, OnsetFilter
 from detector.scores import ScoreBatch, incident_labels, series_id
 
 
@@ -95,6 +97,10 @@ class IncidentPolicy:
 
     min_duration: float = 60.0  # shorter merged runs are dropped as blips (0: an event is an incident)
     merge_gap: float = 60.0  # anomalous runs closer than this are one incident
+    # OnsetFilter's keyword durations (config `onsets:`): an anomalous point opens a new incident only
+    # when the series' filter passes it (a new high, or anomalous again after a quiet spell), so an
+    # episode still ringing after its incident closed opens no second one; None: every point may open
+    onsets: dict[str, float] | None = None
 
 
 class IncidentTracker:
@@ -113,11 +119,16 @@ class IncidentTracker:
         self.default = default
         self.step = step
         self.open: dict[tuple[str, str], Incident] = {}
+        self._onsets: dict[tuple[str, str], OnsetFilter] = {}  # per (detector, series), created lazily
         self.closed: deque[Incident] | list[Incident] = deque(maxlen=keep) if keep else []
 
     def set_policy(self, policy: dict[str, IncidentPolicy]) -> None:
-        """A reloaded config's policies (open incidents keep going under the new ones)."""
+        """A reloaded config's policies (open incidents keep going under the new ones). A detector
+        whose `onsets` changed starts its series' filters afresh under the new parameters."""
+        changed = {d for d, _ in self._onsets
+                   if self._policy(d).onsets != policy.get(d, self.default).onsets}
         self.policy = dict(policy)
+        self._onsets = {k: f for k, f in self._onsets.items() if k[0] not in changed}
 
     def _policy(self, detector: str) -> IncidentPolicy:
         return self.policy.get(detector, self.default)
@@ -125,10 +136,13 @@ class IncidentTracker:
     def update(self, batch: ScoreBatch) -> None:
         sid = series_id(batch.labels)
         key = (batch.detector, sid)
-        gap = self._policy(batch.detector).merge_gap
-        score = np.nan_to_num(batch.score, nan=0.0)
+        policy = self._policy(batch.detector)
+        gap = policy.merge_gap
+        score = np.asarray(batch.score, float)
         if self.quiet is not None and len(score):
             score = np.where(self.quiet(batch.detector, np.asarray(batch.t, float)), 0.0, score)
+        onset = self._onset_mask(key, policy, batch.t, score)
+        score = np.nan_to_num(score, nan=0.0)
         for i in np.nonzero(score > self.threshold)[0]:
             t = float(batch.t[i])
             cur = self.open.get(key)
@@ -136,6 +150,8 @@ class IncidentTracker:
                 self._close(key)
                 cur = None
             if cur is None:
+                if onset is not None and not onset[i]:
+                    continue  # no onset: the same episode still ringing opens nothing
                 cur = Incident(batch.detector, batch.model, incident_labels(batch.labels), dict(batch.labels),
                                t, t, float(score[i]), t, "", 0, self.step)
                 self.open[key] = cur
@@ -156,6 +172,17 @@ class IncidentTracker:
         cur = self.open.get(key)
         if cur is not None and len(batch.t) and float(batch.t[-1]) - cur.end > gap:
             self._close(key)
+
+    def _onset_mask(self, key: tuple[str, str], policy: IncidentPolicy, t, score: np.ndarray) -> np.ndarray | None:
+        """Which points the series' onset filter passes (it sees every point, in order, NaN too);
+        None when the detector has no `onsets`."""
+        if policy.onsets is None:
+            return None
+        f = self._onsets.get(key)
+        if f is None:
+            f = self._onsets[key] = OnsetFilter(**policy.onsets, threshold=self.threshold)
+        passed = f.filter(t, score)
+        return np.nan_to_num(passed, nan=0.0) != 0.0
 
     def _close(self, key) -> None:
         inc = self.open.pop(key)

@@ -108,7 +108,7 @@ class MetricPlugin(DetectorPlugin):
         return list(self.detectors)
 
     def incident_policy(self) -> dict[str, IncidentPolicy]:
-        return {d.name: IncidentPolicy(d.min_duration, d.merge_gap) for d in self.config.detectors}
+        return {d.name: IncidentPolicy(d.min_duration, d.merge_gap, d.onsets) for d in self.config.detectors}
 
     def needs_fit(self, now: float) -> bool:
         return any(d.last_fit is None for d in self.detectors.values())
