@@ -11,7 +11,10 @@ imported inside ``fit``.
 from __future__ import annotations
 
 from .base import BaseModel, NoOpinion, NotFittedError, ScoreFrame, UnivariateModel
+from .ensemble import Ensemble
 from .iforest import IsolationForestModel
+from .level_shift import LevelShift
+from .novelty import ValueNovelty
 from .onsets import OnsetFilter
 from .robust import RobustZ
 from .rules import RULES, CounterIncreaseRule, HeldActiveRule, SeriesVanishedRule, SteadyIncreaseRule
@@ -23,6 +26,9 @@ MODELS: dict[str, type[BaseModel]] = {
     "robust_z": RobustZ,
     "thermal": ThermalModel,
     "iforest": IsolationForestModel,
+    "level_shift": LevelShift,
+    "value_novelty": ValueNovelty,
+    "ensemble": Ensemble,
 }
 #: every kind a stored series state can name: models, rules and the `fallback: none` stand-in
 KINDS: dict[str, type] = {**MODELS, **RULES, NoOpinion.kind: NoOpinion}
@@ -70,6 +76,6 @@ def model_from_state(d: dict):
 __all__ = ["MODELS", "RULES", "KINDS", "FALLBACKS", "UNIVARIATE", "MULTIVARIATE", "FEATURE_KINDS",
            "kind_class", "make_model", "model_class", "model_from_state",
            "ScoreFrame", "NotFittedError", "BaseModel", "UnivariateModel", "NoOpinion", "RobustZ",
-           "SeasonalESD", "ThermalModel", "IsolationForestModel", "OnsetFilter", "detect_period",
+           "SeasonalESD", "LevelShift", "ValueNovelty", "Ensemble", "ThermalModel", "IsolationForestModel", "OnsetFilter", "detect_period",
            "generalized_esd", "CounterIncreaseRule", "HeldActiveRule", "SeriesVanishedRule",
            "SteadyIncreaseRule"]

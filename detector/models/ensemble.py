@@ -1,0 +1,146 @@
+"""The univariate ensemble: a point model, a level-shift model and a novelty model, the highest wins.
+
+Each member answers one question and is calibrated on the training window's own extremes, so each
+one's score > 1 means "more unusual, in its own sense, than the training window ever was":
+
+    seasonal_esd   is this value far from what this time of day expects?        (a spike, a dip)
+    level_shift    has the level moved further than it ever moved?             (a new plateau)
+    value_novelty  is this value outside the range the series ever took?       (a never-seen value)
+
+The ensemble's score is the maximum of its members' (NaN only where every member has no opinion),
+and the expected value and band at each point are those of the member that scored highest, so
+> 1 still means "outside the band drawn". A maximum of calibrated scores is used rather than an
+average because the members are blind to each other's anomalies (a level shift is no spike): an
+average would dilute the one that sees it. `sensitivity` scales every member's band (seasonal_esd
+through its heavy-tail band, the one that sets its width on real series).
+
+A member that cannot fit yet (seasonal_esd needs two days of points) sits out until it can, so the
+ensemble starts with what it has instead of waiting for the slowest member.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import ScoreFrame, UnivariateModel, check_t_y
+from .level_shift import LevelShift
+from .novelty import ValueNovelty
+from .seasonal import SeasonalESD
+
+MEMBERS = {"seasonal_esd": SeasonalESD, "level_shift": LevelShift, "value_novelty": ValueNovelty}
+
+
+class Ensemble(UnivariateModel):
+    kind = "ensemble"
+    version = 1
+    _state_attrs = ("members_",)
+
+    def __init__(self, sensitivity: float = 1.0, direction: str = "both", min_deviation: float = 0.0,
+                 members: tuple[str, ...] = tuple(MEMBERS), shift_window: int = 5, shift_baseline: int = 60,
+                 novelty_margin: float = 0.1, tail_quantile: float = 0.999,
+                 point_sensitivity: float = 1.0):
+        self.sensitivity = sensitivity
+        self.direction = direction
+        self.min_deviation = min_deviation
+        self.members = tuple(members)
+        self.shift_window = shift_window
+        self.shift_baseline = shift_baseline
+        self.novelty_margin = novelty_margin
+        self.tail_quantile = tail_quantile
+        self.point_sensitivity = point_sensitivity
+
+    def _check_params(self):
+        self._check_common()
+        unknown = [m for m in self.members if m not in MEMBERS]
+        if not self.members or unknown:
+            raise ValueError(f"ensemble: members must be a non-empty list of {', '.join(MEMBERS)}, "
+                             f"got {list(self.members)!r}")
+        for m in self._new_members():
+            m._check_params()
+
+    def _new_members(self) -> list[UnivariateModel]:
+        common = {"direction": self.direction, "min_deviation": self.min_deviation}
+        made = {
+            "seasonal_esd": lambda: SeasonalESD(tail_factor=self.sensitivity * self.point_sensitivity, tail_quantile=self.tail_quantile, **common),
+            "level_shift": lambda: LevelShift(sensitivity=self.sensitivity, window=int(self.shift_window),
+                                              baseline=int(self.shift_baseline),
+                                              tail_quantile=self.tail_quantile, **common),
+            "value_novelty": lambda: ValueNovelty(sensitivity=self.sensitivity, margin=self.novelty_margin,
+                                                  **common),
+        }
+        return [made[m]() for m in dict.fromkeys(self.members)]
+
+    def min_history(self, step_seconds: float = 60.0) -> int:
+        return min(m.min_history(step_seconds) for m in self._new_members())
+
+    def fit(self, t, y):
+        self._check_params()
+        t, y = check_t_y(t, y)
+        n_valid = int(np.count_nonzero(~np.isnan(y)))
+        fitted, errors = [], []
+        for m in self._new_members():
+            if n_valid < m.min_history(_step(t)):
+                continue
+            try:
+                fitted.append(m.fit(t, y))
+            except ValueError as e:  # e.g. too few points after gaps: the member sits out
+                errors.append(f"{m.kind}: {e}")
+        if not fitted:
+            raise ValueError("ensemble: no member could fit" + (f" ({'; '.join(errors)})" if errors else ""))
+        self.members_ = fitted
+        return self
+
+    def fit_metrics(self) -> dict:
+        self._require_fitted()
+        out: dict = {"members": [m.kind for m in self.members_]}
+        for m in self.members_:
+            out.update({f"{m.kind}.{k}": v for k, v in m.fit_metrics().items()})
+        return out
+
+    @property
+    def last_t_(self) -> float:
+        return self.members_[0].last_t_
+
+    @property
+    def step_(self) -> float:
+        return self.members_[0].step_
+
+    def score(self, t, y) -> ScoreFrame:
+        self._require_fitted()
+        t, y = check_t_y(t, y)
+        frames = [m.score(t, y) for m in self.members_]
+        scores = np.vstack([f.score for f in frames])
+        has = ~np.isnan(scores).all(axis=0)
+        best = np.argmax(np.where(np.isnan(scores), -np.inf, scores), axis=0)
+        cols = np.arange(len(y))
+        out = ScoreFrame(*(np.vstack([getattr(f, k) for f in frames])[best, cols]
+                           for k in ("score", "expected", "lower", "upper")))
+        out.score[~has] = np.nan
+        return out
+
+    def member_scores(self, t, y) -> dict[str, np.ndarray]:
+        """Each fitted member's score of (t, y), for explaining which one fired (advances state)."""
+        return {m.kind: m.score(t, y).score for m in self.members_}
+
+    def get_state(self) -> dict:
+        self._require_fitted()
+        d = super().get_state()
+        d["state"] = {"members_": [m.get_state() for m in self.members_]}
+        return d
+
+    @classmethod
+    def from_state(cls, d: dict):
+        states = (d.get("state") or {}).get("members_")
+        if not isinstance(states, list):
+            raise ValueError("ensemble: state lacks its members")
+        model = super().from_state({**d, "state": {"members_": []}})
+        model.members_ = [MEMBERS[s.get("kind")].from_state(s) if s.get("kind") in MEMBERS
+                          else _bad_member(s) for s in states]
+        return model
+
+
+def _step(t: np.ndarray) -> float:
+    return float(np.median(np.diff(t))) if len(t) > 1 else 60.0
+
+
+def _bad_member(s) -> UnivariateModel:
+    raise ValueError(f"ensemble: unknown member kind {s.get('kind') if isinstance(s, dict) else s!r} in state")

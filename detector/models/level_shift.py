@@ -1,0 +1,117 @@
+"""Level shift: the median of the last few points against the median of the stretch before them.
+
+A point model (robust_z, seasonal_esd) judges each value on its own, so a series that settles at a
+new level is anomalous for as long as the model's own baseline takes to follow — or, on a noisy
+series whose band is wide, never. This model asks a different question: has the *level* moved?
+
+    shift_i = median(last `window` values) - median(the `baseline` values before them)
+
+and scores |shift| against what the training data's own shifts reached: the band's half-width is
+``sensitivity`` times the ``tail_quantile`` of |shift| over the training window (the same
+heavy-tail calibration seasonal_esd uses), never below the series' point-to-point noise, its
+resolution or ``relative_floor`` of its level. So > 1 means "the level moved further than it moved
+in all but 0.1 % of the training window" — a daily ramp seen every day is no shift, a new plateau is.
+
+What it cannot see: a single spike (the short median ignores it: that is the point models' job), a
+change of variance around the same level, a change of seasonal phase. Scores are causal; the state
+is the last ``window + baseline`` non-missing values.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import ScoreFrame, UnivariateModel, check_t_y, median_step
+from .robust import noise_floor, resolution
+
+
+def rolling_medians(x: np.ndarray, w: int) -> np.ndarray:
+    """median(x[j:j+w]) for every j (len(x) - w + 1 values; empty when len(x) < w)."""
+    if len(x) < w:
+        return np.zeros(0)
+    return np.median(np.lib.stride_tricks.sliding_window_view(x, w), axis=1)
+
+
+def shifts(x: np.ndarray, window: int, baseline: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each index i >= window + baseline - 1 of the gap-free series x: (short median - baseline
+    median, baseline median), as arrays aligned on x[window + baseline - 1:]."""
+    short = rolling_medians(x, window)[baseline:]
+    base = rolling_medians(x[:-window] if window else x, baseline)
+    n = min(len(short), len(base))
+    return short[:n] - base[:n], base[:n]
+
+
+class LevelShift(UnivariateModel):
+    kind = "level_shift"
+    version = 1
+    _state_attrs = ("hist_", "scale_", "last_t_", "step_", "n_fit_")
+
+    def __init__(self, sensitivity: float = 1.0, direction: str = "both", min_deviation: float = 0.0,
+                 window: int = 5, baseline: int = 60, tail_quantile: float = 0.999,
+                 relative_floor: float = 0.01):
+        self.sensitivity = sensitivity
+        self.direction = direction
+        self.min_deviation = min_deviation
+        self.window = window
+        self.baseline = baseline
+        self.tail_quantile = tail_quantile
+        self.relative_floor = relative_floor
+
+    def _check_params(self):
+        self._check_common()
+        if int(self.window) < 1 or int(self.baseline) < 2:
+            raise ValueError(f"level_shift: window must be >= 1 and baseline >= 2 points, "
+                             f"got {self.window!r}, {self.baseline!r}")
+        if not 0.5 <= self.tail_quantile <= 1:
+            raise ValueError(f"level_shift: tail_quantile must be in [0.5, 1], got {self.tail_quantile!r}")
+        if not 0 <= self.relative_floor < 1:
+            raise ValueError(f"level_shift: relative_floor must be in [0, 1), got {self.relative_floor!r}")
+
+    def min_history(self, step_seconds: float = 60.0) -> int:
+        # a calibration needs many shifts to take a tail quantile of
+        return 4 * (int(self.window) + int(self.baseline))
+
+    def fit(self, t, y):
+        self._check_params()
+        t, y = check_t_y(t, y)
+        x = y[~np.isnan(y)]
+        w, b = int(self.window), int(self.baseline)
+        if len(x) < w + b + 1:
+            raise ValueError(f"level_shift: need more than {w + b} non-missing points to fit, got {len(x)}")
+        s, _ = shifts(x, w, b)
+        tail = float(np.quantile(np.abs(s), self.tail_quantile)) if len(s) else 0.0
+        level = float(np.median(np.abs(x)))
+        self.scale_ = max(tail, noise_floor(x), 0.5 * resolution(x), self.relative_floor * level, 1e-12)
+        self.hist_ = x[-(w + b - 1):].copy() if w + b > 1 else np.zeros(0)
+        self.last_t_ = float(t[-1])
+        self.step_ = median_step(t)
+        self.n_fit_ = int(len(x))
+        return self
+
+    def fit_metrics(self) -> dict:
+        self._require_fitted()
+        return {"shift_scale": self.scale_, "n_fit": self.n_fit_}
+
+    def score(self, t, y) -> ScoreFrame:
+        self._require_fitted()
+        t, y = check_t_y(t, y)
+        n = len(y)
+        frame = ScoreFrame.empty(n)
+        ok = ~np.isnan(y)
+        if not ok.any():
+            return frame
+        w, b = int(self.window), int(self.baseline)
+        x = np.concatenate([self.hist_, y[ok]])
+        s, base = shifts(x, w, b)
+        s, base = s[-int(ok.sum()):], base[-int(ok.sum()):]
+        got = len(s)  # fewer than the new points only when the history was short
+        idx = np.nonzero(ok)[0][-got:] if got else np.zeros(0, int)
+        half = max(self.sensitivity * self.scale_, self.min_deviation, 1e-12)
+        dev = {"up": np.maximum(s, 0.0), "down": np.maximum(-s, 0.0)}.get(self.direction, np.abs(s))
+        frame.score[idx] = dev / half
+        frame.expected[idx] = base
+        frame.lower[idx] = base - half
+        frame.upper[idx] = base + half
+        keep = w + b - 1
+        self.hist_ = x[-keep:].copy() if keep else np.zeros(0)
+        self.last_t_ = float(t[-1])
+        return frame
