@@ -249,6 +249,7 @@ def _detector(raw: Any, key: str, defaults: dict) -> DetectorConfig:
         raise ConfigError(f"{key}.features", f"model {model} needs at least one feature query")
     if model not in FEATURE_KINDS and features:
         raise ConfigError(f"{key}.features", f"only used by {', '.join(FEATURE_KINDS)} models")
+    onsets = merged.get("onsets") if rule is None else own.get("onsets")
     out = DetectorConfig(
         name=name, query=query, model=model, rule=rule, params=dict(params),
         sensitivity=merged.get("sensitivity"), direction=merged.get("direction"),
@@ -259,7 +260,9 @@ def _detector(raw: Any, key: str, defaults: dict) -> DetectorConfig:
         enabled=merged.get("enabled", True), fallback=merged.get("fallback", "robust_z"),
         min_fit_r2=merged.get("min_fit_r2"),
         refit_on_drift=bool(merged.get("refit_on_drift", False)) and rule is None,
-        onsets=None if merged.get("onsets") is None else dict(merged["onsets"]),
+        # a rule's scores are fixed levels (an Xid is 2 whatever came before): the trailing-maximum
+        # gate would hide its second fault, so a rule is gated only where its own section says so
+        onsets=None if onsets is None else dict(onsets),
     )
     if model is not None:
         _check_model_params(out, f"{key}.params")

@@ -20,7 +20,7 @@ import numpy as np
 from detector.config import DetectorConfig
 from detector.fetch import SeriesData
 from detector.labels import Exclusions
-from detector.models import RULES, NoOpinion, kind_class, make_model, model_from_state
+from detector.models import RULES, NoOpinion, UnivariateModel, kind_class, make_model, model_from_state
 from detector.scores import ScoreBatch
 from detector.store import fingerprint_arrays, sha256_arrays
 
@@ -139,6 +139,9 @@ class MetricDetector:
             else:
                 n_fallback += 1
             prev = self.series.get(sid)
+            if prev is not None and prev.kind == kind and kind == self.cfg.kind and prev.fitted_at is not None \
+                    and isinstance(model, UnivariateModel):
+                model.carry(prev.model, now - prev.fitted_at)  # e.g. the ensemble's fading extremes
             last_t = float(sd.t[-1])
             if prev is not None and prev.last_t > last_t:
                 last_t = prev.last_t

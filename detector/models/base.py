@@ -261,6 +261,10 @@ class UnivariateModel(BaseModel):
     def min_history(self, step_seconds: float = 60.0) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def carry(self, previous, elapsed: float) -> None:
+        """Called on a fresh fit with the model it replaces (fitted `elapsed` seconds earlier on the
+        same series): keep what the new window cannot show. Default: nothing — the window is all."""
+
     def score_samples(self, y, t=None) -> np.ndarray:
         """sklearn-style: lower = more abnormal (-score).  Works on a copy, so unlike score()
         it does not advance the model's online state.  Without ``t`` the points are taken to

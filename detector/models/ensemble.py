@@ -14,6 +14,11 @@ average because the members are blind to each other's anomalies (a level shift i
 average would dilute the one that sees it. `sensitivity` scales every member's band (seasonal_esd
 through its heavy-tail band, the one that sets its width on real series).
 
+Memory: a refit sees only the lookback window (a week), so last month's peak would be new again.
+Each fit therefore keeps the previous fit's extremes (the seasonal heavy-tail band, the largest level
+shift, the seen range), fading with a half-life of ``memory`` seconds (30 days): cheap long memory
+in a few numbers per series, without fetching a month of points at every refit.
+
 A member that cannot fit yet (seasonal_esd needs two days of points) sits out until it can, so the
 ensemble starts with what it has instead of waiting for the slowest member.
 """
@@ -36,8 +41,8 @@ class Ensemble(UnivariateModel):
 
     def __init__(self, sensitivity: float = 1.0, direction: str = "both", min_deviation: float = 0.0,
                  members: tuple[str, ...] = tuple(MEMBERS), shift_window: int = 5, shift_baseline: int = 60,
-                 novelty_margin: float = 0.1, tail_quantile: float = 0.999,
-                 point_sensitivity: float = 1.0):
+                 novelty_margin: float = 0.1, tail_quantile: float = 0.9999,
+                 point_sensitivity: float = 1.0, memory: float = 30 * 86400.0):
         self.sensitivity = sensitivity
         self.direction = direction
         self.min_deviation = min_deviation
@@ -47,6 +52,7 @@ class Ensemble(UnivariateModel):
         self.novelty_margin = novelty_margin
         self.tail_quantile = tail_quantile
         self.point_sensitivity = point_sensitivity
+        self.memory = memory
 
     def _check_params(self):
         self._check_common()
@@ -88,6 +94,17 @@ class Ensemble(UnivariateModel):
             raise ValueError("ensemble: no member could fit" + (f" ({'; '.join(errors)})" if errors else ""))
         self.members_ = fitted
         return self
+
+    def carry(self, previous, elapsed: float) -> None:
+        """Keep what the model this fit replaces had learnt of the series' extremes, fading with a
+        half-life of `memory` seconds (0: nothing kept): a refit on a week forgets last month's peak."""
+        if not self.memory or not isinstance(previous, Ensemble) or not previous.is_fitted:
+            return
+        keep = 0.5 ** (max(elapsed, 0.0) / self.memory)
+        old = {m.kind: m for m in previous.members_}
+        for m in self.members_:
+            if m.kind in old:
+                m.carry_extremes(old[m.kind], keep)
 
     def fit_metrics(self) -> dict:
         self._require_fitted()

@@ -87,6 +87,10 @@ class LevelShift(UnivariateModel):
         self.n_fit_ = int(len(x))
         return self
 
+    def carry_extremes(self, previous: LevelShift, keep: float) -> None:
+        """The larger of this fit's shift scale and `keep` of the previous one's."""
+        self.scale_ = max(self.scale_, keep * previous.scale_)
+
     def fit_metrics(self) -> dict:
         self._require_fitted()
         return {"shift_scale": self.scale_, "n_fit": self.n_fit_}

@@ -69,6 +69,12 @@ class ValueNovelty(UnivariateModel):
         self.n_fit_ = int(len(x))
         return self
 
+    def carry_extremes(self, previous: ValueNovelty, keep: float) -> None:
+        """Widen the seen range by `keep` of how far the previous one reached beyond it."""
+        self.lo_ = min(self.lo_, self.lo_ + keep * (previous.lo_ - self.lo_))
+        self.hi_ = max(self.hi_, self.hi_ + keep * (previous.hi_ - self.hi_))
+        self.span_ = max(self.span_, self.hi_ - self.lo_)
+
     def fit_metrics(self) -> dict:
         self._require_fitted()
         return {"low": self.lo_, "high": self.hi_, "span": self.span_, "n_fit": self.n_fit_}

@@ -419,6 +419,10 @@ class SeasonalESD(UnivariateModel):
         self.fit_anomalies_ = int(len(out))
         return self
 
+    def carry_extremes(self, previous: SeasonalESD, keep: float) -> None:
+        """The wider of this fit's heavy-tail band and `keep` of the previous one's."""
+        self.tail_ = max(self.tail_, keep * previous.tail_)
+
     def fit_metrics(self) -> dict:
         self._require_fitted()
         return {"period_points": self.period_, "period_seconds": self.period_ * self.step_,
