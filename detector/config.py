@@ -24,6 +24,7 @@ from detector.labels import MaintenanceWindow, maintenance_config
 from detector.logs.detector import LogDetectorConfig
 from detector.logs.loki import LokiClient
 from detector.models import FALLBACKS, FEATURE_KINDS, MODELS, RULES, OnsetFilter, make_model, model_class
+from detector.models.ensemble import MEMBERS as ENSEMBLE_MEMBERS
 from rigwatch import durations
 from rigwatch.redact import redact_url
 from rigwatch.secret_files import SecretFileError, secret_from_env
@@ -151,11 +152,26 @@ _DET_KEYS = {"name", "query", "model", "rule", "params", "sensitivity", "directi
              "min_fit_r2", "refit_on_drift", "onsets"}
 _DEFAULTS_KEYS = _DET_KEYS - {"name", "query", "rule", "key", "features", "heartbeat"}
 _SCHEDULE_KEYS = ("step", "fit_every", "lookback", "context", "warmup", "fallback_refit")
+
+
+def _members(value: Any, key: str) -> list[str]:
+    """`ensemble.members`: a non-empty list of member kinds, each once (a repeat is a paste slip:
+    the ensemble would score it once anyway)."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, f"expected a non-empty list of {', '.join(ENSEMBLE_MEMBERS)} (got {cv.short(value)})")
+    for i, m in enumerate(value):
+        cv.one_of(m, f"{key}[{i}]", tuple(ENSEMBLE_MEMBERS))
+        if m in value[:i]:
+            raise ConfigError(f"{key}[{i}]", f"{m} is listed twice")
+    return list(value)
+
+
 # what `params:` of a model may hold besides the numbers LIMITS bounds (params.<model>.<name>)
 _MODEL_PARAM_TYPES: dict[str, Callable[[Any, str], Any]] = {
     "seasonal_esd.method": lambda v, k: cv.one_of(v, k, ("fast", "stl_jump", "stl")),
     "thermal.lagged": lambda v, k: cv.labels(v, k, empty=False),
     "thermal.concave": cv.boolean,
+    "ensemble.members": _members,
 }
 # what `onsets:` may hold: OnsetFilter's keyword parameters (all durations) but the threshold, which is
 # the tracker's: derived from its signature so a parameter it gains is accepted without an edit here

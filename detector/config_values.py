@@ -37,13 +37,14 @@ class Limit:
     lo: float
     hi: float
     lo_open: bool = False  # True: the value must be > lo (0 seconds is no step, no window)
+    hi_open: bool = False  # True: the value must be < hi (a floor that is the whole level flags nothing)
     integer: bool = False  # a count: an int, not 2.5 nor 1e12-as-a-string
     duration: bool = False  # accepts 90s / 5m / 1h30m as well as seconds
 
     def text(self) -> str:
         def fmt(x: float) -> str:
             return _fmt_seconds(x) if self.duration else f"{x:g}"
-        return f"{'>' if self.lo_open else '>='} {fmt(self.lo)} and <= {fmt(self.hi)}"
+        return f"{'>' if self.lo_open else '>='} {fmt(self.lo)} and {'<' if self.hi_open else '<='} {fmt(self.hi)}"
 
 
 _S, _MIN, _H, _D = 1.0, 60.0, 3600.0, 86400.0
@@ -112,6 +113,22 @@ LIMITS: dict[str, Limit] = {
     "params.seasonal_esd.max_coarse_period": _count(1, 100_000),
     "params.seasonal_esd.tail_quantile": Limit(0.5, 1),
     "params.seasonal_esd.tail_factor": Limit(0, 1000),
+    # level_shift: the state holds window + baseline points per series, and a fit needs 4 times that
+    "params.level_shift.window": _count(1, 100_000),  # points in the short median: 1 is the value itself
+    "params.level_shift.baseline": _count(2, 100_000),  # points in the baseline median: 1 is no median
+    "params.level_shift.tail_quantile": Limit(0.5, 1),  # a quantile of |shift|: below the median is noise
+    "params.level_shift.relative_floor": Limit(0, 1, hi_open=True),  # a fraction of the level; 1 hides every shift
+    # value_novelty: margin is in spans of the seen range; 100 spans beyond it is never reached
+    "params.value_novelty.margin": Limit(0, 100, lo_open=True),  # > 0: it divides the score
+    "params.value_novelty.quantile": Limit(0.5, 1, lo_open=True),  # upper quantile; 0.5 is a range of width 0
+    "params.value_novelty.relative_floor": Limit(0, 1, hi_open=True),  # as level_shift's
+    "params.value_novelty.min_points": _count(2, 1_000_000),  # a range needs two points; a million is weeks of seconds
+    # ensemble: passed to its members (level_shift window/baseline, value_novelty margin, both tails)
+    "params.ensemble.shift_window": _count(1, 100_000),  # as params.level_shift.window
+    "params.ensemble.shift_baseline": _count(2, 100_000),  # as params.level_shift.baseline
+    "params.ensemble.novelty_margin": Limit(0, 100, lo_open=True),  # as params.value_novelty.margin
+    "params.ensemble.tail_quantile": Limit(0.5, 1),  # seasonal_esd's and level_shift's calibration quantile
+    "params.ensemble.point_sensitivity": Limit(0, 1000, lo_open=True),  # scales seasonal_esd's band: > 0, as sensitivity
     "params.thermal.time_constants": _dur(0, 7 * _D),  # thermal lags: seconds to hours, never weeks
     "params.thermal.ridge": Limit(0, 1e6),
     "params.thermal.huber": Limit(0, 1e6, lo_open=True),
@@ -175,7 +192,8 @@ def short(value: Any) -> str:
 
 def _in_range(x: float, lim: Limit, value: Any, key: str) -> None:
     low_ok = x > lim.lo if lim.lo_open else x >= lim.lo
-    if not (low_ok and x <= lim.hi):
+    high_ok = x < lim.hi if lim.hi_open else x <= lim.hi
+    if not (low_ok and high_ok):
         raise ConfigError(key, f"must be {lim.text()} (got {short(value)})")
 
 

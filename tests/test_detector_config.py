@@ -148,6 +148,11 @@ def test_a_refused_url_is_printed_without_its_password():
 
 
 
+# two good detectors, then an ensemble: the error must name the third
+_THREE = ("detectors: [{name: a, query: up, model: robust_z}, {name: b, query: up, model: robust_z},"
+          " {name: c, query: up, model: ensemble,")
+
+
 @pytest.mark.parametrize("text, key", [
     ("", "detectors"),  # an empty file started a detector with no detectors
     ("{}", "detectors"),
@@ -182,12 +187,39 @@ def test_a_refused_url_is_printed_without_its_password():
     ("detectors: [{name: a, query: up, rule: held_active, params: {hold: 99999999999w}}]",
      "detectors[0].params.hold"),
     ("defaults: {min_duration: .nan}\n" + DET, "defaults.min_duration"),  # named where it was written
+    # the univariate models of issue 13: each parameter named, not the whole params mapping
+    (_THREE + " params: {members: [seasonal_esd, nope]}}]", "detectors[2].params.members[1]"),
+    (_THREE + " params: {members: []}}]", "detectors[2].params.members"),
+    (_THREE + " params: {members: level_shift}}]", "detectors[2].params.members"),  # a string, not a list
+    (_THREE + " params: {members: [level_shift, level_shift]}}]", "detectors[2].params.members[1]"),
+    (_THREE + " params: {shift_window: 0}}]", "detectors[2].params.shift_window"),
+    (_THREE + " params: {point_sensitivity: 0}}]", "detectors[2].params.point_sensitivity"),
+    ("detectors: [{name: a, query: up, model: level_shift, params: {window: 2.5}}]", "detectors[0].params.window"),
+    ("detectors: [{name: a, query: up, model: level_shift, params: {relative_floor: 1}}]",
+     "detectors[0].params.relative_floor"),  # [0, 1): a floor of the whole level hides every shift
+    ("detectors: [{name: a, query: up, model: value_novelty, params: {quantile: 0.5}}]",
+     "detectors[0].params.quantile"),
+    ("detectors: [{name: a, query: up, model: value_novelty, params: {margin: 0}}]", "detectors[0].params.margin"),
 ])
 def test_hostile_values_are_refused_naming_the_key(text, key):
     with pytest.raises(ConfigError) as ei:
         load_config(text=text)
     assert ei.value.key == key, str(ei.value)
     assert "\n" not in str(ei.value)
+
+
+def test_new_univariate_models_take_their_params():
+    cfg = load_config(text="""
+detectors:
+  - {name: e, query: up, model: ensemble, sensitivity: 2,
+     params: {members: [level_shift, value_novelty], shift_window: 3, shift_baseline: 30, novelty_margin: 0.2}}
+  - {name: l, query: up, model: level_shift, params: {window: 10, baseline: 120, tail_quantile: 0.99}}
+  - {name: v, query: up, model: value_novelty, params: {quantile: 0.999, min_points: 50}}
+""")
+    e, ls, vn = cfg.detectors
+    assert e.params == {"members": ["level_shift", "value_novelty"], "shift_window": 3, "shift_baseline": 30,
+                        "novelty_margin": 0.2}
+    assert ls.params["window"] == 10 and vn.params["min_points"] == 50
 
 
 def test_a_logs_only_config_is_legal():

@@ -93,6 +93,8 @@ def ring_windows(buf: np.ndarray, pos: int, count: int, values: np.ndarray) -> t
     medians instead of one np.median per point (the gate replays a day of points per series);
     the caller still pushes the values to update its own buffer."""
     w = len(buf)
+    if len(values) == 0:  # an empty batch: the general path below would still make one `before`
+        return np.empty((0, w)), np.zeros(0, int)
     if len(values) == 1:  # a live scoring step: the buffer as it is (a median needs no order)
         row = buf if count >= w else np.concatenate([np.full(w - count, np.nan), buf[:count]])
         return row[None, :], np.array([min(count, w)])

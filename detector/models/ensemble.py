@@ -60,6 +60,18 @@ class Ensemble(UnivariateModel):
         if not self.members or unknown:
             raise ValueError(f"ensemble: members must be a non-empty list of {', '.join(MEMBERS)}, "
                              f"got {list(self.members)!r}")
+        # checked here by their own names: a member's check would name *its* parameter (window,
+        # margin, tail_factor), which the user of an ensemble never set
+        if int(self.shift_window) < 1:
+            raise ValueError(f"ensemble: shift_window must be >= 1, got {self.shift_window!r}")
+        if int(self.shift_baseline) < 2:
+            raise ValueError(f"ensemble: shift_baseline must be >= 2, got {self.shift_baseline!r}")
+        if not self.novelty_margin > 0:
+            raise ValueError(f"ensemble: novelty_margin must be > 0, got {self.novelty_margin!r}")
+        if not 0.5 <= self.tail_quantile <= 1:
+            raise ValueError(f"ensemble: tail_quantile must be in [0.5, 1], got {self.tail_quantile!r}")
+        if not (np.isfinite(self.point_sensitivity) and self.point_sensitivity > 0):
+            raise ValueError(f"ensemble: point_sensitivity must be > 0, got {self.point_sensitivity!r}")
         for m in self._new_members():
             m._check_params()
 

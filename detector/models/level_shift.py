@@ -13,7 +13,9 @@ resolution or ``relative_floor`` of its level. So > 1 means "the level moved fur
 in all but 0.1 % of the training window" — a daily ramp seen every day is no shift, a new plateau is.
 
 What it cannot see: a single spike (the short median ignores it: that is the point models' job), a
-change of variance around the same level, a change of seasonal phase. Scores are causal; the state
+change of variance around the same level (only on a steep ramp can the noisier medians add enough
+to the ramp's own shift to cross the band — incidentally, not as a variance test), a change of
+seasonal phase. Scores are causal; the state
 is the last ``window + baseline`` non-missing values.
 """
 from __future__ import annotations
