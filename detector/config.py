@@ -248,6 +248,11 @@ def _detector(raw: Any, key: str, defaults: dict) -> DetectorConfig:
             raise ConfigError(f"{key}.refit_on_drift", "a rule fits no model: there is nothing to refit")
         model = None
     else:
+        # `rule: null` / `model: null` clear a key, they do not ask for defaults.model
+        if "rule" in d and "model" not in own:
+            raise ConfigError(f"{key}.rule", f"missing: set a rule ({', '.join(RULES)}) or a model")
+        if "model" in d and d["model"] is None:
+            raise ConfigError(f"{key}.model", f"missing: set a model ({', '.join(MODELS)}) or a rule")
         rule, model = None, own.get("model", defaults.get("model"))
         if model is None:  # named where it was cleared: an explicit `rule: null` is the rule's key
             raise ConfigError(f"{key}.rule" if "rule" in d else f"{key}.model",

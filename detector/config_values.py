@@ -129,6 +129,7 @@ LIMITS: dict[str, Limit] = {
     "params.ensemble.novelty_margin": Limit(0, 100, lo_open=True),  # as params.value_novelty.margin
     "params.ensemble.tail_quantile": Limit(0.5, 1),  # seasonal_esd's and level_shift's calibration quantile
     "params.ensemble.point_sensitivity": Limit(0, 1000, lo_open=True),  # scales seasonal_esd's band: > 0, as sensitivity
+    "params.ensemble.memory": Limit(0, 400 * _D, duration=True),  # half-life of the extremes a refit keeps; 0: none kept
     "params.thermal.time_constants": _dur(0, 7 * _D),  # thermal lags: seconds to hours, never weeks
     "params.thermal.ridge": Limit(0, 1e6),
     "params.thermal.huber": Limit(0, 1e6, lo_open=True),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from detector.config import ConfigError, ConfigWatcher, load_config, parse_duration
+from detector.config import ConfigError, ConfigWatcher, load_config, parse_config, parse_duration
 
 
 def test_default_preset_loads_and_names_no_job():
@@ -278,3 +278,16 @@ def test_serve_rejects_a_bad_listen_flag_with_exit_2(listen, capsys):
     assert main(["serve", "--listen", listen, "--prometheus-url", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert "--listen: expected HOST:PORT" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_cleared_rule_or_model_is_named_not_filled_from_defaults():
+    """`rule: null` / `model: null` clear a key: the error names it instead of a default model's
+    complaint about the rule's params or features."""
+    base = {"prometheus": {"url": "http://127.0.0.1:9090"}, "defaults": {"model": "ensemble"}}
+    for det, key in (({"name": "a", "query": "x", "rule": None, "params": {"window": "10m"}}, "detectors[0].rule"),
+                     ({"name": "a", "query": "x", "model": None, "features": {"p": "y"}}, "detectors[0].model")):
+        with pytest.raises(ConfigError) as e:
+            parse_config({**base, "detectors": [det]}, require_detectors=True)
+        assert e.value.key == key
+    cfg = parse_config({**base, "detectors": [{"name": "a", "query": "x"}]}, require_detectors=True)
+    assert cfg.detectors[0].model == "ensemble"

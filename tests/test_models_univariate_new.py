@@ -236,3 +236,43 @@ def test_onset_hold_survives_a_state_round_trip():
     assert g.hold == 600
     assert g.update(60, 3.0) == 0.0  # still inside the hold it restored
     assert g.update(700, 4.0) == 4.0
+
+
+def test_a_refit_keeps_the_previous_extremes_fading_with_memory():
+    """A week's lookback forgets a peak older than a week; `memory` carries it, fading by half-life."""
+    hot = Y[FIT].copy()
+    hot[DAY] += 80  # a peak of ~200 on day 2, outside the second fit's window (days 3-4)
+    first = make_model("ensemble", memory=86400.0).fit(T[FIT], hot)
+    later = slice(2 * DAY, 4 * DAY)
+    forgetful = make_model("ensemble", memory=86400.0).fit(T[later], Y[later])
+    kept = make_model("ensemble", memory=86400.0).fit(T[later], Y[later])
+    kept.carry(first, elapsed=86400.0)  # one half-life on: half of how far the old peak reached
+    hi = {m.kind: m for m in kept.members_}["value_novelty"].hi_
+    hi0 = {m.kind: m for m in forgetful.members_}["value_novelty"].hi_
+    old = {m.kind: m for m in first.members_}["value_novelty"].hi_
+    assert hi == pytest.approx(hi0 + 0.5 * (old - hi0))
+    probe = np.array([hi0 + 0.4 * (old - hi0)])  # beyond the short window's range, within the carried one
+    t1 = np.array([T[4 * DAY]])
+    assert forgetful.member_scores(t1, probe)["value_novelty"][0] > 0
+    assert kept.member_scores(t1, probe)["value_novelty"][0] == 0
+    off = make_model("ensemble", memory=0).fit(T[later], Y[later])
+    off.carry(first, elapsed=86400.0)  # memory 0: nothing kept
+    assert {m.kind: m for m in off.members_}["value_novelty"].hi_ == hi0
+
+
+def test_the_metric_detector_hands_each_refit_the_model_it_replaces():
+    from detector.config import DetectorConfig
+    from detector.fetch import SeriesData
+    from detector.metric_detector import MetricDetector
+
+    det = MetricDetector(DetectorConfig(name="d", query="x", model="ensemble", params={"memory": 86400.0}), STEP)
+    hot = Y.copy()
+    hot[DAY] += 80
+    det.fit({"s": SeriesData({"job": "j"}, T[FIT], hot[FIT])}, float(T[4 * DAY - 1]))
+    old = {m.kind: m for m in det.series["s"].model.members_}["value_novelty"].hi_
+    later = slice(2 * DAY, 4 * DAY)
+    det.fit({"s": SeriesData({"job": "j"}, T[later], Y[later])}, float(T[4 * DAY - 1]) + 86400.0)
+    alone = make_model("ensemble", memory=86400.0).fit(T[later], Y[later])
+    hi0 = {m.kind: m for m in alone.members_}["value_novelty"].hi_
+    got = {m.kind: m for m in det.series["s"].model.members_}["value_novelty"].hi_
+    assert got == pytest.approx(hi0 + 0.5 * (old - hi0))

@@ -41,7 +41,7 @@ class Ensemble(UnivariateModel):
 
     def __init__(self, sensitivity: float = 1.0, direction: str = "both", min_deviation: float = 0.0,
                  members: tuple[str, ...] = tuple(MEMBERS), shift_window: int = 5, shift_baseline: int = 60,
-                 novelty_margin: float = 0.1, tail_quantile: float = 0.9999,
+                 novelty_margin: float = 0.05, tail_quantile: float = 0.9999,
                  point_sensitivity: float = 1.0, memory: float = 30 * 86400.0):
         self.sensitivity = sensitivity
         self.direction = direction
@@ -72,6 +72,8 @@ class Ensemble(UnivariateModel):
             raise ValueError(f"ensemble: tail_quantile must be in [0.5, 1], got {self.tail_quantile!r}")
         if not (np.isfinite(self.point_sensitivity) and self.point_sensitivity > 0):
             raise ValueError(f"ensemble: point_sensitivity must be > 0, got {self.point_sensitivity!r}")
+        if not (np.isfinite(self.memory) and self.memory >= 0):
+            raise ValueError(f"ensemble: memory must be >= 0 seconds, got {self.memory!r}")
         for m in self._new_members():
             m._check_params()
 
