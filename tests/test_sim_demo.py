@@ -18,8 +18,11 @@ import pytest
 from detector.timefmt import iso
 
 ROOT = Path(__file__).resolve().parents[1]
-# GPU 1 falls off the bus 5 s after start: the hard guard alerts at once and the detector scores it
-SCHEDULE = "incidents:\n  - {kind: gpu_lost, at: 5s, duration: 10m, gpu: 1}\n"
+# GPU 1 falls off the bus 30 s after the live start: the hard guard alerts at once and the detector
+# scores it. Not sooner: the detector comes up some 15 s after the live start (backfill, Prometheus, the
+# mlflow server), and its log side's first fit trains on every journal line Loki holds by then — an Xid
+# line already there would be training data, never scored.
+SCHEDULE = "incidents:\n  - {kind: gpu_lost, at: 30s, duration: 10m, gpu: 1}\n"
 
 
 def _closed(url: str) -> bool:
@@ -38,13 +41,13 @@ def test_demo_streams_an_anomaly_and_an_alert_and_stops_on_ctrl_c(tmp_path):
     wd = tmp_path / "wd"
     proc = subprocess.Popen([sys.executable, "-m", "scripts.demo", "--workdir", str(wd), "--schedule",
                              str(tmp_path / "schedule.yml"), "--history-hours", "2.5", "--interval", "5",
-                             "--duration", "120"],
+                             "--duration", "150"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             text = "".join(lines)
             if ("  ALERT     GpuLost (critical) gpu=1" in text and "  ANOMALY   gpu_xid" in text
