@@ -235,13 +235,13 @@ def main(argv=None):
     from nab_score import load_corpus, report, score
 
     corpus, profiles = load_corpus(NAB_DIR)
-    det = file_config(doc, 300.0, 3600.0).detectors[0]
-    sched = doc["schedule"]
+    shown = file_config(doc, 300.0, 3600.0)  # as parsed: the defaults a section leaves unset filled in
+    det, sched = shown.detectors[0], shown.schedule
     print(f"config: {a.config or '<default preset>'}{' (no defaults.model: bench fallback seasonal_esd, onsets horizon 1d)' if fallback else ''}")
     print(f"model={det.model} params={det.params} sensitivity={det.sensitivity} onsets={det.onsets} "
           f"min_duration={det.min_duration:g}s merge_gap={det.merge_gap:g}s fallback={det.fallback} "
-          f"lookback={sched.get('lookback', '7d')} fit_every={sched.get('fit_every', '6h')} "
-          f"fallback_refit={sched.get('fallback_refit', '1h')}")
+          f"lookback={sched.lookback / 86400:g}d fit_every={sched.fit_every / 3600:g}h "
+          f"fallback_refit={sched.fallback_refit / 3600:g}h")
     scores, wall = run_corpus(corpus, doc, a.workers)
     print(f"{len(corpus)} files, {sum(len(s) for s in scores.values())} points, wall {wall:.1f} s "
           f"({a.workers} workers)")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ScoreFrame, UnivariateModel, check_t_y
+from .base import ScoreFrame, UnivariateModel, check_t_y, median_step
 from .level_shift import LevelShift
 from .novelty import ValueNovelty
 from .seasonal import SeasonalESD
@@ -80,7 +80,8 @@ class Ensemble(UnivariateModel):
     def _new_members(self) -> list[UnivariateModel]:
         common = {"direction": self.direction, "min_deviation": self.min_deviation}
         made = {
-            "seasonal_esd": lambda: SeasonalESD(tail_factor=self.sensitivity * self.point_sensitivity, tail_quantile=self.tail_quantile, **common),
+            "seasonal_esd": lambda: SeasonalESD(tail_factor=self.sensitivity * self.point_sensitivity,
+                                                tail_quantile=self.tail_quantile, **common),
             "level_shift": lambda: LevelShift(sensitivity=self.sensitivity, window=int(self.shift_window),
                                               baseline=int(self.shift_baseline),
                                               tail_quantile=self.tail_quantile, **common),
@@ -98,7 +99,7 @@ class Ensemble(UnivariateModel):
         n_valid = int(np.count_nonzero(~np.isnan(y)))
         fitted, errors = [], []
         for m in self._new_members():
-            if n_valid < m.min_history(_step(t)):
+            if n_valid < m.min_history(median_step(t)):
                 continue
             try:
                 fitted.append(m.fit(t, y))
@@ -167,10 +168,6 @@ class Ensemble(UnivariateModel):
         model.members_ = [MEMBERS[s.get("kind")].from_state(s) if s.get("kind") in MEMBERS
                           else _bad_member(s) for s in states]
         return model
-
-
-def _step(t: np.ndarray) -> float:
-    return float(np.median(np.diff(t))) if len(t) > 1 else 60.0
 
 
 def _bad_member(s) -> UnivariateModel:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ScoreFrame, UnivariateModel, check_t_y, median_step
+from .base import ScoreFrame, UnivariateModel, band_score, check_t_y, median_step
 from .robust import noise_floor, resolution
 
 
@@ -33,13 +33,13 @@ def rolling_medians(x: np.ndarray, w: int) -> np.ndarray:
     return np.median(np.lib.stride_tricks.sliding_window_view(x, w), axis=1)
 
 
-def shifts(x: np.ndarray, window: int, baseline: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each index i >= window + baseline - 1 of the gap-free series x: (short median - baseline
-    median, baseline median), as arrays aligned on x[window + baseline - 1:]."""
+def medians(x: np.ndarray, window: int, baseline: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each index i >= window + baseline - 1 of the gap-free series x: (short median, baseline
+    median), as arrays aligned on x[window + baseline - 1:]; the shift is their difference."""
     short = rolling_medians(x, window)[baseline:]
     base = rolling_medians(x[:-window] if window else x, baseline)
     n = min(len(short), len(base))
-    return short[:n] - base[:n], base[:n]
+    return short[:n], base[:n]
 
 
 class LevelShift(UnivariateModel):
@@ -79,8 +79,8 @@ class LevelShift(UnivariateModel):
         w, b = int(self.window), int(self.baseline)
         if len(x) < w + b + 1:
             raise ValueError(f"level_shift: need more than {w + b} non-missing points to fit, got {len(x)}")
-        s, _ = shifts(x, w, b)
-        tail = float(np.quantile(np.abs(s), self.tail_quantile)) if len(s) else 0.0
+        short, base = medians(x, w, b)
+        tail = float(np.quantile(np.abs(short - base), self.tail_quantile)) if len(short) else 0.0
         level = float(np.median(np.abs(x)))
         self.scale_ = max(tail, noise_floor(x), 0.5 * resolution(x), self.relative_floor * level, 1e-12)
         self.hist_ = x[-(w + b - 1):].copy() if w + b > 1 else np.zeros(0)
@@ -107,16 +107,14 @@ class LevelShift(UnivariateModel):
             return frame
         w, b = int(self.window), int(self.baseline)
         x = np.concatenate([self.hist_, y[ok]])
-        s, base = shifts(x, w, b)
-        s, base = s[-int(ok.sum()):], base[-int(ok.sum()):]
-        got = len(s)  # fewer than the new points only when the history was short
+        short, base = medians(x, w, b)
+        short, base = short[-int(ok.sum()):], base[-int(ok.sum()):]
+        got = len(short)  # fewer than the new points only when the history was short
         idx = np.nonzero(ok)[0][-got:] if got else np.zeros(0, int)
-        half = max(self.sensitivity * self.scale_, self.min_deviation, 1e-12)
-        dev = {"up": np.maximum(s, 0.0), "down": np.maximum(-s, 0.0)}.get(self.direction, np.abs(s))
-        frame.score[idx] = dev / half
-        frame.expected[idx] = base
-        frame.lower[idx] = base - half
-        frame.upper[idx] = base + half
+        # the band convention, applied to the short median against the baseline's
+        shifted = band_score(short, base, self.scale_, self.sensitivity, self.direction, self.min_deviation)
+        for k in ("score", "expected", "lower", "upper"):
+            getattr(frame, k)[idx] = getattr(shifted, k)
         keep = w + b - 1
         self.hist_ = x[-keep:].copy() if keep else np.zeros(0)
         self.last_t_ = float(t[-1])

@@ -10,8 +10,8 @@ and charges every detection outside one.  ``OnsetFilter`` passes a score through
   (a new episode after a quiet period),
 
 and no sooner than ``hold`` seconds after the last onset (one episode rings for a while: its
-later, higher peaks are the same fault, not a new one), and otherwise outputs ``0``.  It is causal and keeps O(horizon) state, so the service's incident
-logic and the NAB bench use the same object.
+later, higher peaks are the same fault, not a new one), and otherwise outputs ``0``.  It is causal
+and keeps O(horizon) state; the incident tracker runs one per series of a detector with `onsets:`.
 """
 from __future__ import annotations
 
