@@ -1,15 +1,16 @@
 # rigwatch developer entry points. `make demo` and `make test` are the README's two commands.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter
+APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter victoria-metrics
 
 .PHONY: demo test lint unit bench deps venv constraints secrets clean
 # The versions the suite runs with; the Dockerfiles and CI install with them too.
 CONSTRAINTS := constraints.txt
 
-# Debian packages for the real Prometheus/Alertmanager/node-exporter the demo and tests start.
+# Debian packages for the real Prometheus/Alertmanager/node-exporter the demo and tests start, and
+# VictoriaMetrics (single node, vmagent, vmalert, vmauth: the fleet's central store and its tests).
 deps:
-	@missing=""; for b in prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter; do \
+	@missing=""; for b in prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter victoria-metrics vmagent vmalert vmauth; do \
 	  command -v $$b >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \

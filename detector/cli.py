@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", help="HOST:PORT (default from config: 127.0.0.1:9843)")
     s.add_argument("--prometheus-url", help="override prometheus.url from the config")
     s.add_argument("--store", help="override store.path (model store directory)")
+    s.add_argument("--prometheus-latency-offset", metavar="DURATION",
+                   help="override prometheus.latency_offset: stay this far behind now (30s for VictoriaMetrics, "
+                   "whose newest 30 s are hidden from queries)")
     s.add_argument("--mlflow-uri", help="log every fit to MLflow (sqlite:///PATH/mlflow.db or http(s)://HOST:PORT); "
                    "overrides tracking.uri, adding a tracking: section if the config has none")
     s.add_argument("--loki-url", help="set loki.url (adds a loki: section if the config has none, "
@@ -119,7 +122,8 @@ def cmd_serve(args) -> int:
         return _usage_error(f"config {args.config or '<default preset>'}: {e}")
     try:
         apply_overrides(cfg, prometheus_url=args.prometheus_url or None, loki_url=args.loki_url or None,
-                        store=args.store or None, mlflow_uri=args.mlflow_uri)
+                        store=args.store or None, mlflow_uri=args.mlflow_uri,
+                        latency_offset=args.prometheus_latency_offset)
         cfg.token()  # an unreadable RIGWATCH_API_TOKEN_FILE: exit 2 now, not a failed retrain later
     except ConfigError as e:
         return _usage_error(str(e))

@@ -46,6 +46,10 @@ class PrometheusConfig:
     timeout: float = 10.0
     retries: int = 3
     headers: dict[str, str] = field(default_factory=dict)
+    # Scoring stays this far behind now (besides half a step): VictoriaMetrics hides its newest 30 s
+    # (-search.latencyOffset), its last visible value standing in for them, and remote-written
+    # samples arrive late; 0 for a Prometheus scraping the box itself.
+    latency_offset: float = 0.0
 
 
 @dataclass
@@ -383,13 +387,16 @@ def parse_config(raw: Any, *, require_detectors: bool = False) -> Config:
     cv.check_keys(top, _TOP_KEYS, "")
     cfg = Config()
     prom = cv.mapping(top.get("prometheus"), "prometheus")
-    cv.check_keys(prom, {"url", "timeout", "retries", "headers"}, "prometheus")
+    cv.check_keys(prom, {"url", "timeout", "retries", "headers", "latency_offset"}, "prometheus")
     if "url" in prom:
         cfg.prometheus.url = cv.http_url(prom["url"], "prometheus.url")
     if "timeout" in prom:
         cfg.prometheus.timeout = cv.duration(prom["timeout"], "prometheus.timeout", "prometheus.timeout")
     if "retries" in prom:
         cfg.prometheus.retries = cv.integer(prom["retries"], "prometheus.retries", "prometheus.retries")
+    if "latency_offset" in prom:
+        cfg.prometheus.latency_offset = cv.duration(prom["latency_offset"], "prometheus.latency_offset",
+                                                    "prometheus.latency_offset")
     if "headers" in prom:
         headers = cv.mapping(prom["headers"], "prometheus.headers")
         for name, value in headers.items():
@@ -506,7 +513,8 @@ def store_path(value: Any, key: str) -> str:
 
 
 def apply_overrides(cfg: Config, *, prometheus_url: str | None = None, loki_url: str | None = None,
-                    store: str | None = None, mlflow_uri: str | None = None) -> Config:
+                    store: str | None = None, mlflow_uri: str | None = None,
+                    latency_offset: str | None = None) -> Config:
     """Command-line flags over the loaded config (in place; returns cfg). A bad value raises
     ConfigError naming the flag. `loki_url` sets `loki.url`, creating the `loki:` section if the
     config has none, which switches log detection on (the rest of the section — query, tenant,
@@ -516,6 +524,9 @@ def apply_overrides(cfg: Config, *, prometheus_url: str | None = None, loki_url:
             cv.http_url(url, flag)
     if prometheus_url is not None:
         cfg.prometheus.url = prometheus_url
+    if latency_offset is not None:
+        cfg.prometheus.latency_offset = cv.duration(latency_offset, "--prometheus-latency-offset",
+                                                    "prometheus.latency_offset")
     if loki_url is not None:
         cfg.loki = {**(cfg.loki or {}), "url": loki_url}
     if store is not None:

@@ -66,6 +66,8 @@ LIMITS: dict[str, Limit] = {
     # -- prometheus:
     "prometheus.timeout": _dur(0, 10 * _MIN),  # a query still running after 10 min holds a scheduler thread
     "prometheus.retries": _count(0, 100),  # backoff doubles: past ~100 tries the job never finishes
+    # 0 allowed (a Prometheus scraping the box: nothing hidden); behind more than that nothing is "live"
+    "prometheus.latency_offset": Limit(0, 10 * _MIN, duration=True),
     "tracking.timeout": _dur(0, 10 * _MIN),  # a tracking request longer than that holds the worker's queue
     # -- inference: (detector/context)
     "inference.busy_utilization": Limit(0, 1, lo_open=True),  # NVML's utilisation is a fraction of time

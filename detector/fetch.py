@@ -87,6 +87,14 @@ def align_to_grid(target_t: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndar
     return out
 
 
+def grid_end(now: float, step: float, latency_offset: float = 0.0) -> float:
+    """The newest step-grid point a live pass may read at `now`. The newest step may still be
+    waiting for its scrape: stay half a step behind; and behind what the store does not show yet
+    (`prometheus.latency_offset`: VictoriaMetrics answers for its newest 30 s with an older value)."""
+    behind = max(step / 2, latency_offset)
+    return float(np.floor((now - behind) / step) * step)
+
+
 def _join_key(labels: dict[str, str], join_on: list[str]) -> tuple:
     return tuple(labels.get(k) for k in join_on)
 

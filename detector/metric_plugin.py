@@ -32,7 +32,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from detector.config import Config, DetectorConfig
 from detector.drift_book import DRIFT_WINDOW, DriftBook
 from detector.drift_book import STATE_KEY as DRIFT_KEY
-from detector.fetch import DetectorQueryError, PrometheusSource, SeriesData, SeriesSource, feature_queries
+from detector.fetch import (
+    DetectorQueryError,
+    PrometheusSource,
+    SeriesData,
+    SeriesSource,
+    feature_queries,
+    grid_end,
+)
 from detector.fit_records import metric_fit_record
 from detector.gate import evaluate
 from detector.gate_book import GateBook
@@ -244,9 +251,7 @@ class MetricPlugin(DetectorPlugin):
 
     # -- live passes --------------------------------------------------------------------------
     def _grid_end(self, now: float) -> float:
-        step = self.config.schedule.step
-        # the newest step may still be waiting for its scrape: stay half a step behind
-        return float(np.floor((now - step / 2) / step) * step)
+        return grid_end(now, self.config.schedule.step, self.config.prometheus.latency_offset)
 
     def _fetch(self, task: str, det: MetricDetector, start: float, end: float) -> dict[str, SeriesData] | None:
         """The detector's series over [start, end]; None when Prometheus refused one of its queries

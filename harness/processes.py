@@ -74,8 +74,9 @@ class Process:
     until that answers 200 and stops the process if it never does. Also a context manager."""
 
     def __init__(self, name: str, argv: list[str], log_path: Path, cwd: Path | None = None,
-                 ready_url: str | None = None):
+                 ready_url: str | None = None, env: dict[str, str] | None = None):
         self.name = name
+        self.env = env  # None: this process's environment
         self.argv = argv
         self.log_path = Path(log_path)
         self.cwd = cwd
@@ -86,7 +87,7 @@ class Process:
     def start(self, timeout: float = 30.0) -> Process:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.cwd,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True, env=self.env)
         if self.ready_url is not None:
             try:
                 self.wait_ready(self.ready_url, timeout=timeout)

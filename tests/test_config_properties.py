@@ -254,7 +254,7 @@ def test_limits_cover_every_numeric_key_and_nothing_else():
     from detector.logs.patterns import PatternConfig
     from detector.models import MODELS, RULES
 
-    expected = {f"prometheus.{k}" for k in ("timeout", "retries")}
+    expected = {f"prometheus.{k}" for k in ("timeout", "retries", "latency_offset")}
     expected |= {f"schedule.{k}" for k in config_module._SCHEDULE_KEYS}
     expected |= {f"detectors[].{k}" for k in ("sensitivity", "min_deviation", "min_duration", "merge_gap",
                                                "min_fit_r2")}

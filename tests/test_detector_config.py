@@ -112,9 +112,19 @@ def test_loki_url_overrides_only_the_url_of_an_existing_section():
     assert cfg.prometheus.url == "http://prom:9090" and cfg.store_path == "/data/m"
 
 
+def test_latency_offset_from_the_file_or_the_flag():
+    from detector.config import apply_overrides
+
+    assert load_config(None).prometheus.latency_offset == 0  # a Prometheus scraping the box: none
+    cfg = load_config(text="prometheus: {latency_offset: 45s}\n" + DET)
+    assert cfg.prometheus.latency_offset == 45
+    assert apply_overrides(cfg, latency_offset="30s").prometheus.latency_offset == 30
+
+
 @pytest.mark.parametrize("kwargs, flag", [({"loki_url": "loki:3100"}, "--loki-url"),
                                           ({"prometheus_url": "ftp://p"}, "--prometheus-url"),
-                                          ({"store": " "}, "--store")])
+                                          ({"store": " "}, "--store"),
+                                          ({"latency_offset": "20m"}, "--prometheus-latency-offset")])
 def test_bad_override_names_the_flag(kwargs, flag):
     from detector.config import apply_overrides
 
@@ -171,6 +181,8 @@ _THREE = ("detectors: [{name: a, query: up, model: robust_z}, {name: b, query: u
     (DET + "logs: {miner: {extra_masks: ['(']}}", "logs.miner.extra_masks[0]"),
     (DET + "prometheus: {retries: 1000000000000}", "prometheus.retries"),
     (DET + "prometheus: {timeout: 1h}", "prometheus.timeout"),
+    (DET + "prometheus: {latency_offset: 1h}", "prometheus.latency_offset"),
+    (DET + "prometheus: {latency_offset: -5s}", "prometheus.latency_offset"),
     (DET + "prometheus: {headers: {X-Scope-OrgID: 12}}", "prometheus.headers.X-Scope-OrgID"),
     ("detectors: [{name: a, query: up, model: robust_z}, {name: b, query: up, model: robust_z},"
      " {name: c, query: up, model: robust_z, min_duration: 1.0e+300}]", "detectors[2].min_duration"),

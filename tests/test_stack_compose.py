@@ -73,11 +73,11 @@ def _env(**extra) -> dict[str, str]:
     return env
 
 
-def run_compose(tmp_path: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_compose(tmp_path: Path, *args: str, env: dict[str, str], file: Path = COMPOSE_FILE) -> subprocess.CompletedProcess:
     # An explicit (empty) env file: a developer's own .env must not change the outcome.
     env_file = tmp_path / "test.env"
     env_file.write_text("")
-    return subprocess.run([compose_binary(), "--env-file", str(env_file), "-f", str(COMPOSE_FILE), *args],
+    return subprocess.run([compose_binary(), "--env-file", str(env_file), "-f", str(file), *args],
                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
 
 

@@ -12,6 +12,8 @@ from tests.test_stack_helpers import ROOT, load_yaml, parse_alloy, relabel
 LOKI = ROOT / "loki" / "loki.yml"
 PROMTAIL = ROOT / "promtail" / "promtail.yml"
 ALLOY = ROOT / "alloy" / "config.alloy"
+ALLOY_WRITE = ROOT / "alloy" / "write.alloy"  # loaded with it from one directory (docker-compose.yml)
+ALLOY_AGENT_WRITE = ROOT / "alloy" / "agent" / "write.alloy"  # in its place on a fleet's box
 
 JOURNAL_LABELS = {"job", "unit", "identifier", "priority", "transport"}
 DOCKER_LABELS = {"job", "container"}
@@ -147,7 +149,7 @@ def test_promtail_label_sets_are_within_the_contract():
 
 @pytest.fixture(scope="module")
 def alloy():
-    return {(b.name, b.label): b for b in parse_alloy(ALLOY.read_text())}
+    return {(b.name, b.label): b for b in parse_alloy(ALLOY.read_text() + "\n" + ALLOY_WRITE.read_text())}
 
 
 def _rules(block) -> list[dict]:
@@ -206,6 +208,22 @@ def test_compose_runs_alloy_with_the_journal_and_the_proxy():
     assert "alloy" in svc and "promtail" not in svc, "one shipper only: two would ship every line twice"
     vols = svc["alloy"]["volumes"]
     assert "./alloy/config.alloy:/etc/alloy/config.alloy:ro" in vols
+    assert "./alloy/write.alloy:/etc/alloy/write.alloy:ro" in vols
     assert "/var/log/journal:/var/log/journal:ro" in vols
     assert not any("docker.sock" in v for v in vols), "Alloy reaches Docker only through the proxy"
-    assert "/etc/alloy/config.alloy" in svc["alloy"]["command"]
+    assert "/etc/alloy" in svc["alloy"]["command"]  # the directory: both files, as one configuration
+
+
+def test_agent_writes_the_same_pipeline_to_the_central_loki_with_the_box_label():
+    """A fleet's box: the same pipeline, its writer swapped for the central one (basic auth from the
+    secret file, through vmauth), every stream labelled with the box."""
+    pipeline = parse_alloy(ALLOY.read_text())
+    assert ("loki.write", "default") not in {(b.name, b.label) for b in pipeline}, "the writer lives beside it"
+    (writer,) = parse_alloy(ALLOY_AGENT_WRITE.read_text())
+    assert (writer.name, writer.label) == ("loki.write", "default")
+    (endpoint,) = writer.blocks
+    assert endpoint.attrs["url"] == "http://rigwatch-central:8427/loki/api/v1/push"
+    (auth,) = endpoint.blocks
+    assert auth.name == "basic_auth" and auth.attrs["password_file"] == "/run/secrets/remote_write_password"
+    assert "password" not in auth.attrs, "a password written into the file would be committed"
+    assert 'sys.env("RIGWATCH_BOX")' in writer.attrs["external_labels"]

@@ -178,7 +178,8 @@ def test_init_secrets_creates_private_files_and_keeps_existing(tmp_path):
     target = tmp_path / "secrets"
     subprocess.run(["sh", str(ROOT / "scripts" / "init-secrets.sh"), str(target)], check=True, capture_output=True)
     names = {p.name for p in target.iterdir()}
-    assert names == set(load_yaml(ROOT / "docker-compose.yml")["secrets"])
+    # the single box's secrets, and the fleet's (tests/test_stack_fleet.py: the files its compose files mount)
+    assert names == set(load_yaml(ROOT / "docker-compose.yml")["secrets"]) | {"remote_write_password", "vmauth.yml"}
     assert target.stat().st_mode & 0o077 == 0, "the secrets directory must be private"
     password = (target / "grafana_admin_password").read_text()
     assert len(password.strip()) >= 32

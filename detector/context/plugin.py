@@ -90,6 +90,7 @@ class ContextPlugin(DetectorPlugin):
     def __init__(self, config: Config, client: PromClient, *, loki: LokiClient | None = None):
         self.settings: InferenceConfig = config.inference or InferenceConfig()
         self.step = config.schedule.step
+        self.latency_offset = config.prometheus.latency_offset  # the store's newest samples still hidden
         self.context = config.schedule.context
         self.warmup = config.schedule.warmup
         self.client = client
@@ -127,7 +128,7 @@ class ContextPlugin(DetectorPlugin):
 
     # -- scoring -------------------------------------------------------------------------------------
     def score(self, now: float) -> ScorePass:
-        end = math.floor(now / self.step) * self.step
+        end = math.floor((now - self.latency_offset) / self.step) * self.step
         first = end - self.context if self.last_t_ is None else max(self.last_t_ + self.step, end - self.context)
         if first > end:
             return ScorePass()
