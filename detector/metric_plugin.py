@@ -346,7 +346,8 @@ class MetricPlugin(DetectorPlugin):
             holdout = self.config.gate.holdout_for(end - start) if compare else 0.0
             train_end = end - holdout
             train_all = {sid: sd.slice(sd.t <= train_end) for sid, sd in data.items()} if holdout else data
-            train = train_all if len(fit_ids) == len(data) else {sid: train_all[sid] for sid in fit_ids}
+            # in the source's order, as a whole fit: the training-data fingerprint hashes in that order
+            train = train_all if len(fit_ids) == len(data) else {s: sd for s, sd in train_all.items() if s in fit_ids}
             exclusions = self.exclusions()
             with self._lock:
                 challenger = _challenger_of(det)
