@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "overrides tracking.uri, adding a tracking: section if the config has none")
     s.add_argument("--loki-url", help="set loki.url (adds a loki: section if the config has none, "
                    "which turns log detection on)")
+    s.add_argument("--shard", metavar="I/N", help="this replica is shard I of N: it scores the series whose "
+                   "identity hashes to I, keeps its models in STORE/shard-I, and (I = 0 only) runs the log "
+                   "and context detectors; overrides the config's shard")
     s.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("backtest", help="replay a time range and write an incident report")
@@ -59,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threshold", type=float, default=1.0, help="score above which a point is anomalous "
                    "(default 1.0, the scoring convention)")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    b.add_argument("--shard", metavar="I/N", help="replay only the series shard I of N owns (as serve --shard)")
     b.set_defaults(func=cmd_backtest)
 
     templates_cli.add_parser(sub)
@@ -83,7 +87,8 @@ def cmd_backtest(args) -> int:
         return _usage_error(f"config {args.config or '<default preset>'}: {e}")
     try:
         start, end = range_args(args)
-    except UsageError as e:
+        apply_overrides(cfg, shard=args.shard)
+    except (UsageError, ConfigError) as e:
         return _usage_error(str(e))
     if args.threshold <= 0:
         return _usage_error("--threshold: must be > 0")
@@ -108,8 +113,9 @@ def cmd_backtest(args) -> int:
 
 def startup_line(cfg, host: str, port: int, detectors: int) -> str:
     """serve's first line; the URL without its password (it reaches the journal and Loki)."""
+    shard = f", shard {cfg.shard}" if cfg.shard.sharded else ""
     return (f"rigwatch-detector serving on http://{host}:{port} (prometheus {redact_url(cfg.prometheus.url)}, "
-            f"{detectors} detectors, store {cfg.store_path})")
+            f"{detectors} detectors, store {cfg.shard.store_path(cfg.store_path)}{shard})")
 
 
 def cmd_serve(args) -> int:
@@ -123,7 +129,7 @@ def cmd_serve(args) -> int:
     try:
         apply_overrides(cfg, prometheus_url=args.prometheus_url or None, loki_url=args.loki_url or None,
                         store=args.store or None, mlflow_uri=args.mlflow_uri,
-                        latency_offset=args.prometheus_latency_offset)
+                        latency_offset=args.prometheus_latency_offset, shard=args.shard)
         cfg.token()  # an unreadable RIGWATCH_API_TOKEN_FILE: exit 2 now, not a failed retrain later
     except ConfigError as e:
         return _usage_error(str(e))

@@ -25,6 +25,7 @@ from detector.logs.detector import LogDetectorConfig
 from detector.logs.loki import LokiClient
 from detector.models import FALLBACKS, FEATURE_KINDS, MODELS, RULES, OnsetFilter, make_model, model_class
 from detector.models.ensemble import MEMBERS as ENSEMBLE_MEMBERS
+from detector.sharding import Shard, parse_shard
 from rigwatch import durations
 from rigwatch.redact import redact_url
 from rigwatch.secret_files import SecretFileError, secret_from_env
@@ -130,13 +131,15 @@ class Config:
     tracking: TrackingConfig | None = None  # None: no tracking, mlflow never imported
     gate: GateConfig = field(default_factory=GateConfig)  # reloads: read at each fit
     inference: InferenceConfig | None = None  # `inference:` (detector/context): None, the context plugin is off
+    shard: Shard = field(default_factory=Shard)  # `shard: "I/N"` / serve --shard (detector/sharding.py)
 
     def reloaded_over(self, running: Config) -> Config:
         """This (reloaded) config as a running service takes it: the listener, the sources' clients
         and the store were built at start-up (from the file plus command-line overrides) and keep
-        their running values; detectors, schedule and the rest reload."""
+        their running values; detectors, schedule and the rest reload. The shard too: it chose the
+        store and which plugins run."""
         return replace(self, listen=running.listen, prometheus=running.prometheus, loki=running.loki,
-                       store_path=running.store_path, tracking=running.tracking)
+                       store_path=running.store_path, tracking=running.tracking, shard=running.shard)
 
     def token(self, environ=os.environ) -> str | None:
         """The API bearer token: RIGWATCH_API_TOKEN, else the file RIGWATCH_API_TOKEN_FILE names (read
@@ -150,7 +153,7 @@ class Config:
 
 
 _TOP_KEYS = {"prometheus", "loki", "logs", "listen", "api_token", "store", "schedule", "defaults", "detectors",
-             "maintenance", "tracking", "gate", "inference"}
+             "maintenance", "tracking", "gate", "inference", "shard"}
 _DET_KEYS = {"name", "query", "model", "rule", "params", "sensitivity", "direction", "min_deviation",
              "min_duration", "merge_gap", "key", "features", "join_on", "heartbeat", "enabled", "fallback",
              "min_fit_r2", "refit_on_drift", "onsets"}
@@ -419,6 +422,8 @@ def parse_config(raw: Any, *, require_detectors: bool = False) -> Config:
     cv.check_keys(store, {"path"}, "store")
     if "path" in store:
         cfg.store_path = store_path(store["path"], "store.path")
+    if top.get("shard") is not None:
+        cfg.shard = parse_shard(top["shard"], "shard")
     if top.get("tracking") is not None:
         cfg.tracking = _tracking(top["tracking"])
     cfg.gate = _gate(top.get("gate"))
@@ -514,7 +519,7 @@ def store_path(value: Any, key: str) -> str:
 
 def apply_overrides(cfg: Config, *, prometheus_url: str | None = None, loki_url: str | None = None,
                     store: str | None = None, mlflow_uri: str | None = None,
-                    latency_offset: str | None = None) -> Config:
+                    latency_offset: str | None = None, shard: str | None = None) -> Config:
     """Command-line flags over the loaded config (in place; returns cfg). A bad value raises
     ConfigError naming the flag. `loki_url` sets `loki.url`, creating the `loki:` section if the
     config has none, which switches log detection on (the rest of the section — query, tenant,
@@ -533,6 +538,8 @@ def apply_overrides(cfg: Config, *, prometheus_url: str | None = None, loki_url:
         if not store.strip():
             raise ConfigError("--store", "must be a directory path (got an empty string)")
         cfg.store_path = store_path(store, "--store")
+    if shard is not None:  # over the config's `shard:`
+        cfg.shard = parse_shard(shard, "--shard")
     if mlflow_uri is not None:  # turns tracking on, keeping the section's other keys
         uri = tracking_uri(mlflow_uri, "--mlflow-uri")
         cfg.tracking = replace(cfg.tracking, uri=uri) if cfg.tracking else TrackingConfig(uri)

@@ -145,7 +145,8 @@ def metric_fit_record(det: MetricDetector, meta: dict[str, Any], config: Config,
                "fit_seconds": fm.get("seconds", 0.0)}
     gate_metrics, gate_tags = decision_fields(decision)
     metrics.update(gate_metrics)
-    tags = {"rigwatch.detector": cfg.name, "rigwatch.version": rigwatch_version(), **gate_tags}
+    tags = {"rigwatch.detector": cfg.name, "rigwatch.version": rigwatch_version(), **gate_tags,
+            **config.shard.tracking_tags()}
     for tag, key in (("rigwatch.store_version", "version"), ("rigwatch.data_fingerprint", "data_fingerprint"),
                      ("rigwatch.state_version", "state_version")):
         if meta.get(key) is not None:

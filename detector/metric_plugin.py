@@ -16,13 +16,18 @@
     backtest  each detector's data for the whole range fetched once, then replayed: the first fit at
             start + schedule.warmup, a refit every fit_every over the lookback window, every point
             scored once, in order, by the model fitted before it (causal)
+    sharded (config.shard I/N, detector/sharding.py) the source answers only the series this shard
+            owns, so every pass above sees the same set; a stored state's models of series it does
+            not own are dropped when loaded, and after a change of N the owned series without a
+            model (moved here from another shard) are fitted at the first scoring pass, alone:
+            the series that stayed keep their models (fit_window's `missing_only`)
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +58,7 @@ from detector.plugin import BacktestPart, DetectorPlugin, IncidentPolicy, ScoreP
 from detector.promclient import PromClient, PromError
 from detector.registry import Decision, Gate, Registry
 from detector.replay import replay_detector
+from detector.sharding import ShardedSource
 from detector.store import ModelStore, stored_number
 from detector.timefmt import iso
 from detector.tracking import NullTracker, Tracker
@@ -81,6 +87,12 @@ class MetricPlugin(DetectorPlugin):
         self.config = config
         self.client = client
         self.source = source if source is not None else PrometheusSource(client)
+        self.shard = config.shard  # fixed for the process: it chose the store (a reload keeps it)
+        if self.shard.sharded:
+            self.source = ShardedSource(self.source, self.shard)
+        # sharded detectors loaded from the store: their owned series without a model (moved here
+        # when N changed) are fitted at the first scoring pass (score())
+        self._reown: set[str] = set()
         self.store = store
         self.registry = registry or (Registry(store) if store is not None else None)
         self._unfollowable: dict[str, int] = {}  # champion versions that failed to load (warned once)
@@ -146,7 +158,13 @@ class MetricPlugin(DetectorPlugin):
                 fitted.add_metric([name], last_fit)
         every = GaugeMetricFamily("rigwatch_detector_fit_interval_seconds", "The configured refit cadence "
                                   "(schedule.fit_every)", value=self.config.schedule.fit_every)
-        return (ok, refused, fitted, every, *self.drift.families(), self._challenger_family(), *self.gate_book.families(self.detector_names()),
+        owned = GaugeMetricFamily("rigwatch_detector_shard_series", "Series of the detector this replica holds "
+                                  "a model or rule state for (with --shard I/N: the series its shard owns; "
+                                  "summed over the shards, every series once)", labels=["detector"])
+        with self._lock:
+            for name, det in self.detectors.items():
+                owned.add_metric([name], len(det.series))
+        return (ok, refused, fitted, every, owned, *self.drift.families(), self._challenger_family(), *self.gate_book.families(self.detector_names()),
                 *self.tracker.families())
 
     def drift_report(self) -> list[dict[str, Any]]:
@@ -224,6 +242,11 @@ class MetricPlugin(DetectorPlugin):
             det.version = found[0].version
             n += 1
             log.info("loaded %s v%d (%d series)", name, det.version, len(det.series))
+            if self.shard.sharded:
+                # N may have changed since this version was fitted (its metadata's `shard` says under
+                # which; a version loaded under another N and never refitted still says the old one,
+                # so that is no test): whatever this shard owns without a model is fitted first
+                self._reown.add(name)
             self._mirror(name)  # start-up: the tracking registry's aliases follow the local record
         return n
 
@@ -233,6 +256,9 @@ class MetricPlugin(DetectorPlugin):
         every scoring pass after (logged per series, never refitted). Raises when it is not usable;
         `det` is changed only when it is."""
         _check_document(state)
+        if self.shard.sharded:  # a version fitted under another N: models of series now elsewhere go
+            state = {**state, "series": {sid: s for sid, s in state["series"].items()
+                                         if self.shard.owns(s["labels"])}}
         probe = MetricDetector(det.cfg, self.config.schedule.step)
         probe.set_state(state)
         names = list(feature_queries(det.cfg))
@@ -283,16 +309,22 @@ class MetricPlugin(DetectorPlugin):
         index = next((i for i, d in enumerate(self.config.detectors) if d.name == name), None)
         return f"detectors[{index}].{key}" if index is not None else key
 
-    def fit(self, now: float, only: set[str] | None = None) -> bool:
+    def fit(self, now: float, only: set[str] | None = None, missing_only: Collection[str] = ()) -> bool:
         end = self._grid_end(now)
-        return self.fit_window(end - self.config.schedule.lookback, end, only)
+        return self.fit_window(end - self.config.schedule.lookback, end, only, missing_only)
 
-    def fit_window(self, start: float, end: float, only: set[str] | None = None) -> bool:
+    def fit_window(self, start: float, end: float, only: set[str] | None = None,
+                   missing_only: Collection[str] = ()) -> bool:
         """Fit every detector (or `only` these) on its series over [start, end]: the live fit's
         lookback window, or an exported dataset's whole range (`fit --dataset`). Each fit is a new
         object (the challenger); the scoring detector takes it over only once the registry promotes
         it. With a champion to compare and `gate.enabled`, the challenger is fitted without the
-        newest holdout hours and the gate (detector/gate.py) replays both on them."""
+        newest holdout hours and the gate (detector/gate.py) replays both on them.
+
+        `missing_only`: detectors whose challenger fits only the series the scoring detector holds
+        no model for (a shard's gain after N changed) and carries every other model as it is; its
+        version is saved and gated like any fit (fit_metrics count the series fitted), the drift
+        reference is taken over all its series. Nothing to fit: no version."""
         ok = True
         for name in [n for n in self.detectors if only is None or n in only]:
             det = self.detectors.get(name)
@@ -304,13 +336,23 @@ class MetricPlugin(DetectorPlugin):
                 return False
             if data is None:
                 continue
+            fit_ids = set(data)
+            if name in missing_only:
+                with self._lock:
+                    fit_ids -= set(det.series)
+                if not fit_ids:
+                    continue
+                log.info("%s: fitting the %d series shard %s owns without a model (moved here); the "
+                         "other %d keep theirs", name, len(fit_ids), self.shard, len(data) - len(fit_ids))
             self.drift.measure(det.cfg, data, end)  # the model fitted so far against what came since
             gated = self.store is not None and self.config.gate.enabled
             # held out only when there is a champion to compare with (a first fit trains on it all)
             compare = gated and self.registry.champion(name) is not None
             holdout = self.config.gate.holdout_for(end - start) if compare else 0.0
             train_end = end - holdout
-            train = {sid: sd.slice(sd.t <= train_end) for sid, sd in data.items()} if holdout else data
+            train_all = {sid: sd.slice(sd.t <= train_end) for sid, sd in data.items()} if holdout else data
+            # in the source's order, as a whole fit: the training-data fingerprint hashes in that order
+            train = train_all if len(fit_ids) == len(data) else {s: sd for s, sd in train_all.items() if s in fit_ids}
             exclusions = self.exclusions()
             with self._lock:
                 challenger = _challenger_of(det)
@@ -320,7 +362,9 @@ class MetricPlugin(DetectorPlugin):
             challenger.last_fit = end
             meta = challenger.fit_metadata(train, start, train_end)
             meta["training_data"].update(self.source.provenance())
-            reference = self.drift.train(det.cfg, train, train_end, install=False)
+            if self.shard.sharded:  # load() compares it: a version fitted under another N re-owns series
+                meta["shard"] = str(self.shard)
+            reference = self.drift.train(det.cfg, train_all, train_end, install=False)
             if self.store is None:
                 self._adopt(det, challenger, reference, None)
                 continue
@@ -440,6 +484,10 @@ class MetricPlugin(DetectorPlugin):
             and now - max(d.last_fit, self._attempted.get(n, d.last_fit)) >= sched.fallback_refit}
         early |= self._drift_refits(now)
         self._follow_champions()
+        reown = self._reown & set(self.detectors)
+        if reown and self.fit(now, only=reown, missing_only=reown):
+            self._reown -= reown
+            early -= reown  # their fallback series were the moved ones, fitted just now
         if early:
             self.fit(now, only=early)
         end = self._grid_end(now)

@@ -12,6 +12,14 @@ metrics gate_<key>, tags rigwatch.gate_outcome and rigwatch.gate_reason.
 Registry: each fit a version of `rigwatch-<detector>`, tagged with its store version. The aliases
 `champion` and `challenger` mirror the local registry's (mirror_aliases); nothing else moves them.
 
+Sharded (`--shard I/N`, detector/sharding.py): every shard writes through the same tracking server
+into the same registered model; its runs and versions carry `rigwatch.shard` ("I/N") and
+`rigwatch.shard_index`, and its aliases are `champion-shard-I` / `challenger-shard-I`. Each shard's
+store numbers its versions on its own and its champion holds only its own series, so one shared
+`champion` would be overwritten by whichever shard decided last and name a model of part of the
+series; per-shard aliases never touch another shard's. The index names them, not N (as it names the
+store directory): a replica restarted with another N keeps its aliases. Unsharded: as before.
+
 With a sqlite:/// backend this process is the only writer (SQLite locks with several); artifacts go
 to `mlartifacts/` beside the database file. A tracking server stores them where it is told to.
 """
@@ -31,6 +39,7 @@ import numpy as np
 from detector.config import TrackingConfig
 from detector.fit_records import rigwatch_version
 from detector.incident_plots import plot_series
+from detector.sharding import Shard
 from detector.tracking import AliasJob, BackgroundTracker, FitRecord
 
 log = logging.getLogger(__name__)
@@ -56,9 +65,15 @@ def series_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
+def alias_names(shard: Shard) -> tuple[str, str]:
+    """The champion and challenger aliases a shard sets (see the module's docstring)."""
+    return ALIASES if not shard.sharded else tuple(f"{a}-shard-{shard.index}" for a in ALIASES)
+
+
 class MlflowSink:
-    def __init__(self, cfg: TrackingConfig):
+    def __init__(self, cfg: TrackingConfig, shard: Shard | None = None):
         self.cfg = cfg
+        self.shard = shard or Shard()
         self._client = None
         self._experiment_id: str | None = None
 
@@ -137,7 +152,7 @@ class MlflowSink:
                 raise
             log.warning("tracking: no registered model %s yet (no fit of it tracked): aliases left unset", name)
             return
-        for alias, store_version in zip(ALIASES, (job.champion, job.challenger), strict=True):
+        for alias, store_version in zip(alias_names(self.shard), (job.champion, job.challenger), strict=True):
             number = None if store_version is None else self._registered(client, name, store_version)
             if store_version is not None and number is None:
                 log.warning("tracking: v%d of %s was never registered in %s: alias %s left unset",
@@ -148,13 +163,15 @@ class MlflowSink:
             elif current.get(alias) != number:
                 client.set_registered_model_alias(name, alias, number)
 
-    @staticmethod
-    def _registered(client, name: str, store_version: int) -> str | None:
-        """The newest model version of `name` tagged with this store version (a retried registration
-        or a store started afresh may have left several)."""
+    def _registered(self, client, name: str, store_version: int) -> str | None:
+        """The newest model version of `name` tagged with this store version and this shard's index
+        (untagged: unsharded) — every shard's store has its own v1 (a retried registration or a store
+        started afresh may have left several)."""
         found = client.search_model_versions(
             f"name = '{name}' and tags.`rigwatch.store_version` = '{int(store_version)}'")
-        return max((v.version for v in found), key=int, default=None)
+        index = self.shard.tracking_tags().get("rigwatch.shard_index")
+        return max((v.version for v in found if (v.tags or {}).get("rigwatch.shard_index") == index),
+                   key=int, default=None)
 
 
     @staticmethod
@@ -176,8 +193,7 @@ class MlflowSink:
             client.log_artifacts(run_id, str(Path(tmp, "model")), "model")
         return True
 
-    @staticmethod
-    def _register(client, run_id: str, record: FitRecord) -> None:
+    def _register(self, client, run_id: str, record: FitRecord) -> None:
         """Each fit a version of the registered model rigwatch-<detector>, tagged with its store
         version (no aliases here: they follow the local registry's decisions, mirror_aliases)."""
         from mlflow.exceptions import MlflowException
@@ -189,7 +205,7 @@ class MlflowSink:
             client.create_registered_model(name)
         run = client.get_run(run_id)
         client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run_id,
-                                    tags={"rigwatch.store_version": str(record.version)})
+                                    tags={"rigwatch.store_version": str(record.version), **self.shard.tracking_tags()})
 
 
 def _signature():
@@ -203,6 +219,6 @@ def _signature():
                           outputs=Schema([ColSpec("string" if c == "series" else "double", c) for c in out]))
 
 
-def mlflow_tracker(cfg: TrackingConfig, **kw) -> BackgroundTracker:
-    sink = MlflowSink(cfg)
+def mlflow_tracker(cfg: TrackingConfig, shard: Shard | None = None, **kw) -> BackgroundTracker:
+    sink = MlflowSink(cfg, shard)
     return BackgroundTracker(sink, mirror=sink.mirror_aliases, **kw)

@@ -7,6 +7,10 @@ DetectorPlugin protocol).
                  backtest: when `--journal-file` is given
     context      when detector.yml has an `inference:` section (the default preset does): busy GPUs
                  nobody asked for work, from Prometheus and, for request log lines, Loki
+    sharded      (`shard: I/N`, serve/backtest --shard) the metric side scores the series its shard
+                 owns, from the shard's own store directory; the log side runs on shard 0 only, so
+                 no log incident is reported by two replicas (detector/sharding.py says why it is not
+                 split); the context detector runs on every shard, judging the GPUs it owns
 """
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ def tracker_for(config: Config) -> Tracker:
         return NullTracker()
     from detector.mlflow_tracking import mlflow_tracker
 
-    return mlflow_tracker(config.tracking)
+    return mlflow_tracker(config.tracking, shard=config.shard)
 
 
 def serve_plugins(config: Config, *, client: PromClient, store: ModelStore,
@@ -63,7 +67,8 @@ def serve_plugins(config: Config, *, client: PromClient, store: ModelStore,
     if config.loki is not None:
         loki_section = {k: v for k, v in config.loki.items() if k != "query"}
         loki = LokiClient.from_config(loki_section, on_error=health.counter("loki"))
-        plugins.append(LogPlugin(config, loki=loki, prometheus=client, store=store, health=health))
+        if config.shard.index == 0:  # the log side is shard 0's alone
+            plugins.append(LogPlugin(config, loki=loki, prometheus=client, store=store, health=health))
     if config.inference is not None:
         plugins.append(ContextPlugin(config, client, loki=loki))
     return plugins
@@ -71,7 +76,7 @@ def serve_plugins(config: Config, *, client: PromClient, store: ModelStore,
 
 def backtest_plugins(config: Config, *, client: PromClient, journal_file: str | None = None) -> list[DetectorPlugin]:
     plugins: list[DetectorPlugin] = [MetricPlugin(config, client)]
-    if journal_file:
+    if journal_file and config.shard.index == 0:  # as serve: the log side is shard 0's
         plugins.append(LogPlugin(config, prometheus=client, journal_file=journal_file))
     if config.inference is not None:
         plugins.append(ContextPlugin(config, client))
@@ -89,7 +94,7 @@ def build_service(config: Config, *, client: PromClient | None = None, store: Mo
     health = health or SourceHealth()
     checker = query_checker(config, client)
     client = client or prometheus_client(config, health)
-    store = store or ModelStore(FilePersistence(config.store_path))
+    store = store or ModelStore(FilePersistence(config.shard.store_path(config.store_path)))
     watcher = ConfigWatcher(config_path, check=checker.check, clock=clock) if config_path else None
     labels = LabelStore(store, clock=clock)  # beside the models, in the same store
     tracker = tracker or tracker_for(config)

@@ -5,7 +5,8 @@
     rigwatch-detector models promote DETECTOR VERSION     make a stored version champion
     rigwatch-detector models rollback DETECTOR            back to the previous champion
 
-The store is `--store DIR`, else the store of `--config FILE` (else the built-in preset's). A
+The store is `--store DIR`, else the store of `--config FILE` (else the built-in preset's); with
+`--shard I/N` (or the config's `shard:` when the store is the config's) shard I's, `<store>/shard-I`. A
 running `serve` on the same store picks a promotion or rollback up at its next scoring step. Exit 2:
 an unknown detector or version, no rollback target, a store that is not there.
 """
@@ -19,6 +20,7 @@ import sys
 from detector.config import ConfigError, load_config
 from detector.persistence import FilePersistence
 from detector.registry import Registry, RegistryError
+from detector.sharding import Shard, parse_shard
 from detector.store import ModelStore
 from detector.timefmt import iso
 
@@ -31,6 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--store", help="model store directory (default: the config's store.path)")
     where.add_argument("--config", help="detector.yml whose store.path to use (default: the built-in preset)")
+    where.add_argument("--shard", metavar="I/N", help="the models of shard I (serve --shard): <store>/shard-I")
     sub = parser.add_subparsers(dest="models_command", required=True, parser_class=type(parser))
     ls = sub.add_parser("list", parents=[where], help="every detector's versions as a table")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
@@ -53,10 +56,13 @@ def _fail(msg: str) -> int:
 
 def _registry(args) -> Registry:
     """The registry of the chosen store; ConfigError naming the flag when there is none."""
+    shard = parse_shard(args.shard, "--shard") if args.shard is not None else None
     if args.store:
-        path, flag = args.store, "--store"
+        path, flag = (shard or Shard()).store_path(args.store), "--store"
     else:
-        path, flag = load_config(args.config).store_path, f"config {args.config or '<default preset>'}: store.path"
+        cfg = load_config(args.config)
+        path, flag = (shard or cfg.shard).store_path(cfg.store_path), \
+            f"config {args.config or '<default preset>'}: store.path"
     if not os.path.isdir(path):
         raise ConfigError(flag, f"no such directory: {path}")
     # a serve may be writing this store: its temp files are no orphans

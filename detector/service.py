@@ -133,6 +133,7 @@ class DetectorService:
         return [(by_dict[id(d)], d) for d in kept], explained
 
     def extra_families(self) -> Iterable:
+        yield self.config.shard.info_family()  # rigwatch_detector_shard_info{shard,shards}
         for plugin in self.plugins:
             yield from plugin.families()
         yield self.rates.family()

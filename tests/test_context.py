@@ -204,6 +204,19 @@ def test_backtest_finds_the_vllm_hang_not_the_batch_nor_the_training_job(prom):
     assert VLLM_HANG[0] + 9 * 60 <= parse_rfc3339(inc["start"]) <= VLLM_HANG[0] + 11 * 60
 
 
+def test_sharded_the_hang_is_judged_by_the_one_shard_owning_its_gpu(prom):
+    from detector.sharding import Shard
+
+    found = []
+    for i in range(2):
+        cfg = parse_config({"inference": {"hold": "10m"}, "shard": f"{i}/2",
+                            "schedule": {"step": "60s", "context": "1h", "warmup": "1h"}})
+        p = ContextPlugin(cfg, PromClient(prom.url, retries=0, timeout=5))
+        found.append([inc["labels"]["gpu"] for inc in p.backtest(START, END, threshold=1.0).incidents])
+    owner = Shard(0, 2).owns({"uuid": GPUS["1"]})
+    assert found == ([["1"], []] if owner else [[], ["1"]])
+
+
 def test_live_scoring_reads_ollama_silence_from_its_request_log(prom):
     with LokiTestServer() as loki:
         ollama_log(loki.url)

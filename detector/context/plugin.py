@@ -15,6 +15,11 @@ reboot, handed out through `context_events`, never an incident of its own.
 It also knows what the GPUs hold (workload.py): the model loads and unloads it reads while scoring
 or replaying are `model_change` context events (`context_events`), and `annotate` names the workload
 on an incident's GPU and how many models changed on it during the incident.
+
+Sharded (`--shard I/N`, detector/sharding.py) it runs on every shard: the busy rule judges only the
+GPUs the shard owns (by uuid, as the metric side: a GPU's busy incident and its other incidents come
+from one replica, and from one only), while restarts, model changes and annotations serve the
+shard's own incidents, which need them wherever they are scored.
 """
 from __future__ import annotations
 
@@ -89,6 +94,7 @@ class ContextPlugin(DetectorPlugin):
 
     def __init__(self, config: Config, client: PromClient, *, loki: LokiClient | None = None):
         self.settings: InferenceConfig = config.inference or InferenceConfig()
+        self.shard = config.shard  # which GPUs' busy runs are this replica's to judge
         self.step = config.schedule.step
         self.latency_offset = config.prometheus.latency_offset  # the store's newest samples still hidden
         self.context = config.schedule.context
@@ -164,7 +170,7 @@ class ContextPlugin(DetectorPlugin):
         step, s = self.step, self.settings
         start = math.floor(start / step) * step
         grid = np.arange(start, end + step / 2, step)
-        util = self.client.query_range(UTIL_QUERY, start, end, step)
+        util = [u for u in self.client.query_range(UTIL_QUERY, start, end, step) if self.shard.owns(u.labels)]
         if not util:
             return []
         work = self.client.query_range(WORKLOAD_QUERY, start, end, step)
