@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from harness.fleet import AGENT_CONFIG, PrometheusAgent, VMAuthServer, make_secrets
+from harness.fleet import AGENT_CONFIG, ROOT, PrometheusAgent, VMAuthServer, make_secrets
 from harness.loki_standin import LokiTestServer
 from harness.processes import Process, free_port, require_binary
 from harness.victoria import VictoriaMetricsServer
@@ -45,7 +45,8 @@ def _wait(what, fn, timeout=60.0):
 def fleet(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fleet")
     secrets = make_secrets(tmp / "secrets")
-    with LokiTestServer() as loki, VictoriaMetricsServer(tmp / "vm") as vm, \
+    # latency offset 1s: the store shows what arrived at once (the product keeps VictoriaMetrics' 30 s)
+    with LokiTestServer() as loki, VictoriaMetricsServer(tmp / "vm", latency_offset="1s") as vm, \
             VMAuthServer(tmp / "vmauth", secrets, vm.url, loki.url) as auth:
         node_port = free_port()  # one real node-exporter stands in for each box's own
         node = Process("node-exporter", [require_binary("prometheus-node-exporter"),
@@ -77,6 +78,20 @@ def test_every_box_s_series_arrive_labelled_with_its_box(fleet):
         {(box, "rigwatch-exporter") for box in BOXES}
     assert vm.query("count(up) - count(up{box=~'box-.+'})")[0]["value"][1] == "0"
     assert vm.query("count(node_load1) by (box)")  # node-exporter's series too
+
+
+def test_the_overview_s_fleet_panel_lists_every_box(fleet):
+    """The overview's "Boxes at a glance" queries (empty on a single box: tests/test_stack_promql.py
+    only parses them) answer a row per box from the fleet's store: up and its GPUs."""
+    vm, *_ = fleet
+    dash = json.loads((ROOT / "grafana" / "dashboards" / "aibox-overview.json").read_text())
+    (panel,) = [p for p in dash["panels"] if p["title"].startswith("Boxes at a glance")]
+    by_legend = {t["legendFormat"]: t["expr"] for t in panel["targets"]}
+    for legend in ("up", "GPUs"):
+        rows = {s["metric"]["box"]: float(s["value"][1]) for s in vm.query(by_legend[legend])}
+        assert set(rows) == set(BOXES), (legend, rows)
+    assert all(v == 1 for v in (float(s["value"][1]) for s in vm.query(by_legend["up"])))
+    assert all(v == 2 for v in (float(s["value"][1]) for s in vm.query(by_legend["GPUs"])))  # the sim's two cards
 
 
 def test_the_lan_entry_takes_only_the_secret_and_only_the_write_paths(fleet):

@@ -43,6 +43,9 @@ EVENT_ONLY = {"gpu_xid_errors_total", "gpu_exporter_read_errors_total", "gpu_ecc
 # Exporter self-monitoring the simulator's history writer does not record (it drives the collector
 # without the HTTP server). Contract names from issue 2, checked for existence only.
 NOT_IN_SIM_HISTORY = {"gpu_exporter_collect_duration_seconds"}
+# A fleet's own expressions (issue 14): they select the agents' `box` label, which a single box's
+# series never carry; tests/test_fleet_write_path.py runs them against a fleet's VictoriaMetrics.
+FLEET_ONLY = 'box!=""'
 
 
 # ------------------------------------------------------------------ the expressions
@@ -67,7 +70,8 @@ def all_expressions() -> list[tuple[str, str, bool]]:
         if q.datasource_uid != "rigwatch-prometheus":
             continue
         expr = inline_recorded(substitute_grafana_vars(q.expr), recorded)
-        may_be_empty = bool(metric_names(expr) & (EVENT_ONLY | PROMETHEUS_GENERATED | NOT_IN_SIM_HISTORY))
+        may_be_empty = bool(metric_names(expr) & (EVENT_ONLY | PROMETHEUS_GENERATED | NOT_IN_SIM_HISTORY)) \
+            or FLEET_ONLY in expr
         out.append((q.origin, expr, not may_be_empty))
     return out
 
@@ -185,6 +189,7 @@ def write_synthetic_block(path: Path, start: int, end: int, gpus: list[dict], wo
     for det, model in (("gpu_thermal", "thermal"), ("gpu_power", "seasonal_esd")):
         add("rigwatch_detector_model_info", "gauge", {**det_self, "detector": det, "model": model, "version": "3"},
             lambda t: 1)
+    add("rigwatch_detector_shard_info", "gauge", {**det_self, "shard": "0", "shards": "1"}, lambda t: 1)
     add("rigwatch_detector_challenger_info", "gauge",
         {**det_self, "detector": "gpu_thermal", "version": "4", "state": "rejected"}, lambda t: 1)
     # added by the model lifecycle issue: drift, anomaly rate, model age (the model-health dashboard)
@@ -338,6 +343,8 @@ def test_synthetic_block_is_limited_to_contract_names(sim_prometheus):
         "rigwatch_detector_gate_alarm_seconds",
         # added by issue 12 (detection in context): the context plugin's own families
         "rigwatch_gpu_busy_without_requests", "rigwatch_gpu_busy_without_requests_seconds",
+        # added by issue 14 (a fleet): which shard of how many a detector replica is
+        "rigwatch_detector_shard_info",
     }
     synthetic = {n for n in sim_prometheus.names if n.startswith("rigwatch_")}
     assert synthetic == contract
