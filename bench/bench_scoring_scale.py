@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchlib import add_series_mix_args, proc_status_mb  # noqa: E402
+from benchlib import add_series_mix_args, fit_mix_series, mix_counts, proc_status_mb  # noqa: E402
 
 
 def state_bytes(model) -> int:
@@ -45,37 +45,25 @@ def main(argv=None):
     import statsmodels.tsa.seasonal  # noqa: F401
 
     from detector.models import make_model  # noqa: F401  (import cost counted in the baseline)
+    from detector.models.ensemble import Ensemble  # noqa: F401
 
     rss_imports = proc_status_mb()
     step = 60.0
     n = int(a.days * 1440)
     t = 1.7e9 + step * np.arange(n)
-    rng = np.random.default_rng(0)
-    phase = 2 * np.pi * np.arange(n) / 1440
-    models = []  # (model, kind, feature generator)
+    models = []  # (kind, fitted model)
     t0 = time.perf_counter()
-    for _ in range(a.seasonal):
-        y = 40 + rng.uniform(2, 10) * np.sin(phase + rng.uniform(0, 6)) + rng.normal(0, 1, n)
-        models.append((a.univariate_model, make_model(a.univariate_model).fit(t, y)))
-    fit_seasonal = time.perf_counter() - t0
-    for _ in range(a.robust):
-        y = 10 + rng.normal(0, 1, n)
-        models.append(("robust", make_model("robust_z").fit(t, y)))
-    for _ in range(a.thermal):
-        P = np.repeat(rng.uniform(30, 350, n // 30 + 1), 30)[:n]
-        fan = np.clip(30 + 0.2 * P, 30, 100)
-        temp = 30 + 0.12 * P + rng.normal(0, 0.5, n)
-        models.append(("thermal", make_model("thermal").fit(t, np.c_[P, fan], temp)))
-    for k in range(a.iforest):
-        X = rng.normal(0, 1, (n, 6))
-        models.append(("iforest", make_model("iforest", random_state=k).fit(t, X)))
+    for kind, count in mix_counts(a).items():
+        for i in range(count):
+            models.append((kind, fit_mix_series(kind, i, t, a.univariate_model)))
+        if kind == "seasonal":
+            fit_seasonal = time.perf_counter() - t0
     fit_total = time.perf_counter() - t0
-    del y
     gc.collect()
     rss_fitted = proc_status_mb()
     per_kind = {}
     for kind, m in models:
-        per_kind.setdefault(kind, []).append(state_bytes(m))
+        per_kind.setdefault(a.univariate_model if kind == "seasonal" else kind, []).append(state_bytes(m))
 
     cycle_times = []
     for c in range(a.cycles):

@@ -31,3 +31,45 @@ def add_series_mix_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thermal", type=int, default=30)
     parser.add_argument("--iforest", type=int, default=10)
     parser.add_argument("--days", type=float, default=7.0)
+
+
+MIX_KINDS = ("seasonal", "robust", "thermal", "iforest")
+
+
+def mix_counts(args, scale: int = 1) -> dict[str, int]:
+    """How many series of each kind of the mix (add_series_mix_args), `scale` times over."""
+    return {k: getattr(args, k) * scale for k in MIX_KINDS}
+
+
+def mix_series(kind: str, index: int, t):
+    """One series of the mix on the time grid `t`: (model kind, X or None, y). Seeded by (kind,
+    index), so every process draws the same series whichever others it draws (sharded benchmarks
+    generate only the ones their shard owns). `seasonal` series go to the caller's univariate model."""
+    import numpy as np
+
+    rng = np.random.default_rng([MIX_KINDS.index(kind), index])
+    n = len(t)
+    if kind == "seasonal":
+        phase = 2 * np.pi * np.arange(n) / 1440
+        return "seasonal", None, 40 + rng.uniform(2, 10) * np.sin(phase + rng.uniform(0, 6)) + rng.normal(0, 1, n)
+    if kind == "robust":
+        return "robust_z", None, 10 + rng.normal(0, 1, n)
+    if kind == "thermal":
+        power = np.repeat(rng.uniform(30, 350, n // 30 + 1), 30)[:n]
+        fan = np.clip(30 + 0.2 * power, 30, 100)
+        return "thermal", np.c_[power, fan], 30 + 0.12 * power + rng.normal(0, 0.5, n)
+    return "iforest", rng.normal(0, 1, (n, 6)), None
+
+
+def fit_mix_series(kind: str, index: int, t, univariate_model: str):
+    """The fitted model of one series of the mix (as MetricDetector would fit it)."""
+    from detector.models import make_model
+
+    model_kind, X, y = mix_series(kind, index, t)
+    if model_kind == "seasonal":
+        return make_model(univariate_model).fit(t, y)
+    if model_kind == "thermal":
+        return make_model("thermal").fit(t, X, y)
+    if model_kind == "iforest":
+        return make_model("iforest", random_state=index).fit(t, X)
+    return make_model(model_kind).fit(t, y)
