@@ -35,7 +35,7 @@ def agent(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def central(tmp_path_factory):
-    return _resolve(tmp_path_factory, CENTRAL)
+    return _resolve(tmp_path_factory, CENTRAL, "tracking")
 
 
 def test_agent_runs_only_the_box_s_parts(agent):
@@ -50,7 +50,7 @@ def test_agent_runs_only_the_box_s_parts(agent):
 def test_central_runs_the_store_rules_and_two_shards(central):
     svcs = central["services"]
     assert set(svcs) == {"victoriametrics", "vmauth", "vmalert", "detector-0", "detector-1", "alertmanager",
-                         "loki", "grafana"}
+                         "loki", "grafana", "mlflow"}  # mlflow: profile tracking, the shards' one server
     vm = svcs["victoriametrics"]
     assert "prometheus" in vm["networks"]["default"]["aliases"]  # Grafana, vmalert, detectors: prometheus:9090
     assert "-httpListenAddr=:9090" in vm["command"]

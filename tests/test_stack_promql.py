@@ -190,6 +190,8 @@ def write_synthetic_block(path: Path, start: int, end: int, gpus: list[dict], wo
         add("rigwatch_detector_model_info", "gauge", {**det_self, "detector": det, "model": model, "version": "3"},
             lambda t: 1)
     add("rigwatch_detector_shard_info", "gauge", {**det_self, "shard": "0", "shards": "1"}, lambda t: 1)
+    for det in ("gpu_thermal", "gpu_power"):
+        add("rigwatch_detector_shard_series", "gauge", {**det_self, "detector": det}, lambda t: 2)
     add("rigwatch_detector_challenger_info", "gauge",
         {**det_self, "detector": "gpu_thermal", "version": "4", "state": "rejected"}, lambda t: 1)
     # added by the model lifecycle issue: drift, anomaly rate, model age (the model-health dashboard)
@@ -344,7 +346,7 @@ def test_synthetic_block_is_limited_to_contract_names(sim_prometheus):
         # added by issue 12 (detection in context): the context plugin's own families
         "rigwatch_gpu_busy_without_requests", "rigwatch_gpu_busy_without_requests_seconds",
         # added by issue 14 (a fleet): which shard of how many a detector replica is
-        "rigwatch_detector_shard_info",
+        "rigwatch_detector_shard_info", "rigwatch_detector_shard_series",
     }
     synthetic = {n for n in sim_prometheus.names if n.startswith("rigwatch_")}
     assert synthetic == contract
