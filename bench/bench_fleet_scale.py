@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchlib import MIX_KINDS, add_series_mix_args, fit_mix_series, proc_status_mb  # noqa: E402
+from benchlib import MIX_KINDS, add_series_mix_args, fit_mix_series, proc_status_mb, score_cycles  # noqa: E402
 
 STEP = 60.0
 
@@ -54,7 +54,10 @@ def fleet(a) -> list[tuple[int, str, int]]:
 
 
 def score_part(a) -> None:
-    from detector.models.ensemble import Ensemble  # noqa: F401  (import cost counted in the baseline)
+    import pandas  # noqa: F401  (import costs counted in the baseline, as bench_scoring_scale does)
+    import statsmodels.tsa.seasonal  # noqa: F401
+
+    from detector.models.ensemble import Ensemble  # noqa: F401
 
     t = grid(a.days)
     rss_imports = proc_status_mb()
@@ -66,19 +69,7 @@ def score_part(a) -> None:
     del base
     gc.collect()
     rss_fitted = proc_status_mb()
-    cycles = []
-    for c in range(a.cycles):
-        tn, yn = np.array([t[-1] + STEP * (c + 1)]), np.array([40.0])
-        Xth, Xif = np.array([[200.0, 70.0]]), np.zeros((1, 6))
-        c0 = time.perf_counter()
-        for kind, m in models:
-            if kind == "thermal":
-                m.score(tn, Xth, yn)
-            elif kind == "iforest":
-                m.score(tn, Xif)
-            else:
-                m.score(tn, yn)
-        cycles.append(time.perf_counter() - c0)
+    cycles = score_cycles(models, t[-1], STEP, a.cycles)
     gc.collect()
     print(f"score: one replica, {len(models)} series ({a.boxes} boxes x the {len(models) // a.boxes}-series mix, "
           f"{a.univariate_model} for the univariate share); mix fitted once in {fit_s:.0f} s, restored {a.boxes}x")

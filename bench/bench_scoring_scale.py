@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchlib import add_series_mix_args, fit_mix_series, mix_counts, proc_status_mb  # noqa: E402
+from benchlib import add_series_mix_args, fit_mix_series, mix_counts, proc_status_mb, score_cycles  # noqa: E402
 
 
 def state_bytes(model) -> int:
@@ -65,21 +65,7 @@ def main(argv=None):
     for kind, m in models:
         per_kind.setdefault(a.univariate_model if kind == "seasonal" else kind, []).append(state_bytes(m))
 
-    cycle_times = []
-    for c in range(a.cycles):
-        tn = np.array([t[-1] + step * (c + 1)])
-        yn = np.array([40.0])
-        Xth = np.array([[200.0, 70.0]])
-        Xif = np.zeros((1, 6))
-        c0 = time.perf_counter()
-        for kind, m in models:
-            if kind == "thermal":
-                m.score(tn, Xth, yn)
-            elif kind == "iforest":
-                m.score(tn, Xif)
-            else:
-                m.score(tn, yn)
-        cycle_times.append(time.perf_counter() - c0)
+    cycle_times = score_cycles(models, t[-1], step, a.cycles)
     gc.collect()
     rss_after = proc_status_mb()
 

@@ -73,3 +73,26 @@ def fit_mix_series(kind: str, index: int, t, univariate_model: str):
     if model_kind == "iforest":
         return make_model("iforest", random_state=index).fit(t, X)
     return make_model(model_kind).fit(t, y)
+
+
+def score_cycles(models, t_last: float, step: float, cycles: int) -> list[float]:
+    """Wall seconds of each scoring cycle over fitted mix models [(kind, model)]: every series scores
+    one new point, as the service does each step."""
+    import time
+
+    import numpy as np
+
+    out = []
+    for c in range(cycles):
+        tn, yn = np.array([t_last + step * (c + 1)]), np.array([40.0])
+        Xth, Xif = np.array([[200.0, 70.0]]), np.zeros((1, 6))
+        c0 = time.perf_counter()
+        for kind, m in models:
+            if kind == "thermal":
+                m.score(tn, Xth, yn)
+            elif kind == "iforest":
+                m.score(tn, Xif)
+            else:
+                m.score(tn, yn)
+        out.append(time.perf_counter() - c0)
+    return out

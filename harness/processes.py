@@ -67,6 +67,18 @@ def wait_http_ok(url: str, timeout: float = 30.0, proc: subprocess.Popen | None 
     raise TimeoutError(f"{url} not ready after {timeout:g}s (last: {last})")
 
 
+def wait_until(pred, timeout: float = 60.0, what: str = "", interval: float = 0.5):
+    """Poll `pred()` until it returns something truthy, and return that; AssertionError naming
+    `what` after `timeout` seconds (a test waiting on a real process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
 class Process:
     """A child process whose output goes to a log file (appended). It runs in its own session: a
     Ctrl-C in the terminal reaches only the parent, which then stops its children in order (the

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from harness.processes import backfill_openmetrics, free_port, wait_http_ok
+from harness.processes import backfill_openmetrics, free_port, wait_http_ok, wait_until
 from harness.servers import PrometheusServer
 
 pytestmark = pytest.mark.integration
@@ -160,14 +160,7 @@ def _metric(text: str, name: str, **labels) -> float | None:
     return None
 
 
-def _wait(pred, timeout=60.0, what=""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait = wait_until
 
 
 def test_serve_publishes_and_survives_prometheus_outage(history, tmp_path):

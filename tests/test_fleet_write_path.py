@@ -15,7 +15,7 @@ import requests
 
 from harness.fleet import AGENT_CONFIG, ROOT, PrometheusAgent, VMAuthServer, make_secrets
 from harness.loki_standin import LokiTestServer
-from harness.processes import Process, free_port, require_binary
+from harness.processes import Process, free_port, require_binary, wait_until
 from harness.victoria import VictoriaMetricsServer
 
 pytestmark = pytest.mark.integration
@@ -31,14 +31,6 @@ def _exporter(tmp_path, box: str, seed: int) -> Process:
                    tmp_path / f"exporter-{box}.log", ready_url=f"http://127.0.0.1:{port}/metrics")
 
 
-def _wait(what, fn, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise TimeoutError(what)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +64,7 @@ def test_every_box_s_series_arrive_labelled_with_its_box(fleet):
         vm.flush()
         return {(s["metric"].get("box"), s["metric"]["job"]) for s in vm.query("up == 1")} >= JOBS
 
-    _wait("every job of both boxes up", boxes)
+    wait_until(boxes, 60, "every job of both boxes up")
     # the exporter's own labels survive beside the box's, and nothing arrives without a box
     assert {(s["metric"]["box"], s["metric"]["job"]) for s in vm.query("gpu_up")} == \
         {(box, "rigwatch-exporter") for box in BOXES}
