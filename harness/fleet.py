@@ -1,7 +1,8 @@
 """A fleet on 127.0.0.1, from the committed configs: boxes whose Prometheus runs in agent mode
 (prometheus/agent.yml) remote-writing through vmauth (the config `make secrets` writes) into a real
 VictoriaMetrics (`harness.victoria`). Compose's host names become this machine's ports; nothing else
-in the configs changes.
+in the configs changes. `central_scrape_config` is what the central VictoriaMetrics scrapes itself
+(victoriametrics/scrape.yml: the detector shards among them), its targets swapped the same way.
 
     secrets = make_secrets(tmp / "secrets")
     with VictoriaMetricsServer(tmp / "vm") as vm, VMAuthServer(tmp / "auth", secrets, vm.url, loki_url) as auth, \\
@@ -14,10 +15,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import yaml
+
 from harness.processes import Process, free_port, require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_CONFIG = ROOT / "prometheus" / "agent.yml"
+SCRAPE_CONFIG = ROOT / "victoriametrics" / "scrape.yml"
 INIT_SECRETS = ROOT / "scripts" / "init-secrets.sh"
 SECRET_PATH = "/run/secrets/remote_write_password"  # where compose mounts the password file
 
@@ -79,3 +83,20 @@ class VMAuthServer(Process):
         argv = [require_binary("vmauth"), f"-auth.config={config}", f"-httpListenAddr=127.0.0.1:{self.port}"]
         super().__init__("vmauth", argv, self.workdir / "vmauth.log", cwd=self.workdir,
                          ready_url=self.url + "/health")
+
+
+
+def central_scrape_config(targets: dict[str, str], scrape_interval: str | None = None) -> str:
+    """victoriametrics/scrape.yml (what the central VictoriaMetrics scrapes itself) with compose's
+    HOST:PORTs swapped by `targets` (every committed target must be given one: a target added to
+    the file and not here fails loudly) and, when given, every interval set to `scrape_interval`.
+    Jobs and honor_labels stay as committed."""
+    cfg = yaml.safe_load(SCRAPE_CONFIG.read_text())
+    if scrape_interval is not None:
+        cfg.setdefault("global", {})["scrape_interval"] = scrape_interval
+    for job in cfg["scrape_configs"]:
+        if scrape_interval is not None and "scrape_interval" in job:
+            job["scrape_interval"] = scrape_interval
+        for static in job.get("static_configs", []):
+            static["targets"] = [targets[t] for t in static["targets"]]
+    return yaml.safe_dump(cfg, sort_keys=False)

@@ -31,6 +31,38 @@ EXPORTER_JOB = "rigwatch-exporter"
 DETECTOR_JOB = "rigwatch-detector"
 
 
+def alertmanager_config(webhook_url: str, group_wait: float | None = None) -> str:
+    """The committed alertmanager.yml with only the webhook URL, the templates path and (unless
+    None) every route's group_wait changed: the pipeline's and the fleet test's Alertmanager."""
+    cfg = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    cfg["templates"] = [str(ROOT / "alertmanager" / "templates" / "*.tmpl")]
+    for r in cfg["receivers"]:
+        for w in r.get("webhook_configs", []):
+            w["url"] = webhook_url
+    if group_wait is not None:
+        routes = [cfg["route"], *cfg["route"].get("routes", [])]
+        for route in routes:
+            if "group_wait" in route:
+                route["group_wait"] = f"{group_wait:g}s"
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def detector_config(prom_url: str, listen: str, store: Path, step: float, lookback: float, context: float,
+                    api_token: str | None = None) -> str:
+    """The detector's built-in preset pointed at `prom_url` (a Prometheus or VictoriaMetrics), on a
+    schedule short enough to watch (`step`, `lookback` and `context` in seconds; no refit within a
+    test): the demo's and the end-to-end tests' detector."""
+    cfg = yaml.safe_load(resources.files("detector").joinpath("default_preset.yml").read_text())
+    cfg["prometheus"] = {**cfg.get("prometheus", {}), "url": prom_url, "timeout": "10s", "retries": 2}
+    cfg["listen"] = listen
+    cfg["store"] = {"path": str(store)}
+    cfg["schedule"] = {**cfg.get("schedule", {}), "step": f"{step:g}s", "fit_every": "1h",
+                       "lookback": f"{int(lookback)}s", "context": f"{context:g}s"}
+    if api_token is not None:
+        cfg["api_token"] = api_token
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
 @dataclass
 class PipelineOptions:
     """What differs between the demo and the test; everything else is the committed configuration."""
@@ -129,31 +161,14 @@ class Pipeline:
     def alertmanager_config(self) -> str:
         """The committed alertmanager.yml with only the webhook URL, the templates path and (when
         asked) group_wait changed."""
-        cfg = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
-        cfg["templates"] = [str(ROOT / "alertmanager" / "templates" / "*.tmpl")]
-        for r in cfg["receivers"]:
-            for w in r.get("webhook_configs", []):
-                w["url"] = self.webhook.url
-        if self.opts.group_wait is not None:
-            routes = [cfg["route"], *cfg["route"].get("routes", [])]
-            for route in routes:
-                if "group_wait" in route:
-                    route["group_wait"] = f"{self.opts.group_wait:g}s"
-        return yaml.safe_dump(cfg, sort_keys=False)
+        return alertmanager_config(self.webhook.url, self.opts.group_wait)
 
     def detector_config(self) -> str:
         """The detector's built-in preset, pointed at this Prometheus, on a schedule short enough to watch."""
         o = self.opts
-        cfg = yaml.safe_load(resources.files("detector").joinpath("default_preset.yml").read_text())
-        cfg["prometheus"] = {**cfg.get("prometheus", {}), "url": self.prom_url, "timeout": "10s", "retries": 2}
-        cfg["listen"] = f"127.0.0.1:{self.detector_port}"
-        cfg["store"] = {"path": str(self.workdir / "models")}
-        cfg["schedule"] = {**cfg.get("schedule", {}), "step": f"{o.detector_step:g}s", "fit_every": "1h",
-                           "lookback": f"{int(o.history_hours * 3600 + 600)}s",
-                           "context": f"{o.detector_context:g}s"}
-        if o.api_token is not None:
-            cfg["api_token"] = o.api_token
-        return yaml.safe_dump(cfg, sort_keys=False)
+        return detector_config(self.prom_url, f"127.0.0.1:{self.detector_port}", self.workdir / "models",
+                               step=o.detector_step, lookback=o.history_hours * 3600 + 600,
+                               context=o.detector_context, api_token=o.api_token)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> Pipeline:

@@ -8,6 +8,8 @@ detector reads. Usage:
     with VictoriaMetricsServer(tmp_path) as vm:
         vm.import_text(openmetrics_text)
         vm.query("up")
+
+`VMAlertServer` is the central box's rule evaluator (vmalert 1.79) over it.
 """
 from __future__ import annotations
 
@@ -47,3 +49,24 @@ class VictoriaMetricsServer(Process, PrometheusAPI):
         """Make everything ingested so far searchable now (not after its ~1 s buffer)."""
         with urllib.request.urlopen(self.url + "/internal/force_flush", timeout=30) as r:
             r.read()
+
+
+class VMAlertServer(Process):
+    """A real vmalert (the Debian package `vmalert`) evaluating rule files against a Prometheus-API
+    datasource and sending to an Alertmanager, as docker-compose.central.yml runs it: alert state and
+    recording rules written back to the datasource (`-remoteWrite.url`, which recording rules need)
+    and restored from it (`-remoteRead.url`). `rules` are globs (the committed
+    prometheus/rules/*.yml in the fleet test)."""
+
+    def __init__(self, workdir: Path, rules: list[str], datasource_url: str, notifier_url: str,
+                 evaluation_interval: str = "15s", port: int | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port if port is not None else free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [require_binary("vmalert"), *(f"-rule={r}" for r in rules), f"-datasource.url={datasource_url}",
+                f"-notifier.url={notifier_url}", f"-remoteWrite.url={datasource_url}",
+                f"-remoteRead.url={datasource_url}", f"-evaluationInterval={evaluation_interval}",
+                f"-httpListenAddr=127.0.0.1:{self.port}"]
+        Process.__init__(self, "vmalert", argv, self.workdir / "vmalert.log", cwd=self.workdir,
+                         ready_url=self.url + "/health")
