@@ -16,7 +16,7 @@ the new shard, none between the old shards (with `% N` about N/(N+1) of them wou
 be refitted). Every series is owned by exactly one shard because each replica computes the same
 index in range(N) for it.
 
-The key is the series' GPU when it has one (its `uuid`), else its whole identity (scores.series_id):
+The key is the series' GPU when it has one (its `uuid`, with its fleet `box`), else its whole identity (scores.series_id):
 one GPU's series of every detector — temperature, power, fans, its Xid counter — land on one shard,
 so the incidents of one GPU fault are seen and reported by one replica. The detector's name is never
 part of the key for the same reason. A box with few GPUs and many per-GPU series is therefore split
@@ -63,9 +63,14 @@ def jump_hash(key: int, buckets: int) -> int:
 
 def shard_key(labels: Mapping[str, str]) -> str:
     """What ownership hashes: the GPU's uuid when the series has one (a GPU's series stay together
-    across detectors), else the series' canonical identity (sorted labels, scores.series_id)."""
+    across detectors), with its fleet box when it has one (boxes cloned from one image, or simulated
+    ones, can repeat a uuid: the box keeps them apart and spread), else the series' canonical
+    identity (sorted labels, scores.series_id)."""
     uuid = labels.get("uuid")
-    return f"uuid={uuid}" if uuid else series_id(dict(labels))
+    if not uuid:
+        return series_id(dict(labels))
+    box = labels.get("box")
+    return f"box={box},uuid={uuid}" if box else f"uuid={uuid}"
 
 
 def shard_of(labels: Mapping[str, str], count: int) -> int:

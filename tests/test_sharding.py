@@ -82,6 +82,16 @@ def test_one_gpu_stays_on_one_shard_whatever_its_other_labels():
     assert len({shard_of({**gpu, "fan": str(f), "xid": "79"}, 5) for f in range(20)}) == 1
 
 
+def test_a_uuid_repeated_on_two_boxes_is_two_gpus():
+    """Boxes cloned from one image (or simulated ones) can repeat a uuid: with the fleet's box label
+    they are two keys, spread like any others; one box's GPU still stays together."""
+    n = 4
+    per_box = {shard_of({"box": f"box-{b}", "uuid": "GPU-same"}, n) for b in range(40)}
+    assert len(per_box) == n  # forty boxes' "same" card over every shard, not all on one
+    one = {shard_of({"box": "box-3", "uuid": "GPU-same", "detector_label": x}, n) for x in "abcdef"}
+    assert len(one) == 1
+
+
 def test_the_assignment_is_the_same_in_another_process():
     ids = identities(300)
     code = ("import json, sys; from detector.sharding import shard_of; "
