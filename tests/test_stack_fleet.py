@@ -17,6 +17,8 @@ pytestmark = pytest.mark.integration
 
 AGENT, CENTRAL = ROOT / "docker-compose.agent.yml", ROOT / "docker-compose.central.yml"
 ROOT_ALLOWED = {"alloy"}  # as in docker-compose.yml: reads the host journal with no capabilities
+# the one-shot chown of VictoriaMetrics' fresh volume (root-owned) to nobody: CHOWN only, no network
+INIT_ONLY = {"storage-init": ["CHOWN"]}
 OWN_IMAGES = {"gpu-exporter", "sim-exporter", "detector-0", "detector-1"}  # USER from our Dockerfiles
 
 
@@ -49,8 +51,8 @@ def test_agent_runs_only_the_box_s_parts(agent):
 
 def test_central_runs_the_store_rules_and_two_shards(central):
     svcs = central["services"]
-    assert set(svcs) == {"victoriametrics", "vmauth", "vmalert", "detector-0", "detector-1", "alertmanager",
-                         "loki", "grafana", "mlflow"}  # mlflow: profile tracking, the shards' one server
+    assert set(svcs) == {"storage-init", "victoriametrics", "vmauth", "vmalert", "detector-0", "detector-1",
+                         "alertmanager", "loki", "grafana", "mlflow"}  # mlflow: profile tracking, the shards' one server
     vm = svcs["victoriametrics"]
     assert "prometheus" in vm["networks"]["default"]["aliases"]  # Grafana, vmalert, detectors: prometheus:9090
     assert "-httpListenAddr=:9090" in vm["command"]
@@ -74,9 +76,13 @@ def test_fleet_files_keep_the_single_box_security_rules(which, agent, central):
     resolved = agent if which == "agent" else central
     for name, svc in resolved["services"].items():
         assert svc.get("cap_drop") == ["ALL"], name
+        assert svc.get("cap_add", []) == INIT_ONLY.get(name, []), name
         assert "no-new-privileges:true" in (svc.get("security_opt") or []), name
         user = str(svc.get("user", ""))
-        if name in ROOT_ALLOWED:
+        if name in INIT_ONLY:
+            assert svc["restart"] == "no" and svc["network_mode"] == "none" and svc["read_only"] is True
+            assert [v["source"] for v in svc["volumes"]] == ["vm-data"]
+        elif name in ROOT_ALLOWED:
             assert user.split(":")[0] == "0"
         elif name not in OWN_IMAGES:
             assert user and user.split(":")[0] not in {"0", "root"}, f"{name}: runs as root ({user!r})"
