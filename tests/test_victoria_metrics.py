@@ -24,7 +24,7 @@ import pytest
 from detector.config import DetectorConfig, load_config
 from detector.fetch import fetch_series, grid_end
 from detector.promclient import PromClient
-from harness.processes import backfill_openmetrics
+from harness.processes import backfill_openmetrics, wait_until
 from harness.servers import PrometheusServer
 from harness.victoria import VictoriaMetricsServer
 
@@ -123,16 +123,21 @@ def test_latency_offset_keeps_live_passes_off_the_hidden_newest_samples(tmp_path
         writer = threading.Thread(target=write, daemon=True)
         writer.start()
         try:
-            time.sleep(9)
+            # ~6 s of samples visible past the hidden 4 s (a loaded machine writes late: wait, not sleep)
+            wait_until(lambda: (r := vm.query("count_over_time(live_ts[30s])")) and float(r[0]["value"][1]) >= 24,
+                       60, "6 s of live samples", interval=0.25)
             client, det, step = PromClient(vm.url, retries=0), DetectorConfig(name="t", query="live_ts",
                                                                               model="robust_z"), 1.0
             now = time.time()
             end = grid_end(now, step, latency_offset=4.0)
             (fresh,) = fetch_series(client, det, end - 3, end, step).values()
             naive_end = grid_end(now, step)
-            (naive,) = fetch_series(client, det, naive_end - 3, naive_end, step).values()
+            (naive,) = fetch_series(client, det, naive_end - 8, naive_end, step).values()
         finally:
             stop.set()
             writer.join()
-    assert len(fresh.t) == 4 and np.all(fresh.t - fresh.y < 1.0), fresh.t - fresh.y
-    assert naive.t[-1] - naive.y[-1] > 2.0, naive.t - naive.y
+            vm.stop(timeout=1)  # its data is not needed: no graceful flush
+    # fresh: every point a sample from within its last 2 s (written every 0.25 s). naive: its newest
+    # grid point is not real data: either missing or the last visible value, ~4 s older than its time
+    assert len(fresh.t) == 4 and np.all(fresh.t - fresh.y < 2.0), fresh.t - fresh.y
+    assert naive.t[-1] < naive_end or naive.t[-1] - naive.y[-1] > 2.5, (naive_end, naive.t, naive.t - naive.y)
