@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loki-url", help="set loki.url (adds a loki: section if the config has none, "
                    "which turns log detection on)")
     s.add_argument("--shard", metavar="I/N", help="this replica is shard I of N: it scores the series whose "
-                   "identity hashes to I, keeps its models in STORE/shard-I, and (I = 0 only) runs the log "
-                   "and context detectors; overrides the config's shard")
+                   "identity hashes to I (the context detector: the GPUs it owns), keeps its models in "
+                   "STORE/shard-I, and (I = 0 only) runs the log detectors; overrides the config's shard")
     s.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("backtest", help="replay a time range and write an incident report")

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.fleet import PrometheusAgent, VMAuthServer, central_scrape_config, make_secrets
 from harness.loki_standin import LokiTestServer
 from harness.pipeline import ROOT, alertmanager_config, detector_config
-from harness.processes import Process, free_port
+from harness.processes import Process, free_port, wait_until
 from harness.servers import AlertmanagerServer
 from harness.victoria import VictoriaMetricsServer, VMAlertServer
 from harness.webhook import WebhookReceiver
@@ -43,16 +43,12 @@ DETECTORS = {"gpu_vanished", "gpu_temperature_headroom", "gpu_memory_growth", "g
 
 
 def _wait(what: str, fn, timeout: float, procs=()):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got or time.monotonic() > deadline:
-            break
+    """wait_until, failing at once with its log when one of `procs` has exited."""
+    def poll():
         dead = [p for p in procs if p.proc is not None and p.proc.poll() is not None]
         assert not dead, f"{dead[0].name} exited:\n{dead[0].tail()}"
-        time.sleep(0.5)
-    assert got, f"timed out waiting for {what}"
-    return got
+        return fn()
+    return wait_until(poll, timeout, what)
 
 
 def _scores(shard_url: str) -> set[frozenset]:
