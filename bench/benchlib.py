@@ -75,19 +75,27 @@ def fit_mix_series(kind: str, index: int, t, univariate_model: str):
     return make_model(model_kind).fit(t, y)
 
 
-def score_cycles(models, t_last: float, step: float, cycles: int) -> list[float]:
+def score_cycles(models, t_last: float, step: float, cycles: int, batched: bool = True) -> list[float]:
     """Wall seconds of each scoring cycle over fitted mix models [(kind, model)]: every series scores
-    one new point, as the service does each step."""
+    one new point, as the service does each step. `batched`: as the service scores them (the
+    univariate models of a cycle together, detector/models/batch.py; the multivariate ones one by
+    one); otherwise every series on its own."""
     import time
 
     import numpy as np
 
+    from detector.models.batch import can_score_points, score_point_batch
+
+    together = [m for _, m in models if batched and can_score_points(m)]
+    alone = [(kind, m) for kind, m in models if not (batched and can_score_points(m))]
     out = []
     for c in range(cycles):
         tn, yn = np.array([t_last + step * (c + 1)]), np.array([40.0])
         Xth, Xif = np.array([[200.0, 70.0]]), np.zeros((1, 6))
         c0 = time.perf_counter()
-        for kind, m in models:
+        if together:
+            score_point_batch(together, tn[0], np.full(len(together), 40.0))
+        for kind, m in alone:
             if kind == "thermal":
                 m.score(tn, Xth, yn)
             elif kind == "iforest":

@@ -20,7 +20,16 @@ import numpy as np
 from detector.config import DetectorConfig
 from detector.fetch import SeriesData
 from detector.labels import Exclusions
-from detector.models import RULES, NoOpinion, UnivariateModel, kind_class, make_model, model_from_state
+from detector.models import (
+    RULES,
+    NoOpinion,
+    ScoreFrame,
+    UnivariateModel,
+    kind_class,
+    make_model,
+    model_from_state,
+)
+from detector.models.batch import FIELDS, can_score_points, score_point_batch
 from detector.scores import ScoreBatch
 from detector.store import fingerprint_arrays, sha256_arrays
 
@@ -167,34 +176,24 @@ class MetricDetector:
     # -- score ------------------------------------------------------------------------------
     def score(self, data: dict[str, SeriesData]) -> list[ScoreBatch]:
         """Score each series' points newer than what it has already seen."""
-        out: list[ScoreBatch] = []
+        todo: list[tuple[str, SeriesModel, SeriesData, np.ndarray | None]] = []
         for sid, sd in data.items():
             sm = self.series.get(sid)
             if sm is None:
                 if len(sd.t) == 0:
                     continue
-                kind = self.cfg.kind if self.cfg.rule else self.cfg.fallback
-                model = self.new_model(kind, appeared=self.started)
-                empty = np.zeros(0)
-                if model.multivariate:  # a rule reading a heartbeat (fallback models are univariate)
-                    model.fit(empty, np.zeros((0, 1)), empty)
-                else:
-                    model.fit(empty, empty)
-                sm = SeriesModel(sd.labels, kind, model, -np.inf)
+                sm = self._appeared(sd)
                 self.series[sid] = sm
             new = sd.t > sm.last_t
-            if not new.any():
-                continue
-            part = sd.slice(new)
-            sm.labels = part.labels
-            X = self.model_X(sm.model, part)
-            try:
-                if sm.model.multivariate:
-                    frame = sm.model.score(part.t, X, part.y)
-                else:
-                    frame = sm.model.score(part.t, part.y)
-            except Exception as e:
-                log.warning("%s: scoring %s failed: %s", self.cfg.name, sid, e)
+            if new.any():
+                part = sd.slice(new)
+                sm.labels = part.labels
+                todo.append((sid, sm, part, self.model_X(sm.model, part)))
+        self.started = True
+        frames = self._score_new_points(todo)
+        out: list[ScoreBatch] = []
+        for (_, sm, part, X), frame in zip(todo, frames, strict=True):
+            if frame is None:
                 continue
             sm.last_t = float(part.t[-1])
             if sm.y_floor is not None:
@@ -204,8 +203,52 @@ class MetricDetector:
                                   np.asarray(frame.score, float), np.asarray(frame.expected, float),
                                   np.asarray(frame.lower, float), np.asarray(frame.upper, float),
                                   explanation))
-        self.started = True
         return out
+
+    def _appeared(self, sd: SeriesData) -> SeriesModel:
+        """A series first seen since the last fit: a fresh rule, or the self-warming fallback."""
+        kind = self.cfg.kind if self.cfg.rule else self.cfg.fallback
+        model = self.new_model(kind, appeared=self.started)
+        empty = np.zeros(0)
+        if model.multivariate:  # a rule reading a heartbeat (fallback models are univariate)
+            model.fit(empty, np.zeros((0, 1)), empty)
+        else:
+            model.fit(empty, empty)
+        return SeriesModel(sd.labels, kind, model, -np.inf)
+
+    def _score_new_points(self, todo: list[tuple[str, SeriesModel, SeriesData, np.ndarray | None]]
+                          ) -> list[ScoreFrame | None]:
+        """Each series' frame (None where its model failed). The live cycle's usual case, one new
+        point at the same time for many univariate series, is scored in one batch per time
+        (batch.py: thousands of series in milliseconds); a batch that is refused, and every other
+        case, is scored series by series, so one bad series never costs the others their scores."""
+        frames: list[ScoreFrame | None] = [None] * len(todo)
+        alone = []
+        together: dict[float, list[int]] = {}
+        for i, (_, sm, part, _) in enumerate(todo):
+            if len(part.t) == 1 and can_score_points(sm.model):
+                together.setdefault(float(part.t[0]), []).append(i)
+            else:
+                alone.append(i)
+        for t, idx in together.items():
+            try:
+                frame = score_point_batch([todo[i][1].model for i in idx], t, [todo[i][2].y[0] for i in idx])
+            except Exception as e:  # checked before any state moved: each series on its own instead
+                log.debug("%s: batch of %d series refused (%s); scoring them one by one", self.cfg.name, len(idx), e)
+                alone.extend(idx)
+                continue
+            for j, i in enumerate(idx):
+                frames[i] = ScoreFrame(*(getattr(frame, k)[j:j + 1] for k in FIELDS))
+        for i in sorted(alone):
+            sid, sm, part, X = todo[i]
+            try:
+                if sm.model.multivariate:
+                    frames[i] = sm.model.score(part.t, X, part.y)
+                else:
+                    frames[i] = sm.model.score(part.t, part.y)
+            except Exception as e:
+                log.warning("%s: scoring %s failed: %s", self.cfg.name, sid, e)
+        return frames
 
     @staticmethod
     def _no_opinion_below_floor(frame, floor: float) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -262,6 +263,32 @@ class UnivariateModel(BaseModel):
 
     def min_history(self, step_seconds: float = 60.0) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @classmethod
+    def score_points(cls, models: list, t: float, y) -> ScoreFrame:
+        """One new point at time `t` for each of `models` (all of this class), y[i] for models[i]:
+        what ``models[i].score([t], [y[i]])`` returns, concatenated, with the same state afterwards.
+        The kinds a live cycle holds by the thousand vectorise it (see batch.py)."""
+        frame, commit = cls.prepare_points(models, t, y)
+        commit()
+        return frame
+
+    @classmethod
+    def prepare_points(cls, models: list, t: float, y) -> tuple[ScoreFrame, Callable[[], None]]:
+        """``score_points`` in two steps: the frame, computed without moving any state, and the
+        commit that advances every model's state (an ensemble commits its members only once all of
+        them have scored). This default scores copies one by one and commits their state."""
+        y = as_float_array(y, "y")
+        if len(y) != len(models):
+            raise ValueError(f"y has {len(y)} values for {len(models)} models")
+        scored = [copy.deepcopy(m) for m in models]
+        frame = ScoreFrame.concat([m.score(np.array([t], float), y[i:i + 1]) for i, m in enumerate(scored)])
+
+        def commit():
+            for m, done in zip(models, scored, strict=True):
+                for a in cls._state_attrs:
+                    setattr(m, a, getattr(done, a))
+        return frame, commit
 
     def carry(self, previous, elapsed: float) -> None:
         """Called on a fresh fit with the model it replaces (fitted `elapsed` seconds earlier on the

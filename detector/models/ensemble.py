@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import ScoreFrame, UnivariateModel, check_t_y, median_step
+from .batch import FIELDS, check_points
 from .level_shift import LevelShift
 from .novelty import ValueNovelty
 from .seasonal import SeasonalESD
@@ -148,6 +149,37 @@ class Ensemble(UnivariateModel):
                            for k in ("score", "expected", "lower", "upper")))
         out.score[~has] = np.nan
         return out
+
+    @classmethod
+    def prepare_points(cls, models, t, y):
+        """``score`` for one point of many ensembles: each member kind prepares its share of the
+        batch at once, the highest member of each ensemble wins as in ``score`` (ties to the earlier
+        member), and the members' states move only once every kind has scored."""
+        t, y = check_points(cls, models, t, y)
+        if not models:
+            return ScoreFrame.empty(0), lambda: None
+        members: dict[type, tuple[list, list, list]] = {}  # member class -> (rows, columns, members)
+        for i, m in enumerate(models):
+            for j, member in enumerate(m.members_):
+                rows, cols, group = members.setdefault(type(member), ([], [], []))
+                rows.append(i)
+                cols.append(j)
+                group.append(member)
+        shape = (len(models), max(len(m.members_) for m in models))
+        cells = {k: np.full(shape, np.nan) for k in FIELDS}
+        commits = []
+        for member_cls, (rows, cols, group) in members.items():
+            frame, commit = member_cls.prepare_points(group, t, y[rows])
+            commits.append(commit)
+            for k in FIELDS:
+                cells[k][rows, cols] = getattr(frame, k)
+        scores = cells["score"]
+        has = ~np.isnan(scores).all(axis=1)
+        best = np.argmax(np.where(np.isnan(scores), -np.inf, scores), axis=1)
+        pick = np.arange(len(models))
+        out = ScoreFrame(*(cells[k][pick, best] for k in FIELDS))
+        out.score[~has] = np.nan
+        return out, lambda: [c() for c in commits]
 
     def member_scores(self, t, y) -> dict[str, np.ndarray]:
         """Each fitted member's score of (t, y), for explaining which one fired (advances state)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import ScoreFrame, UnivariateModel, band_score, check_t_y, median_step
+from .batch import attr_array, check_points, score_points_by
 from .robust import noise_floor, resolution
 
 
@@ -119,3 +120,32 @@ class LevelShift(UnivariateModel):
         self.hist_ = x[-keep:].copy() if keep else np.zeros(0)
         self.last_t_ = float(t[-1])
         return frame
+
+    @classmethod
+    def prepare_points(cls, models, t, y):
+        t, y = check_points(cls, models, t, y)
+        return score_points_by(models, t, y, lambda m: (m.direction, int(m.window), int(m.baseline), len(m.hist_)),
+                               cls._prepare_group)
+
+    @classmethod
+    def _prepare_group(cls, models, t, y):
+        w, b = int(models[0].window), int(models[0].baseline)
+        if len(models[0].hist_) != w + b - 1:  # a history shorter than the windows: the general path
+            return super().prepare_points(models, t, y)
+        frame = ScoreFrame.empty(len(models))
+        ok = ~np.isnan(y)
+        if not ok.any():
+            return frame, lambda: None
+        moved = [m for m, k in zip(models, ok, strict=True) if k]
+        x = np.column_stack([np.stack([m.hist_ for m in moved]), y[ok]])
+        shifted = band_score(np.median(x[:, b:], axis=1), np.median(x[:, :b], axis=1),
+                             attr_array(moved, "scale_"), attr_array(moved, "sensitivity"), models[0].direction,
+                             attr_array(moved, "min_deviation"))
+        for k in ("score", "expected", "lower", "upper"):
+            getattr(frame, k)[ok] = getattr(shifted, k)
+
+        def commit():  # a missing value moves nothing, as in score
+            for m, row in zip(moved, x, strict=True):
+                m.hist_ = row[1:].copy()
+                m.last_t_ = t
+        return frame, commit

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import ScoreFrame, UnivariateModel, check_t_y, median_step
+from .batch import attr_array, check_points, score_points_by
 from .robust import noise_floor, resolution
 
 
@@ -92,3 +93,22 @@ class ValueNovelty(UnivariateModel):
             self.last_t_ = float(t[-1])
         return ScoreFrame(score=score, expected=np.clip(y, self.lo_, self.hi_),
                           lower=np.full(n, lower), upper=np.full(n, upper))
+
+    @classmethod
+    def prepare_points(cls, models, t, y):
+        t, y = check_points(cls, models, t, y)
+        return score_points_by(models, t, y, lambda m: m.direction, cls._prepare_group)
+
+    @classmethod
+    def _prepare_group(cls, models, t, y):
+        lo, hi = attr_array(models, "lo_"), attr_array(models, "hi_")
+        half = np.maximum(np.maximum(attr_array(models, "sensitivity") * attr_array(models, "margin")
+                                     * attr_array(models, "span_"), attr_array(models, "min_deviation")), 1e-12)
+        above, below = np.maximum(y - hi, 0.0), np.maximum(lo - y, 0.0)
+        dev = {"up": above, "down": below}.get(models[0].direction, np.maximum(above, below))
+
+        def commit():
+            for m in models:
+                m.last_t_ = t
+        return ScoreFrame(score=np.where(np.isnan(y), np.nan, dev / half), expected=np.clip(y, lo, hi),
+                          lower=lo - half, upper=hi + half), commit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import ScoreFrame, UnivariateModel, band_score, check_t_y, median_step, ring_windows, window_median
+from .batch import attr_array, check_points, ring_commit, ring_median, score_points_by
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 
@@ -145,3 +146,27 @@ class RobustZ(UnivariateModel):
         # too little history yet: no opinion rather than a made-up one
         frame.score[np.isnan(expected)] = np.nan
         return frame
+
+    @classmethod
+    def prepare_points(cls, models, t, y):
+        t, y = check_points(cls, models, t, y)
+        return score_points_by(models, t, y, lambda m: (m.direction, len(m.buf_)), cls._prepare_group)
+
+    @classmethod
+    def _prepare_group(cls, models, t, y):
+        med, rows, held, w = ring_median(models)
+        sens = attr_array(models, "sensitivity")
+        ok = held >= attr_array(models, "min_periods")
+        expected = np.where(ok, med, np.nan)
+        scale = np.full(len(models), np.nan)
+        if ok.any():
+            mad = window_median(np.abs(rows - med[:, None]), held, w)
+            level = np.where(np.isnan(y), np.abs(med), np.maximum(np.abs(med), np.abs(y)))
+            fixed = np.maximum(np.maximum(attr_array(models, "floor_"),
+                                          attr_array(models, "tail_factor") * attr_array(models, "tail_") / sens),
+                               0.5 * attr_array(models, "resolution_"))
+            scale = np.where(ok, np.maximum(np.maximum(MAD_TO_SIGMA * mad, fixed),
+                                            attr_array(models, "relative_floor") * level), np.nan)
+        frame = band_score(y, expected, scale, sens, models[0].direction, attr_array(models, "min_deviation"))
+        frame.score[np.isnan(expected)] = np.nan
+        return frame, ring_commit(models, y, t)

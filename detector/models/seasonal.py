@@ -36,6 +36,7 @@ import warnings
 import numpy as np
 
 from .base import ScoreFrame, UnivariateModel, band_score, check_t_y, median_step, ring_windows, window_median
+from .batch import attr_array, check_points, ring_commit, ring_median, score_points_by
 from .robust import MAD_TO_SIGMA, noise_floor
 
 CALENDAR_PERIODS = (86400.0, 604800.0, 3600.0)  # day first: the usual rhythm of a home lab
@@ -457,3 +458,22 @@ class SeasonalESD(UnivariateModel):
         frame = band_score(y, expected, half, 1.0, self.direction, self.min_deviation)
         frame.score[np.isnan(level)] = np.nan
         return frame
+
+    @classmethod
+    def prepare_points(cls, models, t, y):
+        t, y = check_points(cls, models, t, y)
+        return score_points_by(models, t, y, lambda m: (m.direction, len(m.buf_)), cls._prepare_group)
+
+    @classmethod
+    def _prepare_group(cls, models, t, y):
+        phase = np.rint((t - attr_array(models, "t0_")) / attr_array(models, "step_")).astype(np.int64) \
+            % np.array([m.period_ for m in models], dtype=np.int64)
+        seasonal = np.array([m.profile_[p] for m, p in zip(models, phase.tolist(), strict=True)], dtype=float)
+        ds = y - seasonal
+        level = ring_median(models)[0]
+        expected = level + seasonal + attr_array(models, "center_")
+        z = np.array([m.z_threshold_ if m.sensitivity is None else m.sensitivity for m in models], dtype=float)
+        half = np.maximum(z * attr_array(models, "scale_"), attr_array(models, "tail_factor") * attr_array(models, "tail_"))
+        frame = band_score(y, expected, half, 1.0, models[0].direction, attr_array(models, "min_deviation"))
+        frame.score[np.isnan(level)] = np.nan
+        return frame, ring_commit(models, ds, t)
