@@ -6,6 +6,10 @@ APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter vict
 .PHONY: demo test lint unit bench deps venv constraints secrets clean
 # The versions the suite runs with; the Dockerfiles and CI install with them too.
 CONSTRAINTS := constraints.txt
+# The suite waits more than it computes (servers starting, rules evaluating, scrapes): two workers
+# halve its wall time on CI's two cores. A test file stays on one worker (--dist loadfile), so its
+# module fixtures start their servers once; every server takes a free port of its own.
+TEST_WORKERS ?= 2
 
 # Debian packages for the real Prometheus/Alertmanager/node-exporter the demo and tests start, and
 # VictoriaMetrics (single node, vmagent, vmalert, vmauth: the fleet's central store and its tests).
@@ -54,7 +58,7 @@ unit: venv
 	$(VENV)/bin/pytest -q -m "not integration"
 
 test: deps venv lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: venv
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
