@@ -3,7 +3,9 @@ ten boxes), to size replicas. Two parts:
 
 score   one replica holding all 20,000: the 2,000-series mix fitted once, each model restored ten
         times from its stored state (what a restart loads: independent objects, the same sizes);
-        scoring cycles of one new point per series; steady RSS. Goal: cycle <= 2 s, RSS <= 1.5 GB.
+        scoring cycles of one new point per series, the univariate ones batched as the service scores
+        them (detector/models/batch.py), then one by one for comparison, then through the detector
+        (MetricDetector.score); steady RSS. Goal: cycle <= 2 s, RSS <= 1.5 GB.
 fit     the same 20,000 series fitted over 1, 2 and 4 shards, each shard a process of its own that
         keeps the series detector/sharding.py gives it (the product's ownership: a GPU's series by
         its uuid, the others by their labels) and fits only those: per shard its series, wall time
@@ -71,14 +73,43 @@ def score_part(a) -> None:
     rss_fitted = proc_status_mb()
     cycles = score_cycles(models, t[-1], STEP, a.cycles)
     alone = score_cycles(models, t[-1] + STEP * a.cycles, STEP, a.cycles, batched=False)
+    through, held = detector_cycles(models, t[-1] + 2 * STEP * a.cycles, a.cycles)
     gc.collect()
     print(f"score: one replica, {len(models)} series ({a.boxes} boxes x the {len(models) // a.boxes}-series mix, "
           f"{a.univariate_model} for the univariate share); mix fitted once in {fit_s:.0f} s, restored {a.boxes}x")
     print(f"  scoring cycle (1 new point per series): median {np.median(cycles):.2f} s, max {np.max(cycles):.2f} s "
           f"over {a.cycles} cycles (goal <= 2 s), the univariate series batched as the service scores them")
     print(f"  the same, every series scored on its own (before the batch): median {np.median(alone):.2f} s")
+    print(f"  the {held} univariate series through the detector (MetricDetector.score: new points sliced, "
+          f"scored, results built): median {np.median(through):.2f} s")
     print(f"  RSS: after imports {rss_imports:.0f} MB, steady (fitted) {rss_fitted:.0f} MB, "
           f"after cycles {proc_status_mb():.0f} MB (goal <= 1500 MB)")
+
+
+def detector_cycles(models, t_last: float, cycles: int) -> tuple[list[float], int]:
+    """Wall seconds of each cycle of the univariate series through MetricDetector.score, one
+    detector per model kind holding its restored models (what `serve` does with the points a pass
+    fetched), and how many series they hold."""
+    from detector.config import DetectorConfig
+    from detector.fetch import SeriesData
+    from detector.metric_detector import MetricDetector, SeriesModel
+
+    detectors: dict[str, MetricDetector] = {}
+    for i, (_kind, m) in enumerate(models):
+        if m.multivariate:
+            continue
+        det = detectors.setdefault(m.kind, MetricDetector(DetectorConfig(name=m.kind, query="q", model=m.kind), STEP))
+        det.series[f"series={i}"] = SeriesModel({"series": str(i)}, m.kind, m, t_last)
+    out = []
+    for c in range(cycles):
+        tn = np.array([t_last + STEP * (c + 1)])
+        data = {name: {sid: SeriesData(sm.labels, tn, np.array([40.0])) for sid, sm in det.series.items()}
+                for name, det in detectors.items()}
+        c0 = time.perf_counter()
+        for name, det in detectors.items():
+            det.score(data[name])
+        out.append(time.perf_counter() - c0)
+    return out, sum(len(d.series) for d in detectors.values())
 
 
 def fit_one_shard(a) -> dict:
