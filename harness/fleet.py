@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from harness.processes import Process, free_port, require_binary
+from harness.processes import require_binary
+from harness.servers import BinaryServer
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_CONFIG = ROOT / "prometheus" / "agent.yml"
@@ -47,43 +48,33 @@ def agent_config(exporter: str, central_url: str, password_file: Path, node_expo
     return text
 
 
-class PrometheusAgent(Process):
+class PrometheusAgent(BinaryServer):
     """A real Prometheus 2.42 in agent mode for one box: `RIGWATCH_BOX` set in its environment,
     expanded into the `box` external label (2.42 needs the expand-external-labels feature)."""
 
     def __init__(self, workdir: Path, box: str, exporter: str, central_url: str, secrets: Path,
                  node_exporter: str | None = None, scrape_interval: str | None = None):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = self.workdir / "agent.yml"
-        config.write_text(agent_config(exporter, central_url, Path(secrets) / "remote_write_password",
-                                       node_exporter, scrape_interval, itself=f"127.0.0.1:{self.port}"))
-        argv = [require_binary("prometheus"), "--enable-feature=agent,expand-external-labels",
-                f"--config.file={config}", f"--storage.agent.path={self.workdir / 'wal'}",
+        super().__init__(f"agent-{box}", workdir, env={**os.environ, "RIGWATCH_BOX": box})
+        self.config_path.write_text(agent_config(exporter, central_url, Path(secrets) / "remote_write_password",
+                                                 node_exporter, scrape_interval, itself=f"127.0.0.1:{self.port}"))
+
+    def command(self) -> list[str]:
+        return [require_binary("prometheus"), "--enable-feature=agent,expand-external-labels",
+                f"--config.file={self.config_path}", f"--storage.agent.path={self.workdir / 'wal'}",
                 f"--web.listen-address=127.0.0.1:{self.port}"]
-        super().__init__(f"agent-{box}", argv, self.workdir / "agent.log", cwd=self.workdir,
-                         ready_url=self.url + "/-/ready", env={**os.environ, "RIGWATCH_BOX": box})
 
 
-class VMAuthServer(Process):
+class VMAuthServer(BinaryServer):
     """A real vmauth with the vmauth.yml `make secrets` wrote, its upstreams pointed at this
     machine's VictoriaMetrics and Loki."""
 
     def __init__(self, workdir: Path, secrets: Path, vm_url: str, loki_url: str):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         text = (Path(secrets) / "vmauth.yml").read_text()
         text = text.replace("http://victoriametrics:9090", vm_url).replace("http://loki:3100", loki_url)
-        config = self.workdir / "vmauth.yml"
-        config.write_text(text)
-        argv = [require_binary("vmauth"), f"-auth.config={config}", f"-httpListenAddr=127.0.0.1:{self.port}"]
-        super().__init__("vmauth", argv, self.workdir / "vmauth.log", cwd=self.workdir,
-                         ready_url=self.url + "/health")
+        super().__init__("vmauth", workdir, config=text, ready_path="/health")
 
+    def command(self) -> list[str]:
+        return [require_binary("vmauth"), f"-auth.config={self.config_path}", f"-httpListenAddr=127.0.0.1:{self.port}"]
 
 
 def central_scrape_config(targets: dict[str, str], scrape_interval: str | None = None) -> str:

@@ -1,4 +1,5 @@
-"""A real Prometheus 2.x and a real Alertmanager (the Debian packages) on 127.0.0.1, each a `Process`.
+"""A real Prometheus 2.x and a real Alertmanager (the Debian packages) on 127.0.0.1, and `BinaryServer`,
+what every server binary the tests start shares (VictoriaMetrics, vmalert, vmauth and the agents too).
 
 Nothing is mocked; ports are picked free unless given. The working directory holds the config, the
 log (`<name>.log`) and, unless told otherwise, the data. Usage:
@@ -15,19 +16,25 @@ from harness.processes import Process, free_port, require_binary
 from harness.prometheus_api import PrometheusAPI
 
 
-class _Server(Process):
-    """A binary serving HTTP on 127.0.0.1:`port`, ready when `/-/ready` answers 200."""
+class BinaryServer(Process):
+    """A binary serving HTTP on 127.0.0.1:`port` (a free one unless given), ready when `ready_path`
+    answers 200. Its working directory holds its log (`<name>.log`) and, with `config`, the config
+    file (`<name>.yml`, at `config_path`); a subclass's `command()` gives the argv at start, when
+    every setting is known."""
 
-    def __init__(self, name: str, workdir: Path, config: str, port: int | None):
+    def __init__(self, name: str, workdir: Path, config: str | None = None, port: int | None = None,
+                 ready_path: str = "/-/ready", env: dict[str, str] | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port if port is not None else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = self.workdir / f"{name}.yml"
-        self.config_path.write_text(config)
-        super().__init__(name, [], self.workdir / f"{name}.log", cwd=self.workdir, ready_url=self.url + "/-/ready")
+        if config is not None:
+            self.config_path.write_text(config)
+        super().__init__(name, [], self.workdir / f"{name}.log", cwd=self.workdir,
+                         ready_url=self.url + ready_path, env=env)
 
-    def start(self, timeout: float = 30.0) -> _Server:
+    def start(self, timeout: float = 30.0) -> BinaryServer:
         self.argv = self.command()
         super().start(timeout=timeout)
         return self
@@ -36,14 +43,14 @@ class _Server(Process):
         raise NotImplementedError
 
 
-class PrometheusServer(_Server, PrometheusAPI):
+class PrometheusServer(BinaryServer, PrometheusAPI):
     """A real Prometheus. `config` is the prometheus.yml text; `storage` an existing TSDB dir (e.g. one
     filled by `backfill_openmetrics`) or None for a fresh one under the working directory; blocks
     older than `retention` are dropped."""
 
     def __init__(self, workdir: Path, config: str, storage: Path | None = None,
                  extra_args: list[str] | None = None, port: int | None = None, retention: str = "3650d"):
-        _Server.__init__(self, "prometheus", workdir, config, port)
+        BinaryServer.__init__(self, "prometheus", workdir, config, port)
         PrometheusAPI.__init__(self, self.url)
         self.storage = Path(storage) if storage else self.workdir / "data"
         self.retention = retention
@@ -65,7 +72,7 @@ class PrometheusServer(_Server, PrometheusAPI):
         raise TimeoutError(f"no result for {promql!r} after {timeout}s; prometheus log:\n{self.tail()}")
 
 
-class AlertmanagerServer(_Server):
+class AlertmanagerServer(BinaryServer):
     """A real Alertmanager 0.25 (Debian's prometheus-alertmanager), its data under the working
     directory, clustering off (one instance)."""
 
