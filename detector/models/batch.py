@@ -101,6 +101,17 @@ def ring_median(models: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     return window_median(rows, held, w), rows, held, w
 
 
+class RingBufferPoints:
+    """``prepare_points`` of the kinds whose online state is a ring buffer (``buf_``, ``pos_``,
+    ``count_``): batched by direction and buffer length, each group by the class's
+    ``_prepare_group(models, t, y) -> (frame, commit)``. Listed before UnivariateModel in the bases."""
+
+    @classmethod
+    def prepare_points(cls, models, t, y):
+        t, y = check_points(cls, models, t, y)
+        return score_points_by(models, t, y, lambda m: (m.direction, len(m.buf_)), cls._prepare_group)
+
+
 def score_point_batch(models: Sequence, t: float, y) -> ScoreFrame:
     """One new point (time `t`, value y[i] for models[i]) scored for univariate models of any
     kinds, each kind's share at once; no model's state moves unless every kind scored. The live

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import ScoreFrame, UnivariateModel, band_score, check_t_y, median_step, ring_windows, window_median
-from .batch import attr_array, check_points, ring_commit, ring_median, score_points_by
+from .batch import RingBufferPoints, attr_array, ring_commit, ring_median
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 
@@ -34,7 +34,7 @@ def resolution(y: np.ndarray) -> float:
     return float(d.min()) if len(d) else 0.0
 
 
-class RobustZ(UnivariateModel):
+class RobustZ(RingBufferPoints, UnivariateModel):
     """Score = |y - rolling median| / (sensitivity * 1.4826 * rolling MAD) on the watched side.
 
     Online state is a ring buffer of the last ``window`` non-missing values; nothing else of the
@@ -146,11 +146,6 @@ class RobustZ(UnivariateModel):
         # too little history yet: no opinion rather than a made-up one
         frame.score[np.isnan(expected)] = np.nan
         return frame
-
-    @classmethod
-    def prepare_points(cls, models, t, y):
-        t, y = check_points(cls, models, t, y)
-        return score_points_by(models, t, y, lambda m: (m.direction, len(m.buf_)), cls._prepare_group)
 
     @classmethod
     def _prepare_group(cls, models, t, y):

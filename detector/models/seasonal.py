@@ -36,7 +36,7 @@ import warnings
 import numpy as np
 
 from .base import ScoreFrame, UnivariateModel, band_score, check_t_y, median_step, ring_windows, window_median
-from .batch import attr_array, check_points, ring_commit, ring_median, score_points_by
+from .batch import RingBufferPoints, attr_array, ring_commit, ring_median
 from .robust import MAD_TO_SIGMA, noise_floor
 
 CALENDAR_PERIODS = (86400.0, 604800.0, 3600.0)  # day first: the usual rhythm of a home lab
@@ -285,7 +285,7 @@ def decompose(y_grid: np.ndarray, period: int | None, method: str = "fast",
 # --------------------------------------------------------------------------------------------
 # the model
 # --------------------------------------------------------------------------------------------
-class SeasonalESD(UnivariateModel):
+class SeasonalESD(RingBufferPoints, UnivariateModel):
     """Seasonal hybrid ESD with causal online scoring; see the module docstring.
 
     ``sensitivity``: band half-width in robust standard deviations; None (default) uses the ESD
@@ -458,11 +458,6 @@ class SeasonalESD(UnivariateModel):
         frame = band_score(y, expected, half, 1.0, self.direction, self.min_deviation)
         frame.score[np.isnan(level)] = np.nan
         return frame
-
-    @classmethod
-    def prepare_points(cls, models, t, y):
-        t, y = check_points(cls, models, t, y)
-        return score_points_by(models, t, y, lambda m: (m.direction, len(m.buf_)), cls._prepare_group)
 
     @classmethod
     def _prepare_group(cls, models, t, y):
