@@ -123,20 +123,33 @@ def main(argv=None) -> int:
     rss_fitted = proc_status_mb("VmRSS")
 
     now[0] = end + step * (a.cycles + 1)  # the published snapshot keeps fresh points only
-    cycle_s = []
+    cycle_s, parts = [], {"score": [], "record": [], "publish": [], "render": []}
     for c in range(a.cycles):
         tn = np.array([end + step * (c + 1)])
-        c0 = time.perf_counter()
+        data = {}
         for name, det in metric_side.detectors.items():
             names = list(det.cfg.features)
-            data = {}
+            data[name] = {}
             for sid, sm in det.series.items():
                 y, X = series(name, 0, np.zeros(1), rng)
-                data[sid] = SeriesData(sm.labels, tn, y[:1], None if X is None else X[:1], names)
-            svc.record(det.score(data))
+                data[name][sid] = SeriesData(sm.labels, tn, y[:1], None if X is None else X[:1], names)
+        took = dict.fromkeys(parts, 0.0)
+        c0 = time.perf_counter()
+        for name, det in metric_side.detectors.items():
+            p0 = time.perf_counter()
+            batches = det.score(data[name])
+            p1 = time.perf_counter()
+            svc.record(batches)
+            took["score"] += p1 - p0
+            took["record"] += time.perf_counter() - p1
+        p0 = time.perf_counter()
         svc._publish()
+        p1 = time.perf_counter()
         body = generate_latest(registry)
+        took["publish"], took["render"] = p1 - p0, time.perf_counter() - p1
         cycle_s.append(time.perf_counter() - c0)
+        for k, v in took.items():
+            parts[k].append(v)
     gc.collect()
     rss_after = proc_status_mb("VmRSS")
     total = metric_side.series_tracked()
@@ -145,7 +158,9 @@ def main(argv=None) -> int:
     print(f"fit + save through the engine: {fit_s:.1f} s; /metrics body {len(body) / 1024:.0f} KiB, "
           f"{body.count(b'rigwatch_anomaly_score{')} score samples")
     print(f"scoring cycle through the engine (+ record, publish, /metrics render): median "
-          f"{np.median(cycle_s):.3f} s, max {np.max(cycle_s):.3f} s over {a.cycles} cycles")
+          f"{np.median(cycle_s):.3f} s, max {np.max(cycle_s):.3f} s over {a.cycles} cycles; of which (medians) "
+          + ", ".join(f"{k} {np.median(v):.3f} s" for k, v in parts.items())
+          + " (render: one /metrics scrape, which Prometheus makes on its own schedule)")
     print(f"RSS: after serve's imports {rss_imports:.0f} MB, fitted (steady state) {rss_fitted:.0f} MB, "
           f"after scoring cycles {rss_after:.0f} MB, peak (VmHWM) {proc_status_mb('VmHWM'):.0f} MB")
     shutil.rmtree(store_dir, ignore_errors=True)

@@ -49,6 +49,16 @@ class AnomalyRates:
             for k in [k for k in buckets if k < oldest]:
                 del buckets[k]
 
+    def add_batches(self, batches) -> None:
+        """`add` for scored batches (ScoreBatch), counted per detector at once: a live cycle hands
+        over thousands of one-point batches."""
+        per_detector: dict[str, list] = {}
+        for b in batches:
+            per_detector.setdefault(b.detector, []).append(b)
+        for detector, group in per_detector.items():
+            self.add(detector, np.concatenate([np.asarray(b.t, float) for b in group]),
+                     np.concatenate([np.asarray(b.score, float) for b in group]))
+
     def forget(self, keep) -> None:
         keep = set(keep)
         with self._lock:

@@ -142,8 +142,10 @@ class IncidentTracker:
         if self.quiet is not None and len(score):
             score = np.where(self.quiet(batch.detector, np.asarray(batch.t, float)), 0.0, score)
         onset = self._onset_mask(key, policy, batch.t, score)
-        score = np.nan_to_num(score, nan=0.0)
-        for i in np.nonzero(score > self.threshold)[0]:
+        hot = np.nonzero(score > self.threshold)[0]  # NaN (no opinion) is never above it
+        if len(hot):
+            score = np.nan_to_num(score, nan=0.0)
+        for i in hot:
             t = float(batch.t[i])
             cur = self.open.get(key)
             if cur is not None and t - cur.end > gap + self.step * 0.5:

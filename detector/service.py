@@ -155,12 +155,12 @@ class DetectorService:
         with self._lock:
             for b in batches:
                 self.tracker.update(b)
-                self.rates.add(b.detector, b.t, b.score)
                 if publish and len(b.t):
                     i = len(b.t) - 1
                     self._latest[(b.detector, series_id(b.labels))] = ScoreSample(
                         b.detector, b.model, dict(b.labels), float(b.t[i]), float(b.score[i]),
                         float(b.expected[i]), float(b.lower[i]), float(b.upper[i]), float(b.y[i]))
+            self.rates.add_batches(batches)
 
     def _publish(self) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ from detector.drift_book import STATE_KEY
 from detector.metrics import DetectorCollector
 from detector.persistence import MemoryPersistence
 from detector.registry import Registry, record_name
+from detector.scores import ScoreBatch
 from detector.store import ModelStore
 from tests.test_detector_api import GPU, PROM, matrix_handler, service_for
 
@@ -236,3 +237,16 @@ def test_refit_on_drift_is_validated(detector, message):
         load_config(text=f"detectors:\n  - {detector}\n")
     assert load_config(text="defaults: {refit_on_drift: true}\ndetectors:\n"
                             "  - {name: a, query: up, model: robust_z}\n").detectors[0].refit_on_drift
+
+
+def test_anomaly_rates_from_a_cycle_of_one_point_batches_count_per_detector():
+    now = [100_000.0]
+    rates = AnomalyRates(lambda: now[0])
+    t = np.array([now[0] - 30.0])
+    batches = [ScoreBatch(det, "m", {"s": str(i)}, t, t, np.array([score]), t, t, t)
+               for i, (det, score) in enumerate([("a", 2.0), ("a", 0.5), ("a", np.nan), ("b", 3.0), ("a", 1.5)])]
+    rates.add_batches(batches)
+    assert rates.rates()[("a", "1h")] == pytest.approx(2 / 3)  # the NaN is no opinion
+    assert rates.rates()[("b", "1h")] == 1.0
+    rates.add_batches([])
+    assert rates.rates()[("a", "24h")] == pytest.approx(2 / 3)
