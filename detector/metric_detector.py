@@ -29,7 +29,7 @@ from detector.models import (
     make_model,
     model_from_state,
 )
-from detector.models.batch import FIELDS, can_score_points, score_point_batch
+from detector.models.batch import can_score_points, score_point_batch
 from detector.scores import ScoreBatch
 from detector.store import fingerprint_arrays, sha256_arrays
 
@@ -238,7 +238,7 @@ class MetricDetector:
                 alone.extend(idx)
                 continue
             for j, i in enumerate(idx):
-                frames[i] = ScoreFrame(*(getattr(frame, k)[j:j + 1] for k in FIELDS))
+                frames[i] = frame.take(slice(j, j + 1))
         for i in sorted(alone):
             sid, sm, part, X = todo[i]
             try:

@@ -362,7 +362,8 @@ class MetricPlugin(DetectorPlugin):
             challenger.last_fit = end
             meta = challenger.fit_metadata(train, start, train_end)
             meta["training_data"].update(self.source.provenance())
-            if self.shard.sharded:  # load() compares it: a version fitted under another N re-owns series
+            if self.shard.sharded:  # under which N this version was fitted, for the reader of its
+                # metadata (load() cannot rely on it to see a change of N: see there)
                 meta["shard"] = str(self.shard)
             reference = self.drift.train(det.cfg, train_all, train_end, install=False)
             if self.store is None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 DIRECTIONS = ("both", "up", "down")
+FIELDS = ("score", "expected", "lower", "upper")  # a ScoreFrame's arrays, in order
 STATE_FORMAT = 1  # bump when get_state()'s layout changes incompatibly
 
 
@@ -48,8 +49,16 @@ class ScoreFrame:
     def concat(cls, frames: list[ScoreFrame]) -> ScoreFrame:
         if not frames:
             return cls.empty()
-        return cls(*(np.concatenate([getattr(f, k) for f in frames])
-                     for k in ("score", "expected", "lower", "upper")))
+        return cls(*(np.concatenate([getattr(f, k) for f in frames]) for k in FIELDS))
+
+    def take(self, ix) -> ScoreFrame:
+        """The points at `ix` (an index array, mask or slice) as a frame of their own."""
+        return ScoreFrame(*(getattr(self, k)[ix] for k in FIELDS))
+
+    def put(self, ix, other: ScoreFrame) -> None:
+        """Write `other`'s points at `ix` of this frame."""
+        for k in FIELDS:
+            getattr(self, k)[ix] = getattr(other, k)
 
 
 class NotFittedError(RuntimeError):

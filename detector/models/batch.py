@@ -23,8 +23,6 @@ import numpy as np
 
 from .base import ScoreFrame, UnivariateModel, as_float_array, window_median
 
-FIELDS = ("score", "expected", "lower", "upper")
-
 
 def check_points(cls: type, models: Sequence, t: float, y) -> tuple[float, np.ndarray]:
     """What ``score`` checks, once for the batch: fitted models of `cls`, a finite time, one
@@ -59,8 +57,7 @@ def score_points_by(models: Sequence, t: float, y: np.ndarray, key: Callable,
         ix = np.asarray(idx)
         frame, commit = prepare_group([models[i] for i in idx], t, y[ix])
         commits.append(commit)
-        for k in FIELDS:
-            getattr(out, k)[ix] = getattr(frame, k)
+        out.put(ix, frame)
     return out, lambda: [c() for c in commits]
 
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ScoreFrame, UnivariateModel, check_t_y, median_step
-from .batch import FIELDS, check_points
+from .base import FIELDS, ScoreFrame, UnivariateModel, check_t_y, median_step
+from .batch import check_points
 from .level_shift import LevelShift
 from .novelty import ValueNovelty
 from .seasonal import SeasonalESD
@@ -145,8 +145,7 @@ class Ensemble(UnivariateModel):
         has = ~np.isnan(scores).all(axis=0)
         best = np.argmax(np.where(np.isnan(scores), -np.inf, scores), axis=0)
         cols = np.arange(len(y))
-        out = ScoreFrame(*(np.vstack([getattr(f, k) for f in frames])[best, cols]
-                           for k in ("score", "expected", "lower", "upper")))
+        out = ScoreFrame(*(np.vstack([getattr(f, k) for f in frames])[best, cols] for k in FIELDS))
         out.score[~has] = np.nan
         return out
 

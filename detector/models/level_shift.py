@@ -114,8 +114,7 @@ class LevelShift(UnivariateModel):
         idx = np.nonzero(ok)[0][-got:] if got else np.zeros(0, int)
         # the band convention, applied to the short median against the baseline's
         shifted = band_score(short, base, self.scale_, self.sensitivity, self.direction, self.min_deviation)
-        for k in ("score", "expected", "lower", "upper"):
-            getattr(frame, k)[idx] = getattr(shifted, k)
+        frame.put(idx, shifted)
         keep = w + b - 1
         self.hist_ = x[-keep:].copy() if keep else np.zeros(0)
         self.last_t_ = float(t[-1])
@@ -141,8 +140,7 @@ class LevelShift(UnivariateModel):
         shifted = band_score(np.median(x[:, b:], axis=1), np.median(x[:, :b], axis=1),
                              attr_array(moved, "scale_"), attr_array(moved, "sensitivity"), models[0].direction,
                              attr_array(moved, "min_deviation"))
-        for k in ("score", "expected", "lower", "upper"):
-            getattr(frame, k)[ok] = getattr(shifted, k)
+        frame.put(ok, shifted)
 
         def commit():  # a missing value moves nothing, as in score
             for m, row in zip(moved, x, strict=True):
