@@ -125,6 +125,11 @@ LIMITS: dict[str, Limit] = {
     "params.value_novelty.quantile": Limit(0.5, 1, lo_open=True),  # upper quantile; 0.5 is a range of width 0
     "params.value_novelty.relative_floor": Limit(0, 1, hi_open=True),  # as level_shift's
     "params.value_novelty.min_points": _count(2, 1_000_000),  # a range needs two points; a million is weeks of seconds
+    # volatility_shift: level_shift over the step sizes, the same bounds
+    "params.volatility_shift.window": _count(1, 100_000),  # as params.level_shift.window
+    "params.volatility_shift.baseline": _count(2, 100_000),  # as params.level_shift.baseline
+    "params.volatility_shift.tail_quantile": Limit(0.5, 1),  # as params.level_shift.tail_quantile
+    "params.volatility_shift.relative_floor": Limit(0, 1, hi_open=True),  # as level_shift's
     # ensemble: passed to its members (level_shift window/baseline, value_novelty margin, both tails)
     "params.ensemble.shift_window": _count(1, 100_000),  # as params.level_shift.window
     "params.ensemble.shift_baseline": _count(2, 100_000),  # as params.level_shift.baseline
@@ -132,6 +137,9 @@ LIMITS: dict[str, Limit] = {
     "params.ensemble.tail_quantile": Limit(0.5, 1),  # seasonal_esd's and level_shift's calibration quantile
     "params.ensemble.point_sensitivity": Limit(0, 1000, lo_open=True),  # scales seasonal_esd's band: > 0, as sensitivity
     "params.ensemble.memory": Limit(0, 400 * _D, duration=True),  # half-life of the extremes a refit keeps; 0: none kept
+    "params.ensemble.volatility_window": _count(1, 100_000),  # as params.volatility_shift.window
+    "params.ensemble.volatility_baseline": _count(2, 100_000),  # as params.volatility_shift.baseline
+    "params.ensemble.maturity": Limit(0, 400 * _D, duration=True),  # history after which the band is its members'; 0: always
     "params.thermal.time_constants": _dur(0, 7 * _D),  # thermal lags: seconds to hours, never weeks
     "params.thermal.ridge": Limit(0, 1e6),
     "params.thermal.huber": Limit(0, 1e6, lo_open=True),

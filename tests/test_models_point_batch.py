@@ -35,13 +35,15 @@ VARIANTS = {
                      {"period": 3600.0, "tail_factor": 2.0}],
     "level_shift": [{}, {"window": 3, "baseline": 20, "direction": "down"}, {"sensitivity": 2.0}],
     "value_novelty": [{}, {"margin": 0.3, "direction": "up"}, {"min_deviation": 5.0, "quantile": 0.99}],
+    "volatility_shift": [{}, {"window": 3, "baseline": 20, "direction": "down"}, {"sensitivity": 2.0}],
     "ensemble": [{}, {"members": ["value_novelty", "level_shift"]}, {"direction": "up", "sensitivity": 1.5},
-                 {"members": ["level_shift", "seasonal_esd", "value_novelty"], "shift_window": 3}],
+                 {"members": ["level_shift", "seasonal_esd", "value_novelty"], "shift_window": 3},
+                 {"maturity": 30 * 86400.0, "volatility_window": 4}],
 }
 # history lengths: a buffer still filling (robust_z), members sitting out (ensemble: no
 # seasonal_esd under two days), and full ones
 HISTORY = {"robust_z": [8, 40, 3000], "seasonal_esd": [3 * 1440], "level_shift": [300, 2000],
-           "value_novelty": [150, 2000], "ensemble": [400, 3 * 1440]}
+           "value_novelty": [150, 2000], "volatility_shift": [300, 2000], "ensemble": [400, 3 * 1440]}
 
 
 def fitted(kind: str, count: int) -> list:

@@ -1,4 +1,4 @@
-"""level_shift, value_novelty and the ensemble (issue 13): what each one sees and what it cannot.
+"""level_shift, value_novelty, volatility_shift and the ensemble (issue 13): what each one sees and what it cannot.
 
 One seeded series: 5-minute steps, a daily sine (100 +- 20) and noise (sigma 2); four days to fit,
 the fifth day scored clean or with one anomaly planted. Each model is fitted once; every test scores
@@ -6,10 +6,13 @@ a fresh copy rebuilt from its state, so the tests do not feed each other's point
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
-from detector.models import Ensemble, LevelShift, OnsetFilter, ValueNovelty, make_model, model_from_state
+from detector.models import (Ensemble, LevelShift, OnsetFilter, ValueNovelty, VolatilityShift, make_model,
+                             model_from_state)
 from detector.store import pack_state, unpack_state
 
 STEP, DAY = 300.0, 288  # 5 minutes, points per day
@@ -46,9 +49,12 @@ def planted(kind: str) -> np.ndarray:
     return y
 
 
+UNIVARIATE_NEW = ("level_shift", "value_novelty", "volatility_shift", "ensemble")
+
+
 @pytest.fixture(scope="module")
 def states():
-    return {k: make_model(k).fit(T[FIT], Y[FIT]).get_state() for k in ("level_shift", "value_novelty", "ensemble")}
+    return {k: make_model(k).fit(T[FIT], Y[FIT]).get_state() for k in UNIVARIATE_NEW}
 
 
 def scores(states, kind, y, t=T5):
@@ -67,7 +73,7 @@ def test_the_clean_day_flags_nothing(states):
     for kind in states:
         assert flagged(scores(states, kind, CLEAN)) == 0, kind
     assert Ensemble.from_state(states["ensemble"]).fit_metrics()["members"] == \
-        ["seasonal_esd", "level_shift", "value_novelty"]
+        ["seasonal_esd", "level_shift", "value_novelty", "volatility_shift"]
 
 
 # -- level_shift ------------------------------------------------------------------------------------
@@ -112,22 +118,62 @@ def test_value_novelty_does_not_see_anything_inside_the_seen_range(states):
         assert np.all(scores(states, "value_novelty", planted(kind)) == 0), kind
 
 
+# -- volatility_shift -------------------------------------------------------------------------------
+def test_volatility_shift_sees_more_noise_where_level_shift_does_not(states):
+    y = CLEAN.copy()
+    y[200:260] = SEASON[DAY5][200:260] + _noise(7, 60, sigma=8)  # level_shift's blind spot above
+    s = scores(states, "volatility_shift", y)
+    assert flagged(s[:200]) == 0 and s[200:260].max() > 1
+
+
+@pytest.mark.parametrize("kind", ["spike_beyond", "shift_up", "phase"])
+def test_volatility_shift_does_not_see_a_spike_a_new_level_or_a_phase_change(states, kind):
+    # known blind spots: one spike is two large steps in a median of 12; a shift is one; the
+    # upside-down sine steps as the sine did
+    assert flagged(scores(states, "volatility_shift", planted(kind))) == 0
+
+
+def test_volatility_shift_down_sees_a_steady_series_stop_but_not_a_noisy_one_go_still():
+    # a counter that moves 10 per step (+-0.5) and then sticks: every step drops from 10 to 0
+    ramp = 10.0 * IDX + _noise(4, len(IDX), sigma=0.5)
+    y = ramp[DAY5].copy()
+    y[150:] = y[149]
+    down = make_model("volatility_shift", direction="down").fit(T[FIT], ramp[FIT]).score(T5, y)
+    assert flagged(down.score[:150]) == 0 and down.score[150:170].max() > 1
+    assert flagged(make_model("volatility_shift").fit(T[FIT], ramp[FIT]).score(T5, y).score) == 0  # up: no
+    # its band is about the previous value: how far the next may step
+    assert down.expected[160] == y[149] and down.lower[160] < y[149] < down.upper[160]
+    # known blind spot: on the noisy sine the typical step (~2) is no larger than the training
+    # window's own swings of it, so a drop of the step to 0 stays inside the band
+    still = CLEAN.copy()
+    still[150:] = 95.0
+    quiet = make_model("volatility_shift", direction="down").fit(T[FIT], Y[FIT]).score(T5, still).score
+    assert flagged(quiet) == 0
+
+
 # -- the ensemble -----------------------------------------------------------------------------------
-def test_ensemble_is_the_maximum_of_its_members(states):
+def test_ensemble_is_the_maximum_of_its_members_widened_while_young(states):
     y = planted("shift_up")
     each = members(states, y)
-    np.testing.assert_array_equal(scores(states, "ensemble", y), np.max(np.vstack(list(each.values())), axis=0))
+    # four days seen of a 7-day maturity: a band sqrt(7/4) times as wide as the members'
+    young = Ensemble.from_state(states["ensemble"])
+    assert young.widening_ == pytest.approx(np.sqrt(7 / 4), rel=1e-3)
+    np.testing.assert_allclose(scores(states, "ensemble", y),
+                               np.max(np.vstack(list(each.values())), axis=0) / young.widening_, rtol=1e-12)
 
 
 @pytest.mark.parametrize("kind, seen_by", [
     ("spike_in_range", {"seasonal_esd"}),  # in range: only the point model can see it
     ("spike_beyond", {"seasonal_esd", "value_novelty"}),
     ("shift_up", {"seasonal_esd", "level_shift", "value_novelty"}),
-    ("drop_to_seen", {"seasonal_esd", "level_shift"}),
+    # the ensemble's level_shift compares 12 points with the 12 h before them, half a period of
+    # this sine: its own daily ramp moves that median as far as the drop does (a standalone
+    # level_shift, 5 against 60, sees it: above)
+    ("drop_to_seen", {"seasonal_esd"}),
     ("phase", {"seasonal_esd"}),  # only against the expected profile is a phase change visible
-    # more noise inside the range: the point model sees the points outside its band; level_shift
-    # too, incidentally, because the stretch lies on the steepest part of the daily ramp
-    ("variance_in_range", {"seasonal_esd", "level_shift"}),
+    # more noise inside the range: volatility_shift's own case; the point model sees the points
+    # outside its band
+    ("variance_in_range", {"seasonal_esd", "volatility_shift"}),
 ])
 def test_ensemble_flags_each_anomaly_through_the_members_that_see_it(states, kind, seen_by):
     y = planted(kind)
@@ -137,15 +183,16 @@ def test_ensemble_flags_each_anomaly_through_the_members_that_see_it(states, kin
 
 
 def test_ensemble_without_enough_history_for_seasonal_esd_scores_with_the_rest():
-    # one day of 5-minute points: seasonal_esd needs two periods and sits out
+    # one day of 5-minute points: seasonal_esd needs two periods, level_shift and volatility_shift
+    # four times their 156-point windows, and sit out
     m = make_model("ensemble").fit(T[:DAY], Y[:DAY])
-    assert m.fit_metrics()["members"] == ["level_shift", "value_novelty"]
+    assert m.fit_metrics()["members"] == ["value_novelty"]
     s = m.score(T[DAY:DAY + 10], Y[DAY:DAY + 10] + np.r_[np.zeros(5), np.full(5, 60.0)]).score
     assert np.all(np.isfinite(s)) and s[:5].max() <= 1 and s[5:].max() > 1
 
 
 # -- shared contract --------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["level_shift", "value_novelty", "ensemble"])
+@pytest.mark.parametrize("kind", UNIVARIATE_NEW)
 def test_state_round_trip_scores_identically(states, kind):
     y = planted("shift_up")
     a = model_from_state(states[kind])
@@ -157,7 +204,7 @@ def test_state_round_trip_scores_identically(states, kind):
         np.testing.assert_array_equal(getattr(fa, k), getattr(fb, k), err_msg=k)
 
 
-@pytest.mark.parametrize("kind", ["level_shift", "ensemble"])
+@pytest.mark.parametrize("kind", ["level_shift", "volatility_shift", "ensemble"])
 def test_scoring_point_by_point_equals_one_batch(states, kind):
     y = planted("drop_to_seen")
     batch = scores(states, kind, y)
@@ -166,7 +213,7 @@ def test_scoring_point_by_point_equals_one_batch(states, kind):
     np.testing.assert_allclose(one, batch, rtol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["level_shift", "value_novelty", "ensemble"])
+@pytest.mark.parametrize("kind", UNIVARIATE_NEW)
 def test_nan_in_nan_score_and_the_rest_scored(states, kind):
     y = CLEAN[:80].copy()
     y[[3, 40]] = np.nan
@@ -174,7 +221,7 @@ def test_nan_in_nan_score_and_the_rest_scored(states, kind):
     assert np.isnan(s[[3, 40]]).all() and np.isfinite(np.delete(s, [3, 40])).all()
 
 
-@pytest.mark.parametrize("kind", ["level_shift", "value_novelty", "ensemble"])
+@pytest.mark.parametrize("kind", UNIVARIATE_NEW)
 def test_an_empty_batch_scores_empty(states, kind):
     # the ensemble's seasonal_esd member raised IndexError here (base.ring_windows, fixed)
     assert len(scores(states, kind, CLEAN[:0], T5[:0])) == 0
@@ -187,9 +234,9 @@ def test_direction_up_ignores_a_drop(kind):
     both = make_model(kind).fit(T[FIT], Y[FIT]).score(T5, y).score
     up = make_model(kind, direction="up").fit(T[FIT], Y[FIT]).score(T5, y).score
     assert both[PEAK:PEAK + 10].max() > 1
-    # from the third dropped point (a median of 5 on the new level) the drop scores 0; what
-    # follows is the ordinary daily ramp up from the new level
-    assert np.all(up[PEAK + 3:PEAK + 10] == 0) and up.max() <= 1
+    # once the short median (5 points; 12 in the ensemble) sits on the new level the drop scores 0;
+    # what follows is the ordinary daily ramp up from the new level
+    assert np.all(up[PEAK + 7:PEAK + 14] == 0) and up.max() <= 1
 
 
 @pytest.mark.parametrize("kind, params, name", [
@@ -207,6 +254,12 @@ def test_direction_up_ignores_a_drop(kind):
     ("ensemble", {"novelty_margin": -1}, "novelty_margin"),
     ("ensemble", {"tail_quantile": 2}, "tail_quantile"),
     ("ensemble", {"point_sensitivity": 0}, "point_sensitivity"),
+    ("volatility_shift", {"window": 0}, "window"),
+    ("volatility_shift", {"baseline": 1}, "baseline"),
+    ("ensemble", {"volatility_window": 0}, "volatility_window"),
+    ("ensemble", {"maturity": -1}, "maturity"),
+    # volatility has no side: an ensemble of it alone cannot watch one
+    ("ensemble", {"members": ["volatility_shift"], "direction": "up"}, "direction"),
 ])
 def test_bad_params_raise_naming_the_param(kind, params, name):
     with pytest.raises(ValueError, match=name):
@@ -276,3 +329,32 @@ def test_the_metric_detector_hands_each_refit_the_model_it_replaces():
     hi0 = {m.kind: m for m in alone.members_}["value_novelty"].hi_
     got = {m.kind: m for m in det.series["s"].model.members_}["value_novelty"].hi_
     assert got == pytest.approx(hi0 + 0.5 * (old - hi0))
+
+
+# -- maturity: a young series gets a wider band -------------------------------------------------------
+def test_a_young_ensemble_widens_its_band_and_a_refit_counts_the_history_before_its_window():
+    one_day = make_model("ensemble", maturity=4 * 86400.0).fit(T[:DAY], Y[:DAY])
+    assert one_day.widening_ == pytest.approx(2.0, rel=1e-2)  # sqrt(4 days / 1 day seen)
+    t, y = T[DAY:DAY + 20], Y[DAY:DAY + 20] + 30
+    got = copy.deepcopy(one_day).score(t, y)
+    each = copy.deepcopy(one_day).member_scores(t, y)
+    np.testing.assert_allclose(got.score, np.max(np.vstack(list(each.values())), axis=0) / one_day.widening_)
+    # the band drawn widens with it, so > 1 still means outside it
+    assert np.all((got.score > 1) == ((y > got.upper) | (y < got.lower)))
+
+    later = slice(2 * DAY, 4 * DAY)  # a refit sees two days, the series has run for four
+    for memory in (30 * 86400.0, 0.0):  # the history counts whether or not extremes are kept
+        alone = make_model("ensemble", maturity=3 * 86400.0, memory=memory).fit(T[later], Y[later])
+        assert alone.widening_ == pytest.approx(np.sqrt(3 / 2), rel=1e-2)
+        carried = make_model("ensemble", maturity=3 * 86400.0, memory=memory).fit(T[later], Y[later])
+        carried.carry(make_model("ensemble").fit(T[FIT], Y[FIT]), elapsed=0.0)
+        assert carried.since_ == T[0] and carried.widening_ == 1.0
+    assert make_model("ensemble", maturity=0).fit(T[:DAY], Y[:DAY]).widening_ == 1.0
+
+
+def test_the_seen_history_survives_the_store_and_an_older_state_loads_as_mature(states):
+    young = Ensemble.from_state(unpack_state(pack_state(states["ensemble"])))
+    assert young.since_ == T[0] and young.widening_ > 1
+    old = copy.deepcopy(states["ensemble"])
+    del old["state"]["since_"], old["state"]["seen_"]  # saved before the ensemble counted its history
+    assert Ensemble.from_state(old).widening_ == 1.0

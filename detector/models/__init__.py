@@ -20,6 +20,7 @@ from .robust import RobustZ
 from .rules import RULES, CounterIncreaseRule, HeldActiveRule, SeriesVanishedRule, SteadyIncreaseRule
 from .seasonal import SeasonalESD, detect_period, generalized_esd
 from .thermal import ThermalModel
+from .volatility import VolatilityShift
 
 MODELS: dict[str, type[BaseModel]] = {
     "seasonal_esd": SeasonalESD,
@@ -28,6 +29,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "iforest": IsolationForestModel,
     "level_shift": LevelShift,
     "value_novelty": ValueNovelty,
+    "volatility_shift": VolatilityShift,
     "ensemble": Ensemble,
 }
 #: every kind a stored series state can name: models, rules and the `fallback: none` stand-in
@@ -76,6 +78,6 @@ def model_from_state(d: dict):
 __all__ = ["MODELS", "RULES", "KINDS", "FALLBACKS", "UNIVARIATE", "MULTIVARIATE", "FEATURE_KINDS",
            "kind_class", "make_model", "model_class", "model_from_state",
            "ScoreFrame", "NotFittedError", "BaseModel", "UnivariateModel", "NoOpinion", "RobustZ",
-           "SeasonalESD", "LevelShift", "ValueNovelty", "Ensemble", "ThermalModel", "IsolationForestModel", "OnsetFilter", "detect_period",
+           "SeasonalESD", "LevelShift", "ValueNovelty", "VolatilityShift", "Ensemble", "ThermalModel", "IsolationForestModel", "OnsetFilter", "detect_period",
            "generalized_esd", "CounterIncreaseRule", "HeldActiveRule", "SeriesVanishedRule",
            "SteadyIncreaseRule"]

@@ -31,8 +31,12 @@ from .batch import check_points
 from .level_shift import LevelShift
 from .novelty import ValueNovelty
 from .seasonal import SeasonalESD
+from .volatility import VolatilityShift
 
-MEMBERS = {"seasonal_esd": SeasonalESD, "level_shift": LevelShift, "value_novelty": ValueNovelty}
+MEMBERS = {"seasonal_esd": SeasonalESD, "level_shift": LevelShift, "value_novelty": ValueNovelty,
+           "volatility_shift": VolatilityShift}
+# a change of volatility has no side: an ensemble watching one side of its series leaves it out
+TWO_SIDED = ("volatility_shift",)
 
 
 class Ensemble(UnivariateModel):
@@ -41,9 +45,10 @@ class Ensemble(UnivariateModel):
     _state_attrs = ("members_",)
 
     def __init__(self, sensitivity: float = 1.0, direction: str = "both", min_deviation: float = 0.0,
-                 members: tuple[str, ...] = tuple(MEMBERS), shift_window: int = 5, shift_baseline: int = 60,
+                 members: tuple[str, ...] = tuple(MEMBERS), shift_window: int = 12, shift_baseline: int = 144,
                  novelty_margin: float = 0.05, tail_quantile: float = 0.9999,
-                 point_sensitivity: float = 1.0, memory: float = 30 * 86400.0):
+                 point_sensitivity: float = 1.2, memory: float = 30 * 86400.0,
+                 volatility_window: int = 12, volatility_baseline: int = 144, maturity: float = 7 * 86400.0):
         self.sensitivity = sensitivity
         self.direction = direction
         self.min_deviation = min_deviation
@@ -54,6 +59,9 @@ class Ensemble(UnivariateModel):
         self.tail_quantile = tail_quantile
         self.point_sensitivity = point_sensitivity
         self.memory = memory
+        self.volatility_window = volatility_window
+        self.volatility_baseline = volatility_baseline
+        self.maturity = maturity
 
     def _check_params(self):
         self._check_common()
@@ -75,6 +83,14 @@ class Ensemble(UnivariateModel):
             raise ValueError(f"ensemble: point_sensitivity must be > 0, got {self.point_sensitivity!r}")
         if not (np.isfinite(self.memory) and self.memory >= 0):
             raise ValueError(f"ensemble: memory must be >= 0 seconds, got {self.memory!r}")
+        if int(self.volatility_window) < 1 or int(self.volatility_baseline) < 2:
+            raise ValueError(f"ensemble: volatility_window must be >= 1 and volatility_baseline >= 2 points, "
+                             f"got {self.volatility_window!r}, {self.volatility_baseline!r}")
+        if not (np.isfinite(self.maturity) and self.maturity >= 0):
+            raise ValueError(f"ensemble: maturity must be >= 0 seconds, got {self.maturity!r}")
+        if not self._new_members():
+            raise ValueError(f"ensemble: members {list(self.members)!r} watch both sides of a series, "
+                             f"but direction is {self.direction!r}")
         for m in self._new_members():
             m._check_params()
 
@@ -88,8 +104,14 @@ class Ensemble(UnivariateModel):
                                               tail_quantile=self.tail_quantile, **common),
             "value_novelty": lambda: ValueNovelty(sensitivity=self.sensitivity, margin=self.novelty_margin,
                                                   **common),
+            "volatility_shift": lambda: VolatilityShift(sensitivity=self.sensitivity,
+                                                        window=int(self.volatility_window),
+                                                        baseline=int(self.volatility_baseline),
+                                                        tail_quantile=self.tail_quantile,
+                                                        min_deviation=self.min_deviation),
         }
-        return [made[m]() for m in dict.fromkeys(self.members)]
+        return [made[m]() for m in dict.fromkeys(self.members)
+                if self.direction == "both" or m not in TWO_SIDED]
 
     def min_history(self, step_seconds: float = 60.0) -> int:
         return min(m.min_history(step_seconds) for m in self._new_members())
@@ -109,12 +131,29 @@ class Ensemble(UnivariateModel):
         if not fitted:
             raise ValueError("ensemble: no member could fit" + (f" ({'; '.join(errors)})" if errors else ""))
         self.members_ = fitted
+        self.since_ = float(t[0])
+        self.seen_ = float(t[-1] - t[0])
         return self
+
+    @property
+    def widening_(self) -> float:
+        """How much wider than its members' the band is: sqrt(maturity / seen) while the ensemble
+        has seen less than `maturity` seconds of its series, 1 after. The members calibrate on the
+        largest deviations of what they saw, and a short history has seen few: its largest is
+        beaten often (the next of n exchangeable values tops them all with chance 1 / (n + 1)), so
+        a young series would raise false alarms that a week of history no longer does."""
+        return _widening(self.maturity, self.seen_)
 
     def carry(self, previous, elapsed: float) -> None:
         """Keep what the model this fit replaces had learnt of the series' extremes, fading with a
         half-life of `memory` seconds (0: nothing kept): a refit on a week forgets last month's peak."""
-        if not self.memory or not isinstance(previous, Ensemble) or not previous.is_fitted:
+        if not isinstance(previous, Ensemble) or not previous.is_fitted:
+            return
+        # the series' history reaches back to the first fit, not only to this window's start
+        end = self.since_ + self.seen_
+        self.since_ = min(self.since_, previous.since_)
+        self.seen_ = end - self.since_
+        if not self.memory:
             return
         keep = 0.5 ** (max(elapsed, 0.0) / self.memory)
         old = {m.kind: m for m in previous.members_}
@@ -147,7 +186,7 @@ class Ensemble(UnivariateModel):
         cols = np.arange(len(y))
         out = ScoreFrame(*(np.vstack([getattr(f, k) for f in frames])[best, cols] for k in FIELDS))
         out.score[~has] = np.nan
-        return out
+        return widen(out, self.widening_)
 
     @classmethod
     def prepare_points(cls, models, t, y):
@@ -178,7 +217,8 @@ class Ensemble(UnivariateModel):
         pick = np.arange(len(models))
         out = ScoreFrame(*(cells[k][pick, best] for k in FIELDS))
         out.score[~has] = np.nan
-        return out, lambda: [c() for c in commits]
+        widening = np.array([_widening(m.maturity, m.seen_) for m in models])
+        return widen(out, widening), lambda: [c() for c in commits]
 
     def member_scores(self, t, y) -> dict[str, np.ndarray]:
         """Each fitted member's score of (t, y), for explaining which one fired (advances state)."""
@@ -187,7 +227,8 @@ class Ensemble(UnivariateModel):
     def get_state(self) -> dict:
         self._require_fitted()
         d = super().get_state()
-        d["state"] = {"members_": [m.get_state() for m in self.members_]}
+        d["state"] = {"members_": [m.get_state() for m in self.members_], "since_": self.since_,
+                      "seen_": self.seen_}
         return d
 
     @classmethod
@@ -198,7 +239,26 @@ class Ensemble(UnivariateModel):
         model = super().from_state({**d, "state": {"members_": []}})
         model.members_ = [MEMBERS[s.get("kind")].from_state(s) if s.get("kind") in MEMBERS
                           else _bad_member(s) for s in states]
+        # a state saved before the ensemble counted its history (no since_/seen_) is taken as mature
+        seen = d["state"].get("seen_")
+        model.seen_ = float(model.maturity if seen is None else seen)
+        since = d["state"].get("since_")
+        model.since_ = float(model.last_t_ - model.seen_ if since is None else since)
         return model
+
+
+def _widening(maturity: float, seen: float) -> float:
+    return float(np.sqrt(maturity / max(seen, 1.0))) if seen < maturity else 1.0
+
+
+def widen(frame: ScoreFrame, factor) -> ScoreFrame:
+    """`frame` with its band `factor` times as wide about the expected value and its scores divided
+    by it, so > 1 still means outside the band drawn."""
+    if np.all(np.asarray(factor) == 1.0):
+        return frame
+    return ScoreFrame(score=frame.score / factor, expected=frame.expected,
+                      lower=frame.expected - (frame.expected - frame.lower) * factor,
+                      upper=frame.expected + (frame.upper - frame.expected) * factor)
 
 
 def _bad_member(s) -> UnivariateModel:
