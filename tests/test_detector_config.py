@@ -212,6 +212,12 @@ _THREE = ("detectors: [{name: a, query: up, model: robust_z}, {name: b, query: u
     ("detectors: [{name: a, query: up, model: value_novelty, params: {quantile: 0.5}}]",
      "detectors[0].params.quantile"),
     ("detectors: [{name: a, query: up, model: value_novelty, params: {margin: 0}}]", "detectors[0].params.margin"),
+    (_THREE + " params: {volatility_window: 0}}]", "detectors[2].params.volatility_window"),
+    (_THREE + " params: {maturity: -1d}}]", "detectors[2].params.maturity"),
+    ("detectors: [{name: a, query: up, model: volatility_shift, params: {baseline: 1}}]", "detectors[0].params.baseline"),
+    # a volatility has no side: an ensemble of it alone cannot watch one
+    ("detectors: [{name: a, query: up, model: ensemble, direction: up, params: {members: [volatility_shift]}}]",
+     "detectors[0].params"),
 ])
 def test_hostile_values_are_refused_naming_the_key(text, key):
     with pytest.raises(ConfigError) as ei:

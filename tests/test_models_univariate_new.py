@@ -11,8 +11,14 @@ import copy
 import numpy as np
 import pytest
 
-from detector.models import (Ensemble, LevelShift, OnsetFilter, ValueNovelty, VolatilityShift, make_model,
-                             model_from_state)
+from detector.models import (
+    Ensemble,
+    LevelShift,
+    OnsetFilter,
+    ValueNovelty,
+    make_model,
+    model_from_state,
+)
 from detector.store import pack_state, unpack_state
 
 STEP, DAY = 300.0, 288  # 5 minutes, points per day
