@@ -38,7 +38,7 @@ VARIANTS = {
     "volatility_shift": [{}, {"window": 3, "baseline": 20, "direction": "down"}, {"sensitivity": 2.0}],
     "ensemble": [{}, {"members": ["value_novelty", "level_shift"]}, {"direction": "up", "sensitivity": 1.5},
                  {"members": ["level_shift", "seasonal_esd", "value_novelty"], "shift_window": 3},
-                 {"maturity": 30 * 86400.0, "volatility_window": 4}],
+                 {"maturity": 30 * 86400.0, "volatility_window": 4}, {"maturity": 0}],
 }
 # history lengths: a buffer still filling (robust_z), members sitting out (ensemble: no
 # seasonal_esd under two days), and full ones

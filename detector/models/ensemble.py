@@ -88,10 +88,11 @@ class Ensemble(UnivariateModel):
                              f"got {self.volatility_window!r}, {self.volatility_baseline!r}")
         if not (np.isfinite(self.maturity) and self.maturity >= 0):
             raise ValueError(f"ensemble: maturity must be >= 0 seconds, got {self.maturity!r}")
-        if not self._new_members():
+        members = self._new_members()
+        if not members:
             raise ValueError(f"ensemble: members {list(self.members)!r} watch both sides of a series, "
                              f"but direction is {self.direction!r}")
-        for m in self._new_members():
+        for m in members:
             m._check_params()
 
     def _new_members(self) -> list[UnivariateModel]:
@@ -254,11 +255,14 @@ def _widening(maturity: float, seen: float) -> float:
 def widen(frame: ScoreFrame, factor) -> ScoreFrame:
     """`frame` with its band `factor` times as wide about the expected value and its scores divided
     by it, so > 1 still means outside the band drawn."""
-    if np.all(np.asarray(factor) == 1.0):
+    factor = np.asarray(factor, float)
+    same = factor == 1.0
+    if np.all(same):
         return frame
+    # a mature model in a batch keeps its band exactly as scored alone (e - (e - l) * 1 may not be l)
     return ScoreFrame(score=frame.score / factor, expected=frame.expected,
-                      lower=frame.expected - (frame.expected - frame.lower) * factor,
-                      upper=frame.expected + (frame.upper - frame.expected) * factor)
+                      lower=np.where(same, frame.lower, frame.expected - (frame.expected - frame.lower) * factor),
+                      upper=np.where(same, frame.upper, frame.expected + (frame.upper - frame.expected) * factor))
 
 
 def _bad_member(s) -> UnivariateModel:

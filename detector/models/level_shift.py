@@ -26,6 +26,8 @@ from .base import ScoreFrame, UnivariateModel, band_score, check_t_y, median_ste
 from .batch import attr_array, check_points, score_points_by
 from .robust import noise_floor, resolution
 
+_LONG = 1000  # rolling medians over this many windows or more go through pandas
+
 
 def rolling_medians(x: np.ndarray, w: int) -> np.ndarray:
     """median(x[j:j+w]) for every j (len(x) - w + 1 values; empty when len(x) < w)."""
@@ -37,9 +39,6 @@ def rolling_medians(x: np.ndarray, w: int) -> np.ndarray:
         import pandas as pd
         return pd.Series(x).rolling(w).median().to_numpy()[w - 1:]
     return np.median(np.lib.stride_tricks.sliding_window_view(x, w), axis=1)
-
-
-_LONG = 1000  # rolling medians over this many windows or more go through pandas
 
 
 def medians(x: np.ndarray, window: int, baseline: int) -> tuple[np.ndarray, np.ndarray]:

@@ -60,10 +60,6 @@ class VolatilityShift(LevelShift):
         self.prev_ = float(x[-1])
         return self
 
-    def fit_metrics(self) -> dict:
-        self._require_fitted()
-        return {"step_shift_scale": self.scale_, "n_fit": self.n_fit_}
-
     def score(self, t, y) -> ScoreFrame:
         self._require_fitted()
         t, y = check_t_y(t, y)
