@@ -188,9 +188,20 @@ def test_ensemble_flags_each_anomaly_through_the_members_that_see_it(states, kin
     assert {k for k, s in each.items() if flagged(s)} == seen_by
 
 
+def test_ensemble_volatility_member_is_slow_a_short_burst_is_the_standalone_kinds(states):
+    # 10 points of +-15 jitter inside the range: the standalone kind (a median of 12 steps) sees
+    # them, the ensemble's member (72 steps: 10 large ones move that median too little) does not;
+    # the 50-point burst of "variance_in_range" it does
+    y = CLEAN.copy()
+    y[120:130] = SEASON[DAY5][120:130] + np.random.default_rng(7).uniform(-15, 15, 10)
+    assert scores(states, "volatility_shift", y)[120:140].max() > 1
+    assert flagged(members(states, y)["volatility_shift"]) == 0
+    assert flagged(members(states, planted("variance_in_range"))["volatility_shift"]) > 0
+
+
 def test_ensemble_without_enough_history_for_seasonal_esd_scores_with_the_rest():
     # one day of 5-minute points: seasonal_esd needs two periods, level_shift and volatility_shift
-    # four times their 156-point windows, and sit out
+    # four times their 156- and 216-point windows, and sit out
     m = make_model("ensemble").fit(T[:DAY], Y[:DAY])
     assert m.fit_metrics()["members"] == ["value_novelty"]
     s = m.score(T[DAY:DAY + 10], Y[DAY:DAY + 10] + np.r_[np.zeros(5), np.full(5, 60.0)]).score

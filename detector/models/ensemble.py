@@ -37,6 +37,12 @@ MEMBERS = {"seasonal_esd": SeasonalESD, "level_shift": LevelShift, "value_novelt
            "volatility_shift": VolatilityShift}
 # a change of volatility has no side: an ensemble watching one side of its series leaves it out
 TWO_SIDED = ("volatility_shift",)
+# The volatility member is the ensemble's slow eye: the median of the last 72 steps (the standalone
+# kind's default is 12) against the 144 before them. A median of 12 step sizes spreads by about a
+# third of itself on plain noise, so its largest swing in a week calibrates a blunt band, and a burst
+# it would see in 12 points is mostly a spike's (the point members' business); over 72 steps the
+# median holds still and a lasting change of rhythm stands out of it (NAB: README, issue 13).
+VOLATILITY_WINDOW = 72
 
 
 class Ensemble(UnivariateModel):
@@ -48,7 +54,8 @@ class Ensemble(UnivariateModel):
                  members: tuple[str, ...] = tuple(MEMBERS), shift_window: int = 12, shift_baseline: int = 144,
                  novelty_margin: float = 0.05, tail_quantile: float = 0.9999,
                  point_sensitivity: float = 1.2, memory: float = 30 * 86400.0,
-                 volatility_window: int = 12, volatility_baseline: int = 144, maturity: float = 7 * 86400.0):
+                 volatility_window: int = VOLATILITY_WINDOW, volatility_baseline: int = 144,
+                 maturity: float = 7 * 86400.0):
         self.sensitivity = sensitivity
         self.direction = direction
         self.min_deviation = min_deviation
