@@ -1,11 +1,13 @@
-"""The univariate ensemble: a point model, a level-shift model and a novelty model, the highest wins.
+"""The univariate ensemble: a point, a level-shift, a novelty and a volatility model, the highest wins.
 
 Each member answers one question and is calibrated on the training window's own extremes, so each
 one's score > 1 means "more unusual, in its own sense, than the training window ever was":
 
-    seasonal_esd   is this value far from what this time of day expects?        (a spike, a dip)
-    level_shift    has the level moved further than it ever moved?             (a new plateau)
-    value_novelty  is this value outside the range the series ever took?       (a never-seen value)
+    seasonal_esd      is this value far from what this time of day expects?     (a spike, a dip)
+    level_shift       has the level moved further than it ever moved?          (a new plateau)
+    value_novelty     is this value outside the range the series ever took?    (a never-seen value)
+    volatility_shift  have its steps grown larger than they ever grew?         (a series turned ragged;
+                      two-sided detectors only: a volatility has no side)
 
 The ensemble's score is the maximum of its members' (NaN only where every member has no opinion),
 and the expected value and band at each point are those of the member that scored highest, so
@@ -16,8 +18,11 @@ through its heavy-tail band, the one that sets its width on real series).
 
 Memory: a refit sees only the lookback window (a week), so last month's peak would be new again.
 Each fit therefore keeps the previous fit's extremes (the seasonal heavy-tail band, the largest level
-shift, the seen range), fading with a half-life of ``memory`` seconds (30 days): cheap long memory
-in a few numbers per series, without fetching a month of points at every refit.
+and step-size shifts, the seen range), fading with a half-life of ``memory`` seconds (30 days): cheap
+long memory in a few numbers per series, without fetching a month of points at every refit.
+
+Maturity: a series seen for less than ``maturity`` seconds (7 days) has seen few of its own extremes,
+so the band is sqrt(maturity / seen) times wider until it has (``widening_``).
 
 A member that cannot fit yet (seasonal_esd needs two days of points) sits out until it can, so the
 ensemble starts with what it has instead of waiting for the slowest member.
